@@ -1,0 +1,47 @@
+"""The gateway's parts, wired once from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import GatewayError, Unauthenticated
+from gateway.forwarder import CollectorForwarder
+from gateway.ingest import Ingestor
+from gateway.settings import GatewaySettings
+from gateway.telemetry import GatewayTelemetry
+from gateway.tenants import TenantRegistry
+
+
+@dataclass
+class Gateway:
+    """Everything a transport adapter needs: tenants, the ingest path, telemetry."""
+
+    settings: GatewaySettings
+    tenants: TenantRegistry
+    forwarder: CollectorForwarder
+    telemetry: GatewayTelemetry
+    ingestor: Ingestor
+
+    @classmethod
+    def create(cls, settings: GatewaySettings) -> Gateway:
+        """Build the gateway's parts (no sockets are opened yet)."""
+        telemetry = GatewayTelemetry.create()
+        forwarder = CollectorForwarder(
+            settings.collector_endpoint,
+            settings.forward_timeout_seconds,
+            max_message_bytes=settings.max_request_bytes * 2,
+        )
+        ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes)
+        return cls(settings, TenantRegistry(settings.tenants_file), forwarder, telemetry, ingestor)
+
+    def count_outcome(self, transport: str, tenant_id: str, error: GatewayError | None) -> None:
+        """Count one finished request (and its rejection reason, if any)."""
+        metrics = self.telemetry.metrics
+        outcome = "accepted" if error is None else error.reason
+        metrics.requests.add(
+            1, {"tenant_id": tenant_id, "transport": transport, "outcome": outcome}
+        )
+        if error is not None:
+            metrics.rejections.add(1, {"tenant_id": tenant_id, "reason": error.reason})
+        if isinstance(error, Unauthenticated):
+            metrics.auth_failures.add(1, {"transport": transport, "reason": error.cause})

@@ -1,0 +1,55 @@
+"""Stamp the authenticated tenant on every data point of a request.
+
+The tenant comes from the credential only. Anything the client wrote that
+Prometheus would turn into a `tenant_id` label (`tenant_id`, `tenant.id`,
+`Tenant-ID`, ...) is removed from the resource, the scope, every data point and
+every exemplar before `tenant_id` is set on each data point.
+"""
+
+from __future__ import annotations
+
+import re
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from gateway.tenants import Tenant
+
+TENANT_LABEL = "tenant_id"
+_NON_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
+
+
+def claims_tenant(key: str) -> bool:
+    """True when an attribute key would become the `tenant_id` label in Prometheus."""
+    return _NON_LABEL_CHARS.sub("_", key).lower() == TENANT_LABEL
+
+
+def _strip(attributes: RepeatedCompositeFieldContainer[KeyValue]) -> None:
+    if any(claims_tenant(kv.key) for kv in attributes):
+        kept = [kv for kv in attributes if not claims_tenant(kv.key)]
+        del attributes[:]
+        attributes.extend(kept)
+
+
+def stamp_tenant(request: ExportMetricsServiceRequest, tenant: Tenant) -> int:
+    """Set `tenant_id` on every data point in place; return the number of data points."""
+    stamp = KeyValue(key=TENANT_LABEL, value=AnyValue(string_value=tenant.id))
+    points_seen = 0
+    for resource_metrics in request.resource_metrics:
+        _strip(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            _strip(scope_metrics.scope.attributes)
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                for point in getattr(metric, kind).data_points:
+                    _strip(point.attributes)
+                    point.attributes.append(stamp)
+                    for exemplar in getattr(point, "exemplars", ()):
+                        _strip(exemplar.filtered_attributes)
+                    points_seen += 1
+    return points_seen

@@ -1,0 +1,231 @@
+"""Tenants and their API keys: the tenants file, key hashing and look-up.
+
+The file holds only a SHA-256 of each key. Keys are random 256-bit secrets, so
+a fast hash is enough (nothing to brute-force); a key names its own id
+(`oga_<id>_<secret>`), so a look-up finds one entry and compares one digest in
+constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "oga"
+TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+FILE_VERSION = 1
+_NEVER_LOADED = object()
+
+
+class TenantsFileError(ValueError):
+    """The tenants file cannot be read or is not valid."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An authenticated tenant: what the rest of the request path is given."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One stored key: its public id, the hash of the whole key, when it was made."""
+
+    key_id: str
+    sha256: str
+    created: str
+
+
+@dataclass(frozen=True)
+class TenantTable:
+    """An immutable snapshot of the tenants file."""
+
+    tenants: Mapping[str, tuple[KeyRecord, ...]] = field(default_factory=dict)
+    _by_key_id: dict[str, tuple[str, KeyRecord]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {r.key_id: (name, r) for name, records in self.tenants.items() for r in records}
+        object.__setattr__(self, "_by_key_id", index)
+
+    def authenticate(self, key: str) -> Tenant | None:
+        """The tenant owning `key`, or None for a malformed or unknown key."""
+        key_id = key_id_of(key)
+        entry = self._by_key_id.get(key_id) if key_id is not None else None
+        if entry is None:
+            return None
+        tenant_id, record = entry
+        if not hmac.compare_digest(record.sha256, hash_key(key)):
+            return None
+        return Tenant(tenant_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON document."""
+        return {
+            "version": FILE_VERSION,
+            "tenants": {
+                name: {"keys": [vars(record) for record in records]}
+                for name, records in sorted(self.tenants.items())
+            },
+        }
+
+
+def hash_key(key: str) -> str:
+    """Hex SHA-256 of a key, the only form in which keys are stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The id part of `oga_<id>_<secret>`, or None when the key is not of that form."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1]
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh key and its id."""
+    key_id = secrets.token_hex(4)
+    return f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}", key_id
+
+
+def validate_tenant_name(name: str) -> None:
+    """Raise ValueError unless `name` is usable as a tenant id and a label value."""
+    if not TENANT_NAME.match(name):
+        raise ValueError(
+            f"invalid tenant name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '_', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def parse(document: Any) -> TenantTable:
+    """Validate a decoded tenants file; raise TenantsFileError naming what is wrong."""
+    if not isinstance(document, dict) or document.get("version") != FILE_VERSION:
+        raise TenantsFileError(f'expected an object with "version": {FILE_VERSION}')
+    raw_tenants = document.get("tenants")
+    if not isinstance(raw_tenants, dict):
+        raise TenantsFileError('"tenants" must be an object of tenant name to {"keys": [...]}')
+    tenants: dict[str, tuple[KeyRecord, ...]] = {}
+    seen_ids: set[str] = set()
+    for name, entry in raw_tenants.items():
+        try:
+            validate_tenant_name(name)
+        except ValueError as exc:
+            raise TenantsFileError(str(exc)) from exc
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        if not isinstance(keys, list):
+            raise TenantsFileError(f'tenant {name!r}: "keys" must be a list')
+        records = []
+        for raw in keys:
+            try:
+                record = KeyRecord(str(raw["key_id"]), str(raw["sha256"]), str(raw["created"]))
+            except (KeyError, TypeError) as exc:
+                raise TenantsFileError(
+                    f"tenant {name!r}: each key needs key_id, sha256 and created"
+                ) from exc
+            if not re.fullmatch(r"[0-9a-f]{64}", record.sha256):
+                raise TenantsFileError(f"tenant {name!r}, key {record.key_id}: bad sha256")
+            if record.key_id in seen_ids:
+                raise TenantsFileError(f"key id {record.key_id} appears twice")
+            seen_ids.add(record.key_id)
+            records.append(record)
+        tenants[name] = tuple(records)
+    return TenantTable(tenants)
+
+
+def load(path: Path) -> TenantTable:
+    """Read and validate the tenants file; a missing file is an empty table."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return TenantTable()
+    except OSError as exc:
+        raise TenantsFileError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TenantsFileError(f"{path} is not valid JSON: {exc}") from exc
+    return parse(document)
+
+
+def save(path: Path, table: TenantTable) -> None:
+    """Write the table atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(table.to_json(), out, indent=2)
+            out.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_key(table: TenantTable, tenant_id: str) -> tuple[TenantTable, str]:
+    """A copy of `table` with a new key for `tenant_id` (created if new), and that key."""
+    validate_tenant_name(tenant_id)
+    key, key_id = new_key()
+    record = KeyRecord(key_id, hash_key(key), datetime.now(UTC).isoformat(timespec="seconds"))
+    tenants = dict(table.tenants)
+    tenants[tenant_id] = (*tenants.get(tenant_id, ()), record)
+    return TenantTable(tenants), key
+
+
+class TenantRegistry:
+    """The tenants in force, re-read when the file changes.
+
+    A file that fails to load is logged and ignored: the previous table stays
+    in force, so a typo never locks every tenant out.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: object = _NEVER_LOADED
+        self.table = TenantTable()
+        self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; True when a new table took effect."""
+        try:
+            stat = self._path.stat()
+            stamp: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp:
+            return False
+        try:
+            table = load(self._path)
+        except TenantsFileError as exc:
+            logger.error("tenants file rejected, keeping the previous one: %s", exc)
+            self._stamp = stamp
+            return False
+        if stamp is None:
+            logger.warning(
+                "tenants file %s does not exist: every request is refused until "
+                "`otel-gateway tenants add NAME --file %s` creates it",
+                self._path,
+                self._path,
+            )
+        self._stamp = stamp
+        self.table = table
+        logger.info("loaded %d tenant(s) from %s", len(table.tenants), self._path)
+        return True
+
+    def authenticate(self, key: str) -> Tenant | None:
+        """The tenant owning `key` in the table in force."""
+        return self.table.authenticate(key)

@@ -1,0 +1,302 @@
+"""The pipeline's processes on this machine: Collector, Prometheus, gateway.
+
+Used by the end-to-end tests and by `make demo`. Each component runs from the
+repository's own configuration files with its ports injected; a `LocalStack`
+remembers exactly the processes it started and stops only those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
+PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+BUILD_COLLECTOR = REPO / "scripts" / "build-collector.sh"
+
+
+class StackError(RuntimeError):
+    """A component could not be found, started or made ready."""
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def collector_binary() -> Path:
+    """The Collector built from the manifest (built now if it is not cached)."""
+    result = subprocess.run(
+        [str(BUILD_COLLECTOR)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise StackError(f"building the Collector failed ({BUILD_COLLECTOR})")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def prometheus_binary() -> Path:
+    """Debian's prometheus (installed by scripts/install-system-deps.sh)."""
+    found = shutil.which("prometheus")
+    if found is None:
+        raise StackError("prometheus is not installed: run scripts/install-system-deps.sh")
+    return Path(found)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """Status and body of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass
+class Process:
+    """One started component: its process, its log file and how to tell it is ready."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    ready_url: str
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the component's log."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class Ports:
+    """Every port of one stack; 0 means pick a free one."""
+
+    collector_otlp: int = 0
+    collector_prometheus: int = 0
+    collector_health: int = 0
+    collector_telemetry: int = 0
+    prometheus: int = 0
+    gateway_grpc: int = 0
+    gateway_http: int = 0
+
+    def resolved(self) -> Ports:
+        """A copy with every 0 replaced by a free port."""
+        return Ports(**{k: v or free_port() for k, v in vars(self).items()})
+
+
+@dataclass
+class LocalStack:
+    """Starts and stops the pipeline's processes under one run directory."""
+
+    run_dir: Path
+    tenants_file: Path
+    ports: Ports = field(default_factory=Ports)
+    processes: list[Process] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ports = self.ports.resolved()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- addresses ---------------------------------------------------------------
+
+    @property
+    def gateway_grpc_endpoint(self) -> str:
+        """Where agents send OTLP/gRPC (plaintext)."""
+        return f"http://127.0.0.1:{self.ports.gateway_grpc}"
+
+    @property
+    def gateway_http_url(self) -> str:
+        """The gateway's HTTP server."""
+        return f"http://127.0.0.1:{self.ports.gateway_http}"
+
+    @property
+    def prometheus_url(self) -> str:
+        """Prometheus's web UI and API."""
+        return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    # -- components --------------------------------------------------------------
+
+    def start_collector(self, binary: Path) -> Process:
+        """The Collector with the repo's config.yaml."""
+        p = self.ports
+        env = {
+            "COLLECTOR_OTLP_ENDPOINT": f"127.0.0.1:{p.collector_otlp}",
+            "COLLECTOR_PROMETHEUS_ENDPOINT": f"127.0.0.1:{p.collector_prometheus}",
+            "COLLECTOR_HEALTH_ENDPOINT": f"127.0.0.1:{p.collector_health}",
+            "COLLECTOR_TELEMETRY_PORT": str(p.collector_telemetry),
+        }
+        return self._start(
+            "collector",
+            [str(binary), f"--config={COLLECTOR_CONFIG}"],
+            env,
+            ready_url=f"http://127.0.0.1:{p.collector_health}/",
+        )
+
+    def start_prometheus(
+        self, binary: Path, extra_targets: Mapping[str, str] | None = None
+    ) -> Process:
+        """Prometheus with the repo's prometheus.yml, linked into the run directory
+        beside target files that point at this stack's ports."""
+        p = self.ports
+        home = self.run_dir / "prometheus"
+        (home / "targets").mkdir(parents=True, exist_ok=True)
+        config = home / "prometheus.yml"
+        config.unlink(missing_ok=True)
+        config.symlink_to(PROMETHEUS_CONFIG)
+        rules = home / "rules"
+        if (PROMETHEUS_CONFIG.parent / "rules").is_dir() and not rules.exists():
+            rules.symlink_to(PROMETHEUS_CONFIG.parent / "rules")
+        targets = {
+            "collector": f"127.0.0.1:{p.collector_prometheus}",
+            "gateway": f"127.0.0.1:{p.gateway_http}",
+            "prometheus": f"127.0.0.1:{p.prometheus}",
+            **(extra_targets or {}),
+        }
+        for name, address in targets.items():
+            document = [{"targets": [address], "labels": {"component": name}}]
+            (home / "targets" / f"{name}.json").write_text(json.dumps(document))
+        return self._start(
+            "prometheus",
+            [
+                str(binary),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{p.prometheus}",
+                "--web.enable-lifecycle",
+            ],
+            {},
+            ready_url=f"{self.prometheus_url}/-/ready",
+        )
+
+    def start_gateway(self, extra_env: Mapping[str, str] | None = None) -> Process:
+        """The gateway (`python -m gateway.cli serve`) with this stack's ports."""
+        p = self.ports
+        env = {
+            "GATEWAY_GRPC_HOST": "127.0.0.1",
+            "GATEWAY_GRPC_PORT": str(p.gateway_grpc),
+            "GATEWAY_HTTP_HOST": "127.0.0.1",
+            "GATEWAY_HTTP_PORT": str(p.gateway_http),
+            "GATEWAY_COLLECTOR_ENDPOINT": f"127.0.0.1:{p.collector_otlp}",
+            "GATEWAY_TENANTS_FILE": str(self.tenants_file),
+            **(extra_env or {}),
+        }
+        return self._start(
+            "gateway",
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            env,
+            ready_url=f"{self.gateway_http_url}/healthz",
+        )
+
+    def start_process(
+        self, name: str, argv: list[str], env: Mapping[str, str], ready_url: str = ""
+    ) -> Process:
+        """Any other process (a demo agent) that the stack should stop with the rest."""
+        return self._start(name, argv, env, ready_url)
+
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str], ready_url: str) -> Process:
+        log = self.run_dir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                cwd=REPO,
+                # Its own process group: Ctrl-C in a terminal reaches the demo
+                # only, which then stops each component in order.
+                start_new_session=True,
+            )
+        process = Process(name, popen, log, ready_url)
+        self.processes.append(process)
+        return process
+
+    # -- readiness and teardown ----------------------------------------------------
+
+    def wait_ready(self, process: Process, timeout: float = 60.0) -> float:
+        """Seconds until `process` answered 200 on its ready URL; StackError otherwise."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if process.popen.poll() is not None:
+                raise StackError(
+                    f"{process.name} exited with {process.popen.returncode} before it was "
+                    f"ready; its log ({process.log}):\n{process.log_tail()}"
+                )
+            status, _ = http_get(process.ready_url, timeout=1.0)
+            if status == 200:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise StackError(
+            f"{process.name} not ready at {process.ready_url} after {timeout:.0f} s; "
+            f"its log ({process.log}):\n{process.log_tail()}"
+        )
+
+    def stop(self, process: Process, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; the whole process group."""
+        if process.popen.poll() is None:
+            _signal_group(process.popen.pid, signal.SIGTERM)
+            try:
+                process.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.popen.pid, signal.SIGKILL)
+                process.popen.wait()
+        if process in self.processes:
+            self.processes.remove(process)
+
+    def stop_all(self) -> None:
+        """Stop every process this stack started, newest first."""
+        for process in reversed(list(self.processes)):
+            self.stop(process)
+
+    # -- Prometheus ------------------------------------------------------------------
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query."""
+        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        status, body = http_get(url, timeout=5.0)
+        if status != 200:
+            raise StackError(f"Prometheus answered {status} to {promql!r}: {body[:300]!r}")
+        result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+        return result
+
+    def wait_for(
+        self,
+        promql: str,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 60.0,
+    ) -> list[dict[str, Any]]:
+        """Poll `promql` until `predicate` holds on its result; StackError at the deadline."""
+        deadline = time.monotonic() + timeout
+        result: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if predicate(result):
+                return result
+            time.sleep(0.5)
+        raise StackError(f"after {timeout:.0f} s, {promql!r} still returns {result}")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
