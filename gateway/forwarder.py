@@ -37,22 +37,31 @@ class CollectorForwarder:
     def __init__(self, endpoint: str, timeout_seconds: float, max_message_bytes: int) -> None:
         self._endpoint = endpoint
         self._timeout = timeout_seconds
-        self._channel = grpc.aio.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                # Notice a restarted Collector within seconds, not gRPC's
-                # default of up to two minutes of back-off.
-                ("grpc.initial_reconnect_backoff_ms", 250),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-        )
-        self._stub = MetricsServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._max_message_bytes = max_message_bytes
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: MetricsServiceStub | None = None
+
+    def _connected_stub(self) -> MetricsServiceStub:
+        # Created on first use: a grpc.aio channel belongs to the event loop
+        # that is running when it is made.
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(
+                self._endpoint,
+                options=[
+                    ("grpc.max_send_message_length", self._max_message_bytes),
+                    # Notice a restarted Collector within seconds, not gRPC's
+                    # default of up to two minutes of back-off.
+                    ("grpc.initial_reconnect_backoff_ms", 250),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                ],
+            )
+            self._stub = MetricsServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub
 
     async def forward(self, request: ExportMetricsServiceRequest) -> ExportMetricsServiceResponse:
         """Export `request`; raise CollectorUnavailable when it should be retried."""
         try:
-            response: ExportMetricsServiceResponse = await self._stub.Export(
+            response: ExportMetricsServiceResponse = await self._connected_stub().Export(
                 request, timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
@@ -62,7 +71,7 @@ class CollectorForwarder:
     async def is_ready(self, timeout_seconds: float = 1.0) -> bool:
         """True when the Collector answers an empty export within the timeout."""
         try:
-            await self._stub.Export(ExportMetricsServiceRequest(), timeout=timeout_seconds)
+            await self._connected_stub().Export(ExportMetricsServiceRequest(), timeout=timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             logger.debug("collector at %s not ready: %s", self._endpoint, exc.code())
             return False
@@ -70,7 +79,9 @@ class CollectorForwarder:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close(grace=None)
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+            self._channel = self._stub = None
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> GatewayError:

@@ -82,5 +82,6 @@ class GatewayTelemetry:
             resource=Resource.create({"service.name": "otel-gateway"}),
             shutdown_on_exit=False,
         )
-        meter = provider.get_meter("gateway")
-        return cls(registry, provider, GatewayMetrics.create(meter))
+        metrics = GatewayMetrics.create(provider.get_meter("gateway"))
+        metrics.in_flight.add(0)  # exposed from the start, not from the first request
+        return cls(registry, provider, metrics)

@@ -1,0 +1,44 @@
+# Entry points. Quick start: `make demo` runs the pipeline with demo agents,
+# `make test` runs every check. Both set up what is missing first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint unit e2e collector system-deps clean
+
+setup: $(VENV)/.installed collector system-deps
+
+# The environment is rebuilt when the dependency list or the pins change.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@echo "[setup] Python environment in $(VENV)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,prefect]'
+	@touch $@
+
+collector:
+	@scripts/build-collector.sh >/dev/null
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+demo: setup
+	@$(BIN)/python -m scripts.demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	promtool check config prometheus/prometheus.yml
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -m "not e2e"
+
+e2e: setup
+	$(BIN)/pytest -m e2e
+
+test: setup lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf .run test-artifacts .pytest_cache .mypy_cache .ruff_cache

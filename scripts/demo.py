@@ -1,0 +1,172 @@
+"""`make demo`: the whole pipeline on this machine with demo agents for two tenants.
+
+Starts the Collector, the gateway and Prometheus from the repo's configuration,
+then one demo connector per tenant; prints each component's address as it
+becomes ready; runs until Ctrl-C, then stops every process it started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import tenants
+from scripts.localstack import (
+    REPO,
+    LocalStack,
+    Ports,
+    Process,
+    StackError,
+    collector_binary,
+    prometheus_binary,
+)
+
+RUN_DIR = REPO / ".run" / "demo"
+DEMO_TENANTS = ("acme", "globex")
+PORTS = Ports(
+    collector_otlp=14317,
+    collector_prometheus=8889,
+    collector_health=13133,
+    collector_telemetry=8888,
+    prometheus=9090,
+    gateway_grpc=4317,
+    gateway_http=4318,
+)
+
+
+def say(message: str) -> None:
+    """One line of progress."""
+    print(f"[demo] {message}", flush=True)
+
+
+def check_ports_free(ports: Ports) -> None:
+    """Fail early, naming the port, when something else already listens."""
+    for name, port in vars(ports).items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                raise StackError(
+                    f"port {port} ({name}) is in use: stop what listens there "
+                    f"(`ss -ltnp 'sport = :{port}'` shows it) and run `make demo` again"
+                ) from None
+
+
+def make_tenants(path: Path) -> dict[str, str]:
+    """A fresh tenants file for the demo tenants; returns their keys."""
+    table = tenants.TenantTable()
+    keys = {}
+    for name in DEMO_TENANTS:
+        table, keys[name] = tenants.add_key(table, name)
+    tenants.save(path, table)
+    return keys
+
+
+def start_agents(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
+    """One demo connector per tenant, exporting every 5 s."""
+    agents = []
+    for tenant, key in keys.items():
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.gateway_grpc_endpoint,
+            "OTEL_AGENTS_API_KEY": key,
+            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+            "OTEL_SERVICE_NAME": f"demo-connector-{tenant}",
+        }
+        agents.append(
+            stack.start_process(
+                f"connector-{tenant}", [sys.executable, "-m", "scripts.demo_connector"], env
+            )
+        )
+        say(f"demo connector for tenant {tenant!r} started (log: {agents[-1].log})")
+    return agents
+
+
+def wait_for_tenants(stack: LocalStack, started: float) -> None:
+    """Report when Prometheus shows every demo tenant's bytes."""
+
+    def every_tenant(result: list[dict[str, Any]]) -> bool:
+        return {s["metric"].get("tenant_id") for s in result} >= set(DEMO_TENANTS)
+
+    result = stack.wait_for(
+        "sum by (tenant_id) (connector_bytes_sent_total)", every_tenant, timeout=90
+    )
+    values = ", ".join(f"{s['metric']['tenant_id']}={s['value'][1]}" for s in result)
+    say(
+        f"Prometheus shows connector_bytes_sent_total for {values} "
+        f"({time.monotonic() - started:.0f} s after start)"
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run() -> int:
+    """Start everything, wait for Ctrl-C or a failure, stop everything."""
+    started = time.monotonic()
+    # SIGTERM ends the demo like Ctrl-C: a KeyboardInterrupt wherever it is,
+    # then the `finally` below stops every process.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    check_ports_free(PORTS)
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    RUN_DIR.mkdir(parents=True)
+    keys = make_tenants(RUN_DIR / "tenants.json")
+    stack = LocalStack(RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS)
+    try:
+        collector = stack.start_collector(collector_binary())
+        seconds = stack.wait_ready(collector)
+        say(
+            f"Collector ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{PORTS.collector_otlp}, "
+            f"metrics http://127.0.0.1:{PORTS.collector_prometheus}/metrics"
+        )
+        gateway = stack.start_gateway()
+        seconds = stack.wait_ready(gateway)
+        say(
+            f"gateway ready in {seconds:.1f} s: OTLP/gRPC {stack.gateway_grpc_endpoint}, "
+            f"{stack.gateway_http_url}/readyz, {stack.gateway_http_url}/metrics"
+        )
+        prometheus = stack.start_prometheus(prometheus_binary())
+        seconds = stack.wait_ready(prometheus)
+        say(f"Prometheus ready in {seconds:.1f} s: {stack.prometheus_url}")
+        agents = start_agents(stack, keys)
+        wait_for_tenants(stack, started)
+        say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
+        say(f"logs in {RUN_DIR}; press Ctrl-C to stop")
+        watched = [collector, gateway, prometheus, *agents]
+        while True:
+            time.sleep(1.0)
+            dead = [p for p in watched if p.popen.poll() is not None]
+            if dead:
+                for process in dead:
+                    say(
+                        f"{process.name} exited with {process.popen.returncode}:\n"
+                        f"{process.log_tail()}"
+                    )
+                return 1
+    except KeyboardInterrupt:
+        return 0
+    except StackError as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the teardown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("stopping")
+        stack.stop_all()
+        say("stopped every process the demo started")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(run())
+    except StackError as exc:
+        say(f"error: {exc}")
+        sys.exit(1)

@@ -1,0 +1,68 @@
+"""The real stack for end-to-end tests: Collector, Prometheus and gateway as processes.
+
+Binaries that are missing skip these tests on a developer's machine; with
+CI=true they fail instead, so CI can never pass without running them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import tenants
+from scripts.localstack import LocalStack, StackError, collector_binary, prometheus_binary
+
+TENANTS = ("acme", "globex")
+
+
+def _require(what: str, error: Exception) -> None:
+    message = f"{what} unavailable: {error} (run `make setup`)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tenant_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A tenants file with one key per tenant, and those keys."""
+    path = tmp_path_factory.mktemp("gateway") / "tenants.json"
+    table = tenants.TenantTable()
+    keys = {}
+    for name in TENANTS:
+        table, keys[name] = tenants.add_key(table, name)
+    tenants.save(path, table)
+    return path, keys
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, tenant_keys: tuple[Path, dict[str, str]]
+) -> Iterator[LocalStack]:
+    """Collector, gateway and Prometheus on free ports, from the repo's config files."""
+    try:
+        collector = collector_binary()
+    except StackError as exc:
+        _require("the Collector", exc)
+    try:
+        prometheus = prometheus_binary()
+    except StackError as exc:
+        _require("Prometheus", exc)
+
+    local = LocalStack(tmp_path_factory.mktemp("stack"), tenants_file=tenant_keys[0])
+    started = []
+    try:
+        for process in (
+            local.start_collector(collector),
+            local.start_gateway(),
+            local.start_prometheus(prometheus),
+        ):
+            started.append(process)
+            local.wait_ready(process, timeout=60)
+        yield local
+    finally:
+        local.stop_all()
+        # Teardown ended exactly what it started, and all of it.
+        assert all(p.popen.poll() is not None for p in started)

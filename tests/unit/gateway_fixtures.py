@@ -1,0 +1,162 @@
+"""In-process gateway and a recording fake Collector for the gateway's unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as service_grpc
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+
+from gateway import tenants
+from gateway.app import Gateway
+from gateway.grpc_server import create_grpc_server
+from gateway.settings import GatewaySettings
+
+EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+
+
+@dataclass
+class FakeCollector(service_grpc.MetricsServiceServicer):
+    """Records every request; answers with `status` when it is set."""
+
+    received: list[ExportMetricsServiceRequest] = field(default_factory=list)
+    status: grpc.StatusCode | None = None
+
+    async def Export(
+        self, request: ExportMetricsServiceRequest, context: grpc.aio.ServicerContext
+    ) -> ExportMetricsServiceResponse:
+        if self.status is not None:
+            await context.abort(self.status, "fake collector refusal")
+        self.received.append(request)
+        return ExportMetricsServiceResponse()
+
+
+@asynccontextmanager
+async def fake_collector() -> AsyncIterator[tuple[FakeCollector, int]]:
+    """A running fake Collector and its port."""
+    collector = FakeCollector()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    service_grpc.add_MetricsServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield collector, port
+    finally:
+        await server.stop(None)
+
+
+@dataclass
+class RunningGateway:
+    """A gateway serving gRPC in this process, and a raw client channel to it."""
+
+    gateway: Gateway
+    channel: grpc.aio.Channel
+
+    async def export(self, body: bytes, key: str | None = None) -> ExportMetricsServiceResponse:
+        """Call Export with raw request bytes and an optional bearer key."""
+        call = self.channel.unary_unary(
+            EXPORT,
+            request_serializer=None,
+            response_deserializer=ExportMetricsServiceResponse.FromString,
+        )
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        response: ExportMetricsServiceResponse = await call(body, metadata=metadata, timeout=10)
+        return response
+
+
+def make_tenants(path: Path, *names: str) -> dict[str, str]:
+    """Write a tenants file with one key per name; return name → key."""
+    table = tenants.TenantTable()
+    keys = {}
+    for name in names:
+        table, keys[name] = tenants.add_key(table, name)
+    tenants.save(path, table)
+    return keys
+
+
+@asynccontextmanager
+async def running_gateway(
+    tenants_file: Path, collector_port: int, **overrides: object
+) -> AsyncIterator[RunningGateway]:
+    """A gateway on a free port forwarding to 127.0.0.1:`collector_port`."""
+    settings = GatewaySettings(
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        tenants_file=tenants_file,
+        collector_endpoint=f"127.0.0.1:{collector_port}",
+        forward_timeout_seconds=2.0,
+        **overrides,  # type: ignore[arg-type]
+    )
+    gateway = Gateway.create(settings)
+    server, port = create_grpc_server(gateway)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield RunningGateway(gateway, channel)
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await gateway.forwarder.close()
+
+
+def counter_request(
+    name: str = "connector.bytes_sent",
+    value: int = 10,
+    point_attributes: dict[str, str] | None = None,
+    resource_attributes: dict[str, str] | None = None,
+    scope_attributes: dict[str, str] | None = None,
+) -> ExportMetricsServiceRequest:
+    """A request with one cumulative monotonic sum of one data point."""
+
+    def kvs(attributes: dict[str, str] | None) -> list[KeyValue]:
+        return [
+            KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in (attributes or {}).items()
+        ]
+
+    point = NumberDataPoint(as_int=value, attributes=kvs(point_attributes))
+    metric = Metric(
+        name=name,
+        unit="By",
+        sum=Sum(data_points=[point], is_monotonic=True, aggregation_temporality=2),
+    )
+    request = ExportMetricsServiceRequest()
+    resource_metrics = ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=[metric])])
+    resource_metrics.resource.attributes.extend(kvs(resource_attributes))
+    resource_metrics.scope_metrics[0].scope.attributes.extend(kvs(scope_attributes))
+    request.resource_metrics.append(resource_metrics)
+    return request
+
+
+def attributes_of(kvs: object) -> dict[str, str]:
+    """A protobuf attribute list as a plain dict of string values."""
+    return {kv.key: kv.value.string_value for kv in kvs}  # type: ignore[attr-defined]
+
+
+def run(coro: object) -> object:
+    """Run a coroutine to completion (the tests need no async plugin)."""
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def free_port_now() -> int:
+    """A port nothing listens on (free a moment ago)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
