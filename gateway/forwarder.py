@@ -71,7 +71,9 @@ class CollectorForwarder:
     async def is_ready(self, timeout_seconds: float = 1.0) -> bool:
         """True when the Collector answers an empty export within the timeout."""
         try:
-            await self._connected_stub().Export(ExportMetricsServiceRequest(), timeout=timeout_seconds)
+            await self._connected_stub().Export(
+                ExportMetricsServiceRequest(), timeout=timeout_seconds
+            )
         except grpc.aio.AioRpcError as exc:
             logger.debug("collector at %s not ready: %s", self._endpoint, exc.code())
             return False

@@ -16,9 +16,7 @@ class GatewaySettings(BaseSettings):
     grpc_host: str = Field("0.0.0.0", description="Address the OTLP/gRPC server binds to.")
     grpc_port: int = Field(4317, ge=0, le=65535, description="OTLP/gRPC port (0 picks a free one).")
     http_host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
-    http_port: int = Field(
-        4318, ge=0, le=65535, description="HTTP port (health, metrics)."
-    )
+    http_port: int = Field(4318, ge=0, le=65535, description="HTTP port (health, metrics).")
     tenants_file: Path = Field(
         Path("config/tenants.json"),
         description="JSON file of tenants and their key hashes (see `otel-gateway tenants`).",

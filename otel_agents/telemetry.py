@@ -1,0 +1,127 @@
+"""The handle an agent keeps after `setup_metrics`: its meter, flush, bounded shutdown.
+
+Where this sits: agent code ──(otel_agents: *handle*)──▶ OTLP/gRPC ──▶ gateway.
+
+The SDK's flush and shutdown export synchronously and retry for seconds when the gateway
+is down (shutdown blocked 6-7 s in measurements). A library must not hold its host that
+long, so both run in a daemon thread that the caller waits for only up to a deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+
+_logger = logging.getLogger(__name__)
+
+METER_NAME = "otel_agents"
+"""Instrumentation scope of the project's own instruments."""
+
+# The SDK gets most of the budget so that its own deadline (which also aborts the
+# exporter's retries) fires before ours and it can finish cleanly.
+_SDK_SHARE = 0.9
+
+
+class AgentTelemetry:
+    """An agent's metrics: `.meter` for instruments, `.force_flush()`, `.shutdown()`."""
+
+    def __init__(
+        self,
+        meter_provider: MeterProvider,
+        *,
+        sdk_provider: SdkMeterProvider | None,
+        shutdown_timeout_s: float,
+    ) -> None:
+        """Wrap a provider; `sdk_provider` is None when metrics are disabled."""
+        self.meter_provider: MeterProvider = meter_provider
+        # No scope version on purpose: the Collector puts it on every series as a
+        # label, so upgrading the library would start new series.
+        self.meter: Meter = meter_provider.get_meter(METER_NAME)
+        self._sdk = sdk_provider
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._lock = threading.Lock()
+        self._shutdown_result: bool | None = None
+
+    @classmethod
+    def disabled(cls) -> AgentTelemetry:
+        """Telemetry whose instruments do nothing (metrics off or misconfigured)."""
+        return cls(NoOpMeterProvider(), sdk_provider=None, shutdown_timeout_s=0.0)
+
+    @property
+    def enabled(self) -> bool:
+        """True when measurements are collected and exported."""
+        return self._sdk is not None
+
+    def force_flush(self, timeout_s: float | None = None) -> bool:
+        """Export now; False if that failed or did not finish within `timeout_s`."""
+        sdk = self._sdk
+        if sdk is None:
+            return True
+        budget = self._budget(timeout_s)
+        return _run_bounded(
+            lambda: sdk.force_flush(timeout_millis=budget * 1000 * _SDK_SHARE), budget, "flush"
+        )
+
+    def shutdown(self, timeout_s: float | None = None) -> bool:
+        """Export what is left and stop, returning within `timeout_s` (default from config).
+
+        Idempotent: later calls return the first call's result. True means the SDK
+        stopped in time, not that the last export arrived (the SDK does not say); False
+        means it failed or was abandoned at the deadline.
+        """
+        with self._lock:
+            if self._shutdown_result is not None:
+                return self._shutdown_result
+            sdk = self._sdk
+            if sdk is None:
+                self._shutdown_result = True
+                return True
+            budget = self._budget(timeout_s)
+            self._shutdown_result = _run_bounded(
+                lambda: sdk.shutdown(timeout_millis=budget * 1000 * _SDK_SHARE), budget, "shutdown"
+            )
+            atexit.unregister(self.shutdown)
+            return self._shutdown_result
+
+    def _budget(self, timeout_s: float | None) -> float:
+        chosen = self._shutdown_timeout_s if timeout_s is None else timeout_s
+        return max(0.0, chosen)
+
+
+def _run_bounded(action: Callable[[], object], timeout_s: float, what: str) -> bool:
+    """Run `action` in a daemon thread and wait at most `timeout_s`; True if it succeeded."""
+    succeeded: list[bool] = []
+
+    def run() -> None:
+        try:
+            action()
+            succeeded.append(True)
+        except Exception:  # the SDK raises a bare Exception when a reader fails
+            _logger.warning("otel_agents: metrics %s failed", what, exc_info=True)
+            succeeded.append(False)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name=f"otel-agents-{what}", daemon=True)
+    try:
+        worker.start()
+    except RuntimeError:
+        # Python 3.12.0-3.12.1 refuse new threads in atexit hooks; the SDK's own
+        # deadline (passed in `action`) is then the only bound.
+        run()
+        return succeeded[0]
+    worker.join(timeout_s)
+    if worker.is_alive():
+        _logger.warning(
+            "otel_agents: metrics %s did not finish within %.1f s; gave up waiting "
+            "(is the gateway reachable?)",
+            what,
+            time.monotonic() - started,
+        )
+        return False
+    return succeeded[0]

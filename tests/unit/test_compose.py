@@ -1,0 +1,249 @@
+"""compose.yaml, checked without a Docker engine: schema, mounts, ports, versions.
+
+Each test reads the deployed files themselves, so a rename on one side (a
+Collector variable, a Prometheus target file, a gateway setting) fails here
+rather than in a container nobody started.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.settings import GatewaySettings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "compose.yaml"
+BUILDER_MANIFEST = REPO / "otel-collector" / "builder-config.yaml"
+COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
+PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+COMPOSE_TARGETS = REPO / "prometheus" / "targets" / "compose"
+
+COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
+# The Collector's stable modules (the confmap providers) are versioned v1.x in
+# the same release as the v0.x ones. Bumping the release means adding its pair
+# here, from the release notes.
+STABLE_MODULES_VERSION = {"0.165.0": "v1.71.0"}
+LOOPBACK = {"127.0.0.1", "::1"}
+# The collector image is distroless: nothing in it can run a health check.
+NO_HEALTHCHECK = {"collector"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """compose.yaml as data."""
+    document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services of compose.yaml by name."""
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+def _volume_sources(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, source) of each volume, short syntax "SRC:DST[:MODE]" or long syntax."""
+    sources = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source = volume.split(":", 1)[0]
+            kind = "bind" if source.startswith((".", "/", "~")) else "volume"
+            sources.append((kind, source))
+        else:
+            sources.append((volume["type"], volume.get("source", "")))
+    return sources
+
+
+def _port_bindings(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host IP, container port) of each published port; "" is every interface."""
+    bindings = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            bindings.append((str(port.get("host_ip", "")), str(port["target"])))
+            continue
+        spec = str(port).split("/", 1)[0]  # drop "/tcp"
+        if spec.startswith("["):  # "[::1]:9090:9090"
+            host_ip, _, rest = spec[1:].partition("]:")
+            bindings.append((host_ip, rest.split(":")[-1]))
+            continue
+        parts = spec.split(":")
+        bindings.append((parts[0] if len(parts) == 3 else "", parts[-1]))
+    return bindings
+
+
+def _container_mounts(service: dict[str, Any]) -> list[str]:
+    """Container paths of a service's volumes."""
+    targets = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            targets.append(volume.split(":")[1])
+        else:
+            targets.append(volume["target"])
+    return targets
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    assert checker.exists(), f"{checker} is missing: install the dev extra (make setup)"
+    result = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_bind_mounted_host_path_exists(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    missing = []
+    binds = 0
+    for name, service in services.items():
+        for kind, source in _volume_sources(service):
+            if kind == "bind":
+                binds += 1
+                if not (REPO / source).expanduser().exists():
+                    missing.append(f"{name}: {source}")
+            elif kind == "volume":
+                assert source in (compose.get("volumes") or {}), (
+                    f"{name} uses volume {source!r}, not declared under top-level volumes"
+                )
+        build = service.get("build")
+        if build is not None:
+            context = REPO / (build if isinstance(build, str) else build.get("context", "."))
+            dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile")
+            if not (context / (dockerfile or "Dockerfile")).is_file():
+                missing.append(f"{name}: build {context / (dockerfile or 'Dockerfile')}")
+    assert binds > 0, "no bind mounts found: the parser no longer matches compose.yaml"
+    assert not missing, f"bind-mounted paths missing from the repo: {missing}"
+
+
+def test_only_the_gateway_publishes_ports_on_all_interfaces(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gateway = _port_bindings(services["gateway"])
+    assert sorted(gateway) == [("", "4317"), ("", "4318")]
+    assert _port_bindings(services["collector"]) == []
+    for name, service in services.items():
+        if name == "gateway":
+            continue
+        exposed = [b for b in _port_bindings(service) if b[0] not in LOOPBACK]
+        assert not exposed, f"{name} publishes {exposed} beyond loopback"
+
+
+def test_collector_image_is_the_release_of_the_builder_manifest(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    manifest = yaml.safe_load(BUILDER_MANIFEST.read_text(encoding="utf-8"))
+    release = manifest["dist"]["version"]
+    image, _, tag = services["collector"]["image"].rpartition(":")
+    assert image == COLLECTOR_IMAGE
+    assert tag == release, f"compose runs {tag}, builder-config.yaml builds {release}"
+
+    assert release in STABLE_MODULES_VERSION, (
+        f"add the confmap providers' v1 version of release {release} to STABLE_MODULES_VERSION"
+    )
+    modules = [
+        entry["gomod"].split()
+        for section in (
+            "receivers",
+            "processors",
+            "exporters",
+            "extensions",
+            "connectors",
+            "providers",
+        )
+        for entry in manifest.get(section) or []
+    ]
+    assert len(modules) >= 6, f"expected the pipeline's components, found {modules}"
+    wrong = []
+    for module, version in modules:
+        stable = "/confmap/provider/" in module
+        expected = STABLE_MODULES_VERSION[release] if stable else f"v{release}"
+        if version != expected:
+            wrong.append(f"{module} {version} (expected {expected})")
+    assert not wrong, f"components off the {release} release: {wrong}"
+
+
+def test_every_service_restarts_and_has_a_health_check(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert set(services) == {"gateway", "collector", "prometheus", "grafana"}
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+        if name in NO_HEALTHCHECK:
+            assert "healthcheck" not in service, name
+        elif "build" in service:
+            assert "HEALTHCHECK" in dockerfile, name
+            assert "/healthz" in dockerfile, name
+        else:
+            assert service["healthcheck"]["test"], name
+
+
+def test_collector_variables_are_the_ones_its_config_reads(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = COLLECTOR_CONFIG.read_text(encoding="utf-8")
+    environment = services["collector"]["environment"]
+    assert environment, "the collector needs 0.0.0.0 binds in a container"
+    unread = [name for name in environment if f"${{env:{name}" not in config]
+    assert not unread, f"otel-collector/config.yaml does not read {unread}"
+
+
+def test_gateway_variables_name_settings_and_mounted_files(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gateway = services["gateway"]
+    environment = gateway["environment"]
+    fields = set(GatewaySettings.model_fields)
+    unknown = [n for n in environment if n.removeprefix("GATEWAY_").lower() not in fields]
+    assert not unknown, f"not gateway settings: {unknown}"
+    tenants_file = Path(environment["GATEWAY_TENANTS_FILE"])
+    mounts = [Path(target) for target in _container_mounts(gateway)]
+    assert any(tenants_file.is_relative_to(m) for m in mounts), (
+        f"{tenants_file} is not inside a mount of the gateway: {mounts}"
+    )
+    assert environment["GATEWAY_COLLECTOR_ENDPOINT"].split(":")[0] in services
+
+
+def test_prometheus_target_files_name_compose_services(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    target_files = [
+        path
+        for job in config["scrape_configs"]
+        for sd in job.get("file_sd_configs", [])
+        for path in sd["files"]
+    ]
+    assert target_files, "prometheus.yml no longer reads file-based targets"
+    for path in target_files:
+        assert path.startswith("targets/"), f"{path}: compose mounts only targets/"
+        document = json.loads((COMPOSE_TARGETS / path.removeprefix("targets/")).read_text())
+        for group in document:
+            for target in group["targets"]:
+                host = target.rsplit(":", 1)[0]
+                assert host in services or host == "localhost", f"{path}: {target}"
+
+
+def test_gateway_image_exposes_what_compose_publishes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    lines = (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    exposed = {port for line in lines if line.startswith("EXPOSE ") for port in line.split()[1:]}
+    published = {port for _, port in _port_bindings(services["gateway"])}
+    assert exposed == published
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users, "the gateway image runs as root"
+    assert users[-1] not in {"root", "0"}
