@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -18,17 +20,33 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its signal handling: it re-raises the signal once it has
+    stopped, which would end the process before the gRPC server drains."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _reload_tenants(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(gateway.settings.tenants_reload_seconds)
         gateway.tenants.reload()
 
 
+def _request_exit(http_server: uvicorn.Server, sig: signal.Signals) -> None:
+    logger.info("received %s", sig.name)
+    # A second signal while draining stops without waiting for open connections.
+    http_server.force_exit = http_server.should_exit
+    http_server.should_exit = True
+
+
 async def serve(settings: GatewaySettings) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop."""
     gateway = Gateway.create(settings)
     grpc_server, grpc_port = create_grpc_server(gateway)
-    http_server = uvicorn.Server(
+    http_server = _HttpServer(
         uvicorn.Config(
             create_app(gateway),
             host=settings.http_host,
@@ -48,9 +66,11 @@ async def serve(settings: GatewaySettings) -> None:
         settings.http_port,
         settings.collector_endpoint,
     )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _request_exit, http_server, sig)
     try:
-        # uvicorn owns the signal handling: serve() returns on SIGINT/SIGTERM.
-        await http_server.serve()
+        await http_server.serve()  # returns once _request_exit has run
     finally:
         logger.info("gateway stopping")
         reloader.cancel()

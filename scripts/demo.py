@@ -110,8 +110,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def run() -> int:
     """Start everything, wait for Ctrl-C or a failure, stop everything."""
     started = time.monotonic()
-    # SIGTERM ends the demo like Ctrl-C: a KeyboardInterrupt wherever it is,
-    # then the `finally` below stops every process.
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the demo is, then the
+    # `finally` below stops every process. Set explicitly: a shell starts
+    # background jobs with SIGINT ignored, and Python would keep ignoring it.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
     check_ports_free(PORTS)
