@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.auth import Authenticator
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.forwarder import CollectorForwarder
 from gateway.ingest import Ingestor
@@ -18,6 +19,7 @@ class Gateway:
 
     settings: GatewaySettings
     tenants: TenantRegistry
+    authenticator: Authenticator
     forwarder: CollectorForwarder
     telemetry: GatewayTelemetry
     ingestor: Ingestor
@@ -32,7 +34,8 @@ class Gateway:
             max_message_bytes=settings.max_request_bytes * 2,
         )
         ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes)
-        return cls(settings, TenantRegistry(settings.tenants_file), forwarder, telemetry, ingestor)
+        tenants = TenantRegistry(settings.tenants_file)
+        return cls(settings, tenants, Authenticator(tenants), forwarder, telemetry, ingestor)
 
     def count_outcome(self, transport: str, tenant_id: str, error: GatewayError | None) -> None:
         """Count one finished request (and its rejection reason, if any)."""

@@ -10,7 +10,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway.app import Gateway
-from gateway.auth import authenticate
+from gateway.auth import Credentials
 from gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,11 @@ class MetricsExportHandler:
         response = ExportMetricsServiceResponse()
         gateway.telemetry.metrics.in_flight.add(1)
         try:
-            tenant = authenticate(gateway.tenants, _header(context, "authorization"))
+            tenant = gateway.authenticator.authenticate(
+                Credentials(_header(context, "authorization"), peer=context.peer())
+            )
             tenant_id = tenant.id
+            gateway.ingestor.admit(tenant, len(body))
             request = gateway.ingestor.decode(body)
             response = await gateway.ingestor.ingest(tenant, request)
         except GatewayError as exc:

@@ -7,6 +7,7 @@ Transport adapters (grpc_server, http_app) authenticate first and hand over a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -29,21 +30,42 @@ class Forwarder(Protocol):
     ) -> ExportMetricsServiceResponse: ...
 
 
-class Ingestor:
-    """Accepts one tenant's OTLP request and forwards it under that tenant."""
+class AcceptedObserver(Protocol):
+    """Told about every request that reached the Collector (fleet status, ...)."""
 
-    def __init__(self, forwarder: Forwarder, metrics: GatewayMetrics, max_request_bytes: int):
+    def on_accepted(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None: ...
+
+
+class Ingestor:
+    """Accepts one tenant's OTLP request and forwards it under that tenant.
+
+    Every transport calls, in order: `admit` (before decoding), its own decoding
+    (`decode` for protobuf), then `ingest`.
+    """
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        metrics: GatewayMetrics,
+        max_request_bytes: int,
+        observers: Sequence[AcceptedObserver] = (),
+    ) -> None:
         self._forwarder = forwarder
         self._metrics = metrics
         self._max_request_bytes = max_request_bytes
+        self.observers = list(observers)
+
+    def admit(self, tenant: Tenant, body_bytes: int) -> None:
+        """Refuse a request before it is decoded: size (and, per tenant, its rate)."""
+        del tenant  # per-tenant limits come here
+        if body_bytes > self._max_request_bytes:
+            raise RequestTooLarge(
+                f"request of {body_bytes} bytes is over the limit of {self._max_request_bytes}; "
+                "send smaller batches (max_export_batch_size in the OpenTelemetry SDK)"
+            )
 
     def decode(self, body: bytes) -> ExportMetricsServiceRequest:
         """Parse a serialized ExportMetricsServiceRequest; raise a GatewayError if unusable."""
-        if len(body) > self._max_request_bytes:
-            raise RequestTooLarge(
-                f"request of {len(body)} bytes is over the limit of {self._max_request_bytes}; "
-                "send smaller batches (max_export_batch_size in the OpenTelemetry SDK)"
-            )
         request = ExportMetricsServiceRequest()
         try:
             request.ParseFromString(body)
@@ -70,4 +92,6 @@ class Ingestor:
         finally:
             self._metrics.forward_duration.record(time.perf_counter() - started)
         self._metrics.data_points.add(points, {"tenant_id": tenant.id, "outcome": "forwarded"})
+        for observer in self.observers:
+            observer.on_accepted(tenant, request)
         return response
