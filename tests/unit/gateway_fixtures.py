@@ -67,6 +67,7 @@ class RunningGateway:
 
     gateway: Gateway
     channel: grpc.aio.Channel
+    port: int
 
     async def export(self, body: bytes, key: str | None = None) -> ExportMetricsServiceResponse:
         """Call Export with raw request bytes and an optional bearer key."""
@@ -108,7 +109,7 @@ async def running_gateway(
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield RunningGateway(gateway, channel)
+        yield RunningGateway(gateway, channel, port)
     finally:
         await channel.close()
         await server.stop(None)
