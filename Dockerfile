@@ -22,7 +22,9 @@ COPY --from=build /opt/venv /opt/venv
 # UID 1000 is the first user on most hosts: `otel-gateway tenants add` writes the
 # tenants file with mode 0600, and compose runs the container as the file's
 # owner (HOST_UID, default 1000) so it can read it.
-RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin gateway
+RUN useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin gateway \
+    # The fleet's last-seen table (GATEWAY_FLEET_STATE_FILE) lives on a volume here.
+    && mkdir -p /var/lib/otel-gateway && chown gateway:gateway /var/lib/otel-gateway
 USER gateway
 WORKDIR /srv
 EXPOSE 4317 4318

@@ -30,6 +30,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	promtool check config prometheus/prometheus.yml
+	promtool check rules prometheus/rules/*.yml
+	promtool test rules prometheus/tests/*.yml
+	amtool check-config alertmanager/alertmanager.yml
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not e2e"

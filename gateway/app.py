@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth import Authenticator
 from gateway.errors import GatewayError, Unauthenticated
+from gateway.fleet import FleetTracker, create_fleet  # http/fleet
 from gateway.forwarder import CollectorForwarder
 from gateway.ingest import Ingestor
+from gateway.limits import Limits  # limits
 from gateway.settings import GatewaySettings
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import TenantRegistry
@@ -23,6 +25,14 @@ class Gateway:
     forwarder: CollectorForwarder
     telemetry: GatewayTelemetry
     ingestor: Ingestor
+    # http/fleet: the agents' last-seen table, wired in __post_init__
+    fleet: FleetTracker = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Wire the fleet tracker: told of every accepted request, exported on /metrics."""
+        # http/fleet
+        self.fleet = create_fleet(self.settings, self.telemetry.provider.get_meter("gateway.fleet"))
+        self.ingestor.observers.append(self.fleet)
 
     @classmethod
     def create(cls, settings: GatewaySettings) -> Gateway:
@@ -34,8 +44,18 @@ class Gateway:
             max_message_bytes=settings.max_request_bytes * 2,
         )
         ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes)
+        # limits: per-tenant limits (settings + limits file), active series on /metrics
+        ingestor.use_limits(Limits.from_settings(settings))
+        telemetry.provider.get_meter("gateway.limits").create_observable_gauge(
+            "gateway.active_series",
+            callbacks=[ingestor.observe_active_series],
+            unit="{series}",
+            description="Series per tenant seen within the active-series window.",
+        )
         tenants = TenantRegistry(settings.tenants_file)
-        return cls(settings, tenants, Authenticator(tenants), forwarder, telemetry, ingestor)
+        # credentials: API keys, JWTs, client certificates, failure throttling
+        authenticator = Authenticator.create(settings, tenants)
+        return cls(settings, tenants, authenticator, forwarder, telemetry, ingestor)
 
     def count_outcome(self, transport: str, tenant_id: str, error: GatewayError | None) -> None:
         """Count one finished request (and its rejection reason, if any)."""

@@ -2,15 +2,33 @@
 
 Transport adapters (gRPC, HTTP) collect the request's credentials into a
 `Credentials` value and call `Authenticator.authenticate` once; everything after
-it is given the resulting `Tenant`.
+it is given the resulting `Tenant`. A credential is one of:
+
+- an API key, `authorization: Bearer oga_<id>_<secret>` (see gateway.tenants);
+- a JWT, `authorization: Bearer <header>.<claims>.<signature>` (gateway.jwt_auth);
+- a client certificate verified by mutual TLS (gateway.tls), when the settings
+  map certificates to tenants. A bearer credential sent with it must name the
+  same tenant.
+
+An address that fails too often is refused before any of this (gateway.throttle).
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.errors import Unauthenticated
-from gateway.tenants import Tenant, TenantRegistry
+from gateway.jwt_auth import JwtVerifier, jwt_verifier
+from gateway.settings import GatewaySettings
+from gateway.tenants import KEY_PREFIX, Tenant, TenantRegistry
+from gateway.throttle import FailureThrottle, peer_address
+from gateway.tls import CertificateTenants
+
+# RFC 6750 b64token: a value with a space or a comma (two headers joined) is refused.
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @dataclass(frozen=True)
@@ -20,31 +38,123 @@ class Credentials:
     authorization: str | None
     peer: str = ""
     """The client's address as the transport reports it (for throttling and logs)."""
+    client_certificate: str | None = None
+    """PEM of the client certificate the TLS handshake verified (mTLS), else None."""
+
+
+def authorization_from(values: Iterable[str | bytes]) -> str | None:
+    """The authorization value to put in `Credentials` from all the values a
+    request carries: several are joined with ', ' (as HTTP combines repeated
+    headers), which `authenticate` refuses rather than picking one."""
+    texts = [v.decode("latin-1") if isinstance(v, bytes) else v for v in values]
+    return ", ".join(texts) if texts else None
 
 
 class Authenticator:
     """Turns credentials into a tenant, or raises Unauthenticated."""
 
-    def __init__(self, tenants: TenantRegistry) -> None:
+    def __init__(
+        self,
+        tenants: TenantRegistry,
+        jwt: JwtVerifier | None = None,
+        certificates: CertificateTenants | None = None,
+        throttle: FailureThrottle | None = None,
+        require_known_tenant: bool = True,
+    ) -> None:
         self.tenants = tenants
+        self.jwt = jwt
+        self.certificates = certificates
+        self.throttle = throttle if throttle is not None else FailureThrottle(0, 1.0, 1.0)
+        self.require_known_tenant = require_known_tenant
+
+    @classmethod
+    def create(cls, settings: GatewaySettings, tenants: TenantRegistry) -> Authenticator:
+        """The authenticator the settings describe (reads JWT key files now)."""
+        throttle = FailureThrottle(
+            settings.auth_failure_limit,
+            settings.auth_failure_window_seconds,
+            settings.auth_block_seconds,
+        )
+        return cls(
+            tenants,
+            jwt=jwt_verifier(settings),
+            certificates=CertificateTenants.from_settings(settings),
+            throttle=throttle,
+            require_known_tenant=settings.require_known_tenant,
+        )
+
+    def reload(self) -> None:
+        """Re-read the tenants file and the JWT key file if they changed."""
+        self.tenants.reload()
+        if self.jwt is not None:
+            self.jwt.reload()
 
     def authenticate(self, credentials: Credentials) -> Tenant:
-        """The tenant of an `authorization: Bearer <key>` credential; raise Unauthenticated."""
-        authorization = credentials.authorization
+        """The tenant the credentials prove; raise Unauthenticated (with a cause)."""
+        address = peer_address(credentials.peer)
+        wait = self.throttle.retry_after(address)
+        if wait > 0:
+            raise Unauthenticated(
+                "too many failed authentications from your address; "
+                f"retry after {math.ceil(wait)} s",
+                cause="throttled",
+            )
+        try:
+            return self._authenticate(credentials)
+        except Unauthenticated:
+            self.throttle.record_failure(address)
+            raise
+
+    def _authenticate(self, credentials: Credentials) -> Tenant:
+        if self.certificates is None or credentials.client_certificate is None:
+            return self._bearer_tenant(credentials.authorization)
+        try:
+            name = self.certificates.tenant_of(credentials.client_certificate)
+        except ValueError as exc:
+            raise Unauthenticated(str(exc), cause="certificate") from exc
+        tenant = self._known(Tenant(name), "the client certificate")
+        if credentials.authorization and self._bearer_tenant(credentials.authorization) != tenant:
+            raise Unauthenticated(
+                "the bearer credential belongs to another tenant than the client certificate",
+                cause="conflict",
+            )
+        return tenant
+
+    def _bearer_tenant(self, authorization: str | None) -> Tenant:
         if not authorization:
             raise Unauthenticated(
                 "no credential: send the header 'authorization: Bearer <API key>'",
                 cause="missing",
             )
-        scheme, _, key = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not BEARER_TOKEN.fullmatch(token):
             raise Unauthenticated(
-                "the authorization header must be 'Bearer <API key>'", cause="malformed"
+                "the authorization header must be exactly one 'Bearer <API key or JWT>'",
+                cause="malformed",
             )
-        tenant = self.tenants.authenticate(key.strip())
+        if not token.startswith(f"{KEY_PREFIX}_") and token.count(".") == 2:
+            return self._jwt_tenant(token)
+        tenant = self.tenants.authenticate(token)
         if tenant is None:
             raise Unauthenticated(
                 "unknown or revoked API key: check the key the platform team gave you",
                 cause="unknown",
+            )
+        return tenant
+
+    def _jwt_tenant(self, token: str) -> Tenant:
+        if self.jwt is None:
+            raise Unauthenticated(
+                "this gateway does not accept JWTs: send an API key", cause="jwt_disabled"
+            )
+        return self._known(self.jwt.verify(token), "the JWT")
+
+    def _known(self, tenant: Tenant, source: str) -> Tenant:
+        if self.require_known_tenant and not self.tenants.knows(tenant.id):
+            raise Unauthenticated(
+                f"{source} names tenant {tenant.id!r}, which is not registered: "
+                f"ask the platform team to run `otel-gateway tenants add {tenant.id} --no-key`",
+                cause="unknown_tenant",
             )
         return tenant

@@ -28,8 +28,37 @@ def _parser(default_file: Path) -> argparse.ArgumentParser:
         "add", help="create a tenant, or a new key for an existing one; prints the key once"
     )
     add.add_argument("name", help="tenant id: the tenant_id label of its metrics")
-    listing = tenant_actions.add_parser("list", help="list tenants and their key ids")
-    for sub in (add, listing):
+    add.add_argument(
+        "--no-key",
+        action="store_true",
+        help="register the tenant without an API key (it authenticates by JWT or certificate)",
+    )
+    listing = tenant_actions.add_parser(
+        "list", help="list tenants and their key ids (with revocation times), never keys"
+    )
+    rotate = tenant_actions.add_parser(
+        "rotate",
+        help="add a new key to an existing tenant and print it once; the old keys keep "
+        "working until revoked",
+    )
+    rotate.add_argument("name", help="tenant id")
+    rotate.add_argument(
+        "--revoke-old",
+        action="store_true",
+        help="also revoke every older key at once (a leaked key: agents must switch now)",
+    )
+    revoke = tenant_actions.add_parser(
+        "revoke", help="revoke keys; the running gateway refuses them within seconds"
+    )
+    revoke.add_argument("name", help="tenant id")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("key_ids", nargs="*", default=[], metavar="KEY_ID", help="key ids")
+    which.add_argument("--all", action="store_true", help="every key of the tenant")
+    remove = tenant_actions.add_parser(
+        "remove", help="delete a tenant and its keys (its JWTs and certificates stop working)"
+    )
+    remove.add_argument("name", help="tenant id")
+    for sub in (add, listing, rotate, revoke, remove):
         sub.add_argument(
             "--file",
             type=Path,
@@ -39,26 +68,95 @@ def _parser(default_file: Path) -> argparse.ArgumentParser:
     return parser
 
 
-def _tenants_add(path: Path, name: str) -> int:
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _print_key(key: str) -> None:
+    _say("API key (shown once; agents send it as 'authorization: Bearer <key>'):")
+    print(key)
+
+
+def _tenants_add(path: Path, name: str, no_key: bool) -> int:
     table = tenants.load(path)
-    is_new = name not in table.tenants
+    is_new = not table.knows(name)
+    if no_key:
+        tenants.save(path, tenants.add_tenant(table, name))
+        _say(f"{'created' if is_new else 'kept'} tenant {name!r} in {path}, without a key")
+        return 0
     table, key = tenants.add_key(table, name)
     tenants.save(path, table)
     what = "created tenant" if is_new else "added a key to tenant"
-    print(f"{what} {name!r} in {path}", file=sys.stderr)
-    print("API key (shown once; agents send it as 'authorization: Bearer <key>'):", file=sys.stderr)
-    print(key)
+    _say(f"{what} {name!r} in {path}")
+    _print_key(key)
     return 0
 
 
 def _tenants_list(path: Path) -> int:
     table = tenants.load(path)
     if not table.tenants:
-        print(f"no tenants in {path}", file=sys.stderr)
+        _say(f"no tenants in {path}")
     for name, records in sorted(table.tenants.items()):
-        keys = ", ".join(f"{r.key_id} (created {r.created})" for r in records) or "no keys"
-        print(f"{name}: {keys}")
+        keys = ", ".join(
+            f"{r.key_id} (created {r.created}" + (f", revoked {r.revoked})" if r.revoked else ")")
+            for r in records
+        )
+        print(f"{name}: {keys or 'no keys'}")
     return 0
+
+
+def _tenants_rotate(path: Path, name: str, revoke_old: bool) -> int:
+    table = tenants.load(path)
+    if not table.knows(name):
+        raise ValueError(f"no tenant {name!r} in {path}: create it with `tenants add {name}`")
+    old = tenants.active_key_ids(table, name)
+    table, key = tenants.add_key(table, name)
+    if revoke_old:
+        table, _ = tenants.revoke_keys(table, name, old)
+    tenants.save(path, table)
+    _say(f"added a key to tenant {name!r} in {path}")
+    if old and revoke_old:
+        _say(f"revoked its previous key(s): {', '.join(old)}")
+    elif old:
+        _say(
+            f"its previous key(s) {', '.join(old)} still work: once every agent uses the new "
+            f"key, run `otel-gateway tenants revoke {name} {' '.join(old)}`"
+        )
+    _print_key(key)
+    return 0
+
+
+def _tenants_revoke(path: Path, name: str, key_ids: list[str], revoke_all: bool) -> int:
+    table = tenants.load(path)
+    table, revoked = tenants.revoke_keys(table, name, None if revoke_all else key_ids)
+    if not revoked:
+        _say(f"nothing to do: the key(s) of tenant {name!r} were already revoked")
+        return 0
+    tenants.save(path, table)
+    _say(
+        f"revoked key(s) {', '.join(revoked)} of tenant {name!r}; a running gateway refuses "
+        "them once it re-reads the file (GATEWAY_TENANTS_RELOAD_SECONDS)"
+    )
+    return 0
+
+
+def _tenants_remove(path: Path, name: str) -> int:
+    tenants.save(path, tenants.remove_tenant(tenants.load(path), name))
+    _say(f"removed tenant {name!r} and its keys from {path}")
+    return 0
+
+
+def _tenants(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    if args.action == "add":
+        return _tenants_add(path, args.name, args.no_key)
+    if args.action == "rotate":
+        return _tenants_rotate(path, args.name, args.revoke_old)
+    if args.action == "revoke":
+        return _tenants_revoke(path, args.name, args.key_ids, args.all)
+    if args.action == "remove":
+        return _tenants_remove(path, args.name)
+    return _tenants_list(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser(settings.tenants_file).parse_args(argv)
     try:
         if args.command == "tenants":
-            if args.action == "add":
-                return _tenants_add(args.file, args.name)
-            return _tenants_list(args.file)
+            return _tenants(args)
     except (ValueError, OSError) as exc:
         print(f"otel-gateway: {exc}", file=sys.stderr)
         return 1
@@ -81,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from gateway.jwt_auth import JwtConfigError
     from gateway.server import serve  # grpc and uvicorn only when serving
+    from gateway.tls import TlsConfigError
 
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:
+    except (OSError, JwtConfigError, TlsConfigError) as exc:
         logging.getLogger("gateway").error("cannot start: %s", exc)
         return 1
     return 0

@@ -1,23 +1,92 @@
-"""Every way the gateway refuses a request: a stable reason, an HTTP and a gRPC status.
+"""Every way the gateway refuses data: a stable reason, an HTTP and a gRPC status.
 
-The reason is the `reason` label of the rejection counter and appears in the
+`REASONS` is the one table. A reason either refuses the whole request (a
+`GatewayError` subclass, raised, mapped to a status by each transport) or drops
+single data points, which are reported in the OTLP response's `partial_success`
+while the request itself succeeds (gRPC OK, HTTP 200).
+
+The reason is the `reason` label of the rejection counters and starts every
 message, so a client's log line, the gateway's metrics and docs/gateway.md all
-name the same thing.
+name the same thing; `setting` names what changes the limit.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import grpc
 
 
+@dataclass(frozen=True)
+class Reason:
+    """One row of the rejection table."""
+
+    id: str
+    grpc_status: grpc.StatusCode
+    http_status: int
+    refuses: Literal["request", "points"]
+    setting: str = ""
+    """The setting (GATEWAY_<NAME> or limits-file key) that changes the limit, if any."""
+
+
+_OK, _INVALID, _EXHAUSTED = (
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
+REASONS: dict[str, Reason] = {
+    r.id: r
+    for r in (
+        # Whole request refused (checked in this order).
+        Reason("unauthenticated", grpc.StatusCode.UNAUTHENTICATED, 401, "request"),
+        # RetryInfo is attached: exporters wait the given delay and retry.
+        Reason(
+            "rate_limited",
+            _EXHAUSTED,
+            429,
+            "request",
+            "rate_limit_requests_per_second, rate_limit_burst",
+        ),
+        # No RetryInfo: by the OTLP spec RESOURCE_EXHAUSTED without it is not
+        # retried (Go, Java); the Python exporter retries it for up to 10 s in vain.
+        Reason("request_too_large", _EXHAUSTED, 413, "request", "max_request_bytes"),
+        Reason("invalid_request", _INVALID, 400, "request"),
+        Reason("too_many_data_points", _EXHAUSTED, 413, "request", "max_data_points_per_request"),
+        Reason("collector_unavailable", grpc.StatusCode.UNAVAILABLE, 503, "request"),
+        Reason("internal", grpc.StatusCode.INTERNAL, 500, "request"),
+        # Single data points dropped (first failing check wins, in this order).
+        Reason("metric_name_not_allowed", _OK, 200, "points", "metric_name_patterns"),
+        Reason("invalid_value", _OK, 200, "points"),
+        Reason("attribute_limit", _OK, 200, "points", "max_attributes_per_point"),
+        Reason("attribute_key_not_allowed", _OK, 200, "points", "attribute_key_patterns"),
+        Reason("attribute_value_too_long", _OK, 200, "points", "max_attribute_value_length"),
+        Reason(
+            "series_limit",
+            _OK,
+            200,
+            "points",
+            "max_active_series, active_series_window_seconds",
+        ),
+    )
+}
+
+
 class GatewayError(Exception):
-    """Base of all refusals; subclasses fix the reason and the statuses."""
+    """Base of all refusals of a whole request; subclasses fix the reason and statuses."""
 
     reason: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
     grpc_status: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retry_after_seconds: float | None = None
+    """Set when the client may retry the same request after this delay (rate limits)."""
+
+    def __init_subclass__(cls, reason: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if reason:  # the statuses come from the table, never from the class body
+            row = REASONS[reason]
+            cls.reason, cls.http_status, cls.grpc_status = row.id, row.http_status, row.grpc_status
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -27,37 +96,33 @@ class GatewayError(Exception):
         return f"{self.reason}: {self.message}"
 
 
-class Unauthenticated(GatewayError):
+class Unauthenticated(GatewayError, reason="unauthenticated"):
     """No credential, or one the gateway does not know."""
-
-    reason = "unauthenticated"
-    http_status = 401
-    grpc_status = grpc.StatusCode.UNAUTHENTICATED
 
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
         self.cause = cause  # missing | malformed | unknown: the auth failure counter's label
 
 
-class InvalidRequest(GatewayError):
+class RateLimited(GatewayError, reason="rate_limited"):
+    """The tenant sends more requests per second than its limit allows."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RequestTooLarge(GatewayError, reason="request_too_large"):
+    """The request is over the tenant's `max_request_bytes`."""
+
+
+class InvalidRequest(GatewayError, reason="invalid_request"):
     """The request cannot be decoded or is not OTLP metrics."""
 
-    reason = "invalid_request"
-    http_status = 400
-    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+
+class TooManyDataPoints(GatewayError, reason="too_many_data_points"):
+    """The request holds more data points than `max_data_points_per_request`."""
 
 
-class RequestTooLarge(GatewayError):
-    """The request is over `max_request_bytes`."""
-
-    reason = "request_too_large"
-    http_status = 413
-    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class CollectorUnavailable(GatewayError):
+class CollectorUnavailable(GatewayError, reason="collector_unavailable"):
     """The Collector could not take the data; the client should retry."""
-
-    reason = "collector_unavailable"
-    http_status = 503
-    grpc_status = grpc.StatusCode.UNAVAILABLE

@@ -5,18 +5,25 @@ from __future__ import annotations
 import logging
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.duration_pb2 import Duration
+from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
+from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
 from gateway.app import Gateway
-from gateway.auth import Credentials
+from gateway.auth import Credentials, authorization_from
 from gateway.errors import GatewayError
+from gateway.tls import client_certificate_from_grpc, grpc_server_credentials
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 UNKNOWN_TENANT = "unknown"
+TENANT_HEADER = "x-otel-tenant"
+"""Response metadata (gRPC) and header (HTTP) naming the tenant the data was stored under."""
 
 
 class MetricsExportHandler:
@@ -37,7 +44,11 @@ class MetricsExportHandler:
         gateway.telemetry.metrics.in_flight.add(1)
         try:
             tenant = gateway.authenticator.authenticate(
-                Credentials(_header(context, "authorization"), peer=context.peer())
+                Credentials(
+                    authorization_from(_headers(context, "authorization")),
+                    peer=context.peer(),
+                    client_certificate=client_certificate_from_grpc(context.auth_context()),
+                )
             )
             tenant_id = tenant.id
             gateway.ingestor.admit(tenant, len(body))
@@ -52,17 +63,45 @@ class MetricsExportHandler:
             gateway.telemetry.metrics.in_flight.add(-1)
         gateway.count_outcome("grpc", tenant_id, error)
         if error is not None:
-            await context.abort(error.grpc_status, str(error))
+            code, details, trailers = grpc_status(error)
+            await context.abort(code, details, trailing_metadata=trailers)
+        # Which tenant the data was stored under: `otel-agents check` shows it.
+        await context.send_initial_metadata(((TENANT_HEADER, tenant_id),))
         return response
 
 
-def _header(
+Trailers = tuple[tuple[str, bytes], ...]
+
+
+def grpc_status(error: GatewayError) -> tuple[grpc.StatusCode, str, Trailers]:
+    """The gRPC form of a refusal: status, message, and RetryInfo when it may be retried.
+
+    The OpenTelemetry Python exporter reads the delay only from
+    `google.rpc.retryinfo-bin`; Go and Java read the google.rpc.Status in
+    `grpc-status-details-bin`: both are sent.
+    """
+    details = str(error)
+    if error.retry_after_seconds is None:
+        return error.grpc_status, details, ()
+    seconds = error.retry_after_seconds
+    info = RetryInfo(retry_delay=Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9)))
+    detail = AnyProto()
+    detail.Pack(info)
+    status = Status(code=error.grpc_status.value[0], message=details, details=[detail])
+    return (
+        error.grpc_status,
+        details,
+        (
+            ("google.rpc.retryinfo-bin", info.SerializeToString()),
+            ("grpc-status-details-bin", status.SerializeToString()),
+        ),
+    )
+
+
+def _headers(
     context: grpc.aio.ServicerContext[bytes, ExportMetricsServiceResponse], name: str
-) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return None
+) -> list[str | bytes]:
+    return [value for key, value in context.invocation_metadata() or () if key == name]
 
 
 def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
@@ -87,5 +126,10 @@ def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Export": rpc}),)
     )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    credentials = grpc_server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     return server, port

@@ -1,4 +1,5 @@
-"""HTTP transport: health, readiness and the gateway's own metrics."""
+"""HTTP server of the gateway: OTLP/HTTP, the legacy reporter, fleet status, health,
+readiness and the gateway's own metrics."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.app import Gateway
+from gateway.legacy import legacy_router
+from gateway.otlp_http import otlp_router
+from gateway.status_page import status_router
 
 
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI application of one gateway."""
     app = FastAPI(title="otel-gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(otlp_router(gateway))
+    app.include_router(legacy_router(gateway))
+    app.include_router(status_router(gateway))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The middle of the request path: decode → stamp the tenant → forward.
+"""The middle of the request path: limits → validate → stamp the tenant → forward.
 
 Transport adapters (grpc_server, http_app) authenticate first and hand over a
 `Tenant` and the raw request; nothing here knows about gRPC servers or HTTP.
@@ -6,20 +6,34 @@ Transport adapters (grpc_server, http_app) authenticate first and hand over a
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
 
 from gateway.enrich import stamp_tenant
-from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    RequestTooLarge,
+    TooManyDataPoints,
+)
+from gateway.limits import Limits, default_limits
+from gateway.ratelimit import RateLimiter
+from gateway.series import ActiveSeries
 from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
+from gateway.validate import Rejections, count_points, enforce
+
+logger = logging.getLogger(__name__)
 
 
 class Forwarder(Protocol):
@@ -37,10 +51,12 @@ class AcceptedObserver(Protocol):
 
 
 class Ingestor:
-    """Accepts one tenant's OTLP request and forwards it under that tenant.
+    """Accepts one tenant's OTLP request and forwards what its limits allow.
 
-    Every transport calls, in order: `admit` (before decoding), its own decoding
-    (`decode` for protobuf), then `ingest`.
+    Every transport calls, in order: `admit` (before decoding: rate and size),
+    its own decoding (`decode` for protobuf), then `ingest` (data points: count,
+    validity, attributes, series; the answer carries `partial_success` when
+    some points were dropped).
     """
 
     def __init__(
@@ -49,19 +65,45 @@ class Ingestor:
         metrics: GatewayMetrics,
         max_request_bytes: int,
         observers: Sequence[AcceptedObserver] = (),
+        *,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
         self._metrics = metrics
-        self._max_request_bytes = max_request_bytes
+        self._clock = clock
         self.observers = list(observers)
+        self.use_limits(limits or default_limits(max_request_bytes))
+
+    def use_limits(self, limits: Limits) -> None:
+        """Enforce `limits` from now on (starting with full rate buckets, no series)."""
+        self.limits = limits
+        self.rate = RateLimiter(self._clock)
+        self.series = ActiveSeries(limits.series_window_seconds)
+
+    def observe_active_series(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Active series per tenant: the `gateway.active_series` gauge's callback."""
+        del options
+        counts = self.series.counts(self._clock())
+        return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
 
     def admit(self, tenant: Tenant, body_bytes: int) -> None:
-        """Refuse a request before it is decoded: size (and, per tenant, its rate)."""
-        del tenant  # per-tenant limits come here
-        if body_bytes > self._max_request_bytes:
+        """Refuse a request before it is decoded: its tenant's rate, then its size."""
+        limits = self.limits.for_tenant(tenant.id)
+        per_second, burst = limits.rate_limit_requests_per_second, limits.rate_limit_burst
+        wait = self.rate.take(tenant.id, per_second, burst)
+        if wait is not None:
+            raise RateLimited(
+                f"tenant {tenant.id!r} is over its rate of {per_second:g} requests/s "
+                f"(burst {burst}; settings rate_limit_requests_per_second, rate_limit_burst); "
+                f"retry in {wait:g} s",
+                retry_after_seconds=wait,
+            )
+        if body_bytes > limits.max_request_bytes:
             raise RequestTooLarge(
-                f"request of {body_bytes} bytes is over the limit of {self._max_request_bytes}; "
-                "send smaller batches (max_export_batch_size in the OpenTelemetry SDK)"
+                f"request of {body_bytes} bytes is over the limit of {limits.max_request_bytes} "
+                "(setting max_request_bytes); send smaller batches (max_export_batch_size "
+                "in the OpenTelemetry SDK)"
             )
 
     def decode(self, body: bytes) -> ExportMetricsServiceRequest:
@@ -70,28 +112,79 @@ class Ingestor:
         try:
             request.ParseFromString(body)
         except DecodeError as exc:
+            # upb says what is wrong (bad UTF-8, truncated, nested too deep) after
+            # a prefix naming the message type.
+            detail = str(exc).rpartition("': ")[2] or "not protobuf"
             raise InvalidRequest(
-                "the body is not a valid OTLP ExportMetricsServiceRequest protobuf"
+                f"the body is not a valid OTLP ExportMetricsServiceRequest protobuf: {detail}"
             ) from exc
         return request
 
     async def ingest(
         self, tenant: Tenant, request: ExportMetricsServiceRequest
     ) -> ExportMetricsServiceResponse:
-        """Stamp `tenant` on every data point and forward; return the OTLP response."""
+        """Drop what `tenant` may not send, stamp it on the rest, forward; the OTLP answer."""
+        # Fields this gateway does not know would reach the Collector unchecked
+        # and unstamped (a newer point type, say): they are removed, not passed on.
+        request.DiscardUnknownFields()
+        limits = self.limits.for_tenant(tenant.id)
+        sent = count_points(request)
+        limit = limits.max_data_points_per_request
+        if limit and sent > limit:
+            self._count_points(tenant, sent, "rejected", "too_many_data_points")
+            raise TooManyDataPoints(
+                f"{sent} data points in one request, limit {limit} (setting "
+                "max_data_points_per_request); send smaller batches (max_export_batch_size "
+                "in the OpenTelemetry SDK)"
+            )
+        rejections = enforce(request, tenant.id, limits, self.series, self._clock())
+        for reason, count in rejections.counts.items():
+            self._count_points(tenant, count, "rejected", reason)
+            self._metrics.rejections.add(1, {"tenant_id": tenant.id, "reason": reason})
         points = stamp_tenant(request, tenant)
+        response = await self._forward(tenant, request, points)
+        return _with_rejections(response, rejections, sent)
+
+    async def _forward(
+        self, tenant: Tenant, request: ExportMetricsServiceRequest, points: int
+    ) -> ExportMetricsServiceResponse:
         if points == 0:
-            # Valid OTLP with nothing in it: accepted, nothing to store.
+            # Valid OTLP with nothing (left) in it: accepted, nothing to store.
             return ExportMetricsServiceResponse()
         started = time.perf_counter()
         try:
             response = await self._forwarder.forward(request)
         except GatewayError:
-            self._metrics.data_points.add(points, {"tenant_id": tenant.id, "outcome": "failed"})
+            self._count_points(tenant, points, "failed")
             raise
         finally:
             self._metrics.forward_duration.record(time.perf_counter() - started)
-        self._metrics.data_points.add(points, {"tenant_id": tenant.id, "outcome": "forwarded"})
+        self._count_points(tenant, points, "forwarded")
         for observer in self.observers:
-            observer.on_accepted(tenant, request)
+            try:
+                observer.on_accepted(tenant, request)
+            except Exception:
+                # The data is stored; a broken observer must not fail the export.
+                logger.exception("observer %r failed", observer)
         return response
+
+    def _count_points(self, tenant: Tenant, points: int, outcome: str, reason: str = "") -> None:
+        labels = {"tenant_id": tenant.id, "outcome": outcome}
+        if reason:
+            labels["reason"] = reason
+        self._metrics.data_points.add(points, labels)
+
+
+def _with_rejections(
+    response: ExportMetricsServiceResponse, rejections: Rejections, sent: int
+) -> ExportMetricsServiceResponse:
+    partial = response.partial_success
+    if rejections.total == 0:
+        if not partial.rejected_data_points and not partial.error_message:
+            # The spec wants it unset on full success; the Collector sends it empty.
+            response.ClearField("partial_success")
+        return response
+    theirs = partial.error_message  # the Collector sets none today; keep it if it does
+    partial.rejected_data_points += rejections.total
+    partial.error_message = rejections.message(sent) + (f"; collector: {theirs}" if theirs else "")
+    return response

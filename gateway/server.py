@@ -6,14 +6,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+import ssl
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.app import Gateway
 from gateway.grpc_server import create_grpc_server
 from gateway.http_app import create_app
 from gateway.settings import GatewaySettings
+from gateway.tls import read_tls_file
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +33,76 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-async def _reload_tenants(gateway: Gateway) -> None:
+class ClientCertificateH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol that also fills the ASGI `tls` extension's
+    `client_cert_chain` (uvicorn leaves it out): the peer certificate the
+    handshake verified, PEM, for `gateway.tls.client_certificate_from_asgi`."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Give the app of a connection that presented a certificate that certificate."""
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            self.app = _with_client_certificate(self.app, ssl.DER_cert_to_PEM_cert(der))
+
+
+def _with_client_certificate(app: Any, pem: str) -> Any:
+    async def app_with_tls(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        tls = {
+            "server_cert": None,
+            "client_cert_chain": [pem],
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "tls_version": None,
+            "cipher_suite": None,
+        }
+        await app(
+            {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": tls}}, receive, send
+        )
+
+    return app_with_tls
+
+
+def uvicorn_tls_options(settings: GatewaySettings) -> dict[str, Any]:
+    """`uvicorn.Config` arguments for TLS (none when it is off); with mTLS, client
+    certificates are required and reach the app in the ASGI scope."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return {}
+    # Read now for an error naming the setting rather than uvicorn's at bind time.
+    read_tls_file(settings.tls_cert_file, "GATEWAY_TLS_CERT_FILE")
+    read_tls_file(settings.tls_key_file, "GATEWAY_TLS_KEY_FILE")
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_cert_file),
+        "ssl_keyfile": str(settings.tls_key_file),
+    }
+    if settings.tls_client_ca_file is not None:
+        read_tls_file(settings.tls_client_ca_file, "GATEWAY_TLS_CLIENT_CA_FILE")
+        options |= {
+            "ssl_ca_certs": str(settings.tls_client_ca_file),
+            "ssl_cert_reqs": ssl.CERT_REQUIRED,
+            "http": ClientCertificateH11Protocol,
+        }
+    return options
+
+
+def http_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
+    """The uvicorn configuration of the HTTP port (TLS per the settings)."""
+    return uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        **uvicorn_tls_options(settings),
+    )
+
+
+async def _reload_credentials(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(gateway.settings.tenants_reload_seconds)
-        gateway.tenants.reload()
+        gateway.authenticator.reload()
 
 
 def _request_exit(http_server: uvicorn.Server, sig: signal.Signals) -> None:
@@ -46,22 +116,14 @@ async def serve(settings: GatewaySettings) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop."""
     gateway = Gateway.create(settings)
     grpc_server, grpc_port = create_grpc_server(gateway)
-    http_server = _HttpServer(
-        uvicorn.Config(
-            create_app(gateway),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
+    http_server = _HttpServer(http_config(settings, create_app(gateway)))
     await grpc_server.start()
-    reloader = asyncio.create_task(_reload_tenants(gateway))
+    reloader = asyncio.create_task(_reload_credentials(gateway))
     logger.info(
-        "gateway listening: OTLP/gRPC on %s:%d, HTTP on %s:%d, forwarding to %s",
+        "gateway listening: OTLP/gRPC on %s:%d, HTTP%s on %s:%d, forwarding to %s",
         settings.grpc_host,
         grpc_port,
+        "S" if settings.tls_cert_file else "",
         settings.http_host,
         settings.http_port,
         settings.collector_endpoint,
@@ -78,5 +140,6 @@ async def serve(settings: GatewaySettings) -> None:
             await reloader
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await gateway.forwarder.close()
+        gateway.fleet.save()  # http/fleet: last-seen table for the next start
         gateway.telemetry.provider.shutdown()
         logger.info("gateway stopped")

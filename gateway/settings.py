@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re  # limits
 from pathlib import Path
+from typing import Literal, Self  # credentials
 
-from pydantic import Field
+import pydantic  # limits
+from pydantic import Field, model_validator  # credentials: model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,3 +37,160 @@ class GatewaySettings(BaseSettings):
         8 * 1024 * 1024, gt=0, description="Largest accepted OTLP request (bytes, uncompressed)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+
+    # credentials: JWT bearer tokens, TLS and mTLS, failed-authentication throttling
+    require_known_tenant: bool = Field(
+        True,
+        description="A tenant named by a JWT or a client certificate must be in the tenants file.",
+    )
+    jwt_secret_file: Path | None = Field(None, description="HS256 secret file: enables JWTs.")
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM public key (RSA: RS256, EC P-256: ES256): enables JWTs."
+    )
+    jwt_jwks_file: Path | None = Field(
+        None, description="JSON Web Key Set file (RS256/ES256 keys by kid): enables JWTs."
+    )
+    jwt_audience: str = Field("otel-gateway", min_length=1, description="Required JWT `aud`.")
+    jwt_issuer: str | None = Field(None, description="Required JWT `iss` (unchecked if unset).")
+    jwt_tenant_claim: str = Field("tenant_id", min_length=1, description="Claim naming the tenant.")
+    jwt_leeway_seconds: float = Field(
+        30.0, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate: enables TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: clients must present a certificate it signed (mTLS)."
+    )
+    tls_client_tenant: Literal["none", "common_name", "uri"] = Field(
+        "none", description="Take the tenant from the client certificate's CN or a SAN URI."
+    )
+    tls_client_uri_prefix: str = Field(
+        "", description="With tls_client_tenant=uri: the SAN URI prefix before the tenant name."
+    )
+    auth_failure_limit: int = Field(
+        20, ge=0, description="Failed authentications from one address before it is blocked."
+    )
+    auth_failure_window_seconds: float = Field(
+        60.0, gt=0, description="Window in which auth_failure_limit failures are counted."
+    )
+    auth_block_seconds: float = Field(
+        60.0, gt=0, description="How long a blocked address is refused without checking."
+    )
+
+    # limits: each tenant's limits (docs/gateway.md, "Limits"). These are the
+    # defaults; the limits file may change them for all tenants or for one.
+    # 0 turns a limit off.
+    limits_file: Path | None = Field(
+        None, description="YAML or JSON file: `defaults:` and `tenants: {name: {...}}` limits."
+    )
+    limits_reload_seconds: float = Field(
+        2.0, gt=0, description="How often the limits file is checked for changes."
+    )
+    rate_limit_requests_per_second: float = Field(
+        20.0, ge=0, description="Export requests per second per tenant (0 = no limit)."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests a tenant may send at once above its rate."
+    )
+    max_data_points_per_request: int = Field(
+        10_000, ge=0, description="Data points in one request; more refuses the request."
+    )
+    max_active_series: int = Field(
+        10_000, ge=0, description="Series per tenant seen within the window; new ones over it drop."
+    )
+    active_series_window_seconds: float = Field(
+        600.0, gt=0, description="A series not seen for this long stops counting as active."
+    )
+    max_attributes_per_point: int = Field(
+        20, ge=0, description="Attributes (labels) per data point, scope attributes included."
+    )
+    max_attribute_value_length: int = Field(
+        256, ge=0, description="Characters in one attribute value."
+    )
+    metric_name_patterns: tuple[str, ...] = Field(
+        (r"[a-zA-Z][a-zA-Z0-9_.]{0,254}",),
+        description="Regular expressions; a metric name must match one of them whole.",
+    )
+    attribute_key_patterns: tuple[str, ...] = Field(
+        (r"[a-z][a-z0-9_.]{0,62}",),
+        description="Regular expressions; an attribute key must match one of them whole.",
+    )
+
+    # http/fleet: fleet status (docs/gateway.md, "Fleet status")
+    fleet_state_file: Path | None = Field(
+        None,
+        description="Where the last-seen table is kept across restarts "
+        "(default: fleet-state.json beside the tenants file).",
+    )
+    fleet_save_seconds: float = Field(
+        30.0, gt=0, description="Most often the fleet state file is rewritten."
+    )
+    fleet_silent_after_seconds: float = Field(
+        120.0, gt=0, description="An agent not heard from for this long is 'silent'."
+    )
+    fleet_forget_after_seconds: float = Field(
+        7 * 86400.0, gt=0, description="An agent not heard from for this long is forgotten."
+    )
+    fleet_max_agents_per_tenant: int = Field(
+        1000, ge=1, description="Agents remembered per tenant (least recently seen go first)."
+    )
+    admin_key_sha256: str = Field(
+        "",
+        description="Hex SHA-256 digests of admin keys, comma-separated: they list every "
+        "tenant on /api/fleet and /status.",
+    )
+
+    @pydantic.field_validator("admin_key_sha256")
+    @classmethod
+    def _check_admin_digests(cls, value: str) -> str:
+        """Each digest is 64 hex digits: never the key itself."""
+        for digest in value.split(","):
+            if digest.strip() and not re.fullmatch(r"[0-9a-fA-F]{64}", digest.strip()):
+                raise ValueError(
+                    "GATEWAY_ADMIN_KEY_SHA256 takes hex SHA-256 digests of admin keys, "
+                    'comma-separated (printf %s "$KEY" | sha256sum), not the keys'
+                )
+        return value
+
+    @property
+    def admin_key_digests(self) -> tuple[str, ...]:
+        """The admin keys' digests, lower-case."""
+        return tuple(d.strip().lower() for d in self.admin_key_sha256.split(",") if d.strip())
+
+    @property
+    def fleet_state_path(self) -> Path:
+        """The fleet state file in force."""
+        return self.fleet_state_file or self.tenants_file.with_name("fleet-state.json")
+
+    @pydantic.field_validator("metric_name_patterns", "attribute_key_patterns")
+    @classmethod
+    def _check_patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """Refuse at start-up a pattern that is not a regular expression."""
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
+        return patterns
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Self:
+        """Settings that only make sense together."""
+        jwt_sources = [self.jwt_secret_file, self.jwt_public_key_file, self.jwt_jwks_file]
+        if sum(source is not None for source in jwt_sources) > 1:
+            raise ValueError(
+                "set only one of GATEWAY_JWT_SECRET_FILE, GATEWAY_JWT_PUBLIC_KEY_FILE "
+                "and GATEWAY_JWT_JWKS_FILE"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("GATEWAY_TLS_CLIENT_CA_FILE needs GATEWAY_TLS_CERT_FILE (TLS)")
+        if self.tls_client_tenant != "none" and self.tls_client_ca_file is None:
+            raise ValueError("GATEWAY_TLS_CLIENT_TENANT needs GATEWAY_TLS_CLIENT_CA_FILE (mTLS)")
+        if self.tls_client_tenant == "uri" and not self.tls_client_uri_prefix:
+            raise ValueError(
+                "GATEWAY_TLS_CLIENT_TENANT=uri needs GATEWAY_TLS_CLIENT_URI_PREFIX, "
+                "e.g. spiffe://example.org/tenant/"
+            )
+        return self

@@ -4,6 +4,9 @@ The file holds only a SHA-256 of each key. Keys are random 256-bit secrets, so
 a fast hash is enough (nothing to brute-force); a key names its own id
 (`oga_<id>_<secret>`), so a look-up finds one entry and compares one digest in
 constant time.
+
+A key is never deleted by revocation: its record stays with a `revoked` time,
+so `tenants list` shows what was revoked and when.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,11 +46,17 @@ class Tenant:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """One stored key: its public id, the hash of the whole key, when it was made."""
+    """One stored key: its public id, the hash of the whole key, when it was made
+    and, once revoked, when that happened."""
 
     key_id: str
     sha256: str
     created: str
+    revoked: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        """The record as stored (no `revoked` field while the key is active)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -68,16 +77,20 @@ class TenantTable:
         if entry is None:
             return None
         tenant_id, record = entry
-        if not hmac.compare_digest(record.sha256, hash_key(key)):
+        if not hmac.compare_digest(record.sha256, hash_key(key)) or record.revoked:
             return None
         return Tenant(tenant_id)
+
+    def knows(self, tenant_id: str) -> bool:
+        """Whether `tenant_id` is listed, with or without active keys."""
+        return tenant_id in self.tenants
 
     def to_json(self) -> dict[str, Any]:
         """The file's JSON document."""
         return {
             "version": FILE_VERSION,
             "tenants": {
-                name: {"keys": [vars(record) for record in records]}
+                name: {"keys": [record.to_json() for record in records]}
                 for name, records in sorted(self.tenants.items())
             },
         }
@@ -131,8 +144,14 @@ def parse(document: Any) -> TenantTable:
         records = []
         for raw in keys:
             try:
-                record = KeyRecord(str(raw["key_id"]), str(raw["sha256"]), str(raw["created"]))
-            except (KeyError, TypeError) as exc:
+                revoked = raw.get("revoked")
+                record = KeyRecord(
+                    str(raw["key_id"]),
+                    str(raw["sha256"]),
+                    str(raw["created"]),
+                    None if revoked is None else str(revoked),
+                )
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise TenantsFileError(
                     f"tenant {name!r}: each key needs key_id, sha256 and created"
                 ) from exc
@@ -176,14 +195,61 @@ def save(path: Path, table: TenantTable) -> None:
         raise
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def add_tenant(table: TenantTable, tenant_id: str) -> TenantTable:
+    """A copy of `table` listing `tenant_id` (unchanged if it is already there)."""
+    validate_tenant_name(tenant_id)
+    return TenantTable({tenant_id: (), **table.tenants})
+
+
 def add_key(table: TenantTable, tenant_id: str) -> tuple[TenantTable, str]:
     """A copy of `table` with a new key for `tenant_id` (created if new), and that key."""
     validate_tenant_name(tenant_id)
     key, key_id = new_key()
-    record = KeyRecord(key_id, hash_key(key), datetime.now(UTC).isoformat(timespec="seconds"))
+    while key_id in table._by_key_id:  # 32-bit ids: a clash is rare, not impossible
+        key, key_id = new_key()
+    record = KeyRecord(key_id, hash_key(key), _now())
     tenants = dict(table.tenants)
     tenants[tenant_id] = (*tenants.get(tenant_id, ()), record)
     return TenantTable(tenants), key
+
+
+def active_key_ids(table: TenantTable, tenant_id: str) -> list[str]:
+    """Ids of the keys of `tenant_id` that are not revoked."""
+    return [r.key_id for r in table.tenants.get(tenant_id, ()) if not r.revoked]
+
+
+def revoke_keys(
+    table: TenantTable, tenant_id: str, key_ids: Collection[str] | None
+) -> tuple[TenantTable, list[str]]:
+    """A copy of `table` with the given keys of `tenant_id` (all when None) revoked,
+    and the ids that were newly revoked; ValueError names an unknown tenant or key."""
+    records = table.tenants.get(tenant_id)
+    if records is None:
+        raise ValueError(f"no tenant {tenant_id!r}")
+    if key_ids is not None:
+        unknown = set(key_ids) - {r.key_id for r in records}
+        if unknown:
+            raise ValueError(f"tenant {tenant_id!r} has no key {', '.join(sorted(unknown))}")
+    now = _now()
+    revoked = []
+    updated = []
+    for record in records:
+        if not record.revoked and (key_ids is None or record.key_id in key_ids):
+            record = replace(record, revoked=now)
+            revoked.append(record.key_id)
+        updated.append(record)
+    return TenantTable({**table.tenants, tenant_id: tuple(updated)}), revoked
+
+
+def remove_tenant(table: TenantTable, tenant_id: str) -> TenantTable:
+    """A copy of `table` without `tenant_id` and its keys; ValueError if it is not there."""
+    if tenant_id not in table.tenants:
+        raise ValueError(f"no tenant {tenant_id!r}")
+    return TenantTable({k: v for k, v in table.tenants.items() if k != tenant_id})
 
 
 class TenantRegistry:
@@ -203,7 +269,9 @@ class TenantRegistry:
         """Re-read the file if it changed; True when a new table took effect."""
         try:
             stat = self._path.stat()
-            stamp: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
+            # `save` replaces the file, so the inode changes even when the
+            # mtime (coarse on some file systems) and the size do not.
+            stamp: tuple[float, int, int] | None = (stat.st_mtime, stat.st_size, stat.st_ino)
         except FileNotFoundError:
             stamp = None
         if stamp == self._stamp:
@@ -229,3 +297,7 @@ class TenantRegistry:
     def authenticate(self, key: str) -> Tenant | None:
         """The tenant owning `key` in the table in force."""
         return self.table.authenticate(key)
+
+    def knows(self, tenant_id: str) -> bool:
+        """Whether `tenant_id` is listed in the table in force."""
+        return self.table.knows(tenant_id)

@@ -22,12 +22,16 @@ from scripts.localstack import (
     Ports,
     Process,
     StackError,
+    alertmanager_binary,
     collector_binary,
     prometheus_binary,
 )
+from scripts.prefect_server import client_env, start_prefect_server
 
 RUN_DIR = REPO / ".run" / "demo"
 DEMO_TENANTS = ("acme", "globex")
+UPSTREAM_PORT = 50051  # the demo connectors' upstream (scripts/demo_upstream.py)
+PREFECT_PORT = 4200  # Prefect's usual port: its UI is where users expect it
 PORTS = Ports(
     collector_otlp=14317,
     collector_prometheus=8889,
@@ -36,6 +40,7 @@ PORTS = Ports(
     prometheus=9090,
     gateway_grpc=4317,
     gateway_http=4318,
+    alertmanager=9093,
 )
 
 
@@ -44,9 +49,9 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def check_ports_free(ports: Ports) -> None:
+def check_ports_free(ports: dict[str, int]) -> None:
     """Fail early, naming the port, when something else already listens."""
-    for name, port in vars(ports).items():
+    for name, port in ports.items():
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -68,39 +73,80 @@ def make_tenants(path: Path) -> dict[str, str]:
     return keys
 
 
-def start_agents(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
-    """One demo connector per tenant, exporting every 5 s."""
-    agents = []
+def _agent_env(stack: LocalStack, key: str, service: str) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.gateway_grpc_endpoint,
+        "OTEL_AGENTS_API_KEY": key,
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        "OTEL_SERVICE_NAME": service,
+    }
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise StackError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def start_connectors(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
+    """The demo upstream, then one demo connector per tenant streaming Arrow batches to it."""
+    upstream_address = f"127.0.0.1:{UPSTREAM_PORT}"
+    upstream = stack.start_process(
+        "upstream",
+        [sys.executable, "-m", "scripts.demo_upstream"],
+        {"DEMO_UPSTREAM_ADDRESS": upstream_address},
+    )
+    wait_for_port(UPSTREAM_PORT)
+    say(f"demo upstream (Arrow batches over gRPC) listening on {upstream_address}")
+    connectors = [upstream]
     for tenant, key in keys.items():
         env = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.gateway_grpc_endpoint,
-            "OTEL_AGENTS_API_KEY": key,
-            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
-            "OTEL_SERVICE_NAME": f"demo-connector-{tenant}",
+            **_agent_env(stack, key, f"demo-connector-{tenant}"),
+            "DEMO_UPSTREAM_ADDRESS": upstream_address,
         }
-        agents.append(
+        connectors.append(
             stack.start_process(
                 f"connector-{tenant}", [sys.executable, "-m", "scripts.demo_connector"], env
             )
         )
-        say(f"demo connector for tenant {tenant!r} started (log: {agents[-1].log})")
+        say(f"demo connector for tenant {tenant!r} started (log: {connectors[-1].log})")
+    return connectors
+
+
+def start_data_agents(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
+    """A Prefect server, then one demo data agent per tenant running flows against it."""
+    server = start_prefect_server(stack, PREFECT_PORT)
+    seconds = stack.wait_ready(server, timeout=120)
+    say(f"Prefect server ready in {seconds:.1f} s: http://127.0.0.1:{PREFECT_PORT}")
+    agents = [server]
+    for tenant, key in keys.items():
+        env = {
+            **_agent_env(stack, key, f"demo-data-agent-{tenant}"),
+            **client_env(server, str(stack.run_dir / f"prefect-agent-{tenant}")),
+        }
+        agents.append(
+            stack.start_process(
+                f"data-agent-{tenant}", [sys.executable, "-m", "scripts.demo_data_agent"], env
+            )
+        )
+        say(f"demo data agent for tenant {tenant!r} started (log: {agents[-1].log})")
     return agents
 
 
-def wait_for_tenants(stack: LocalStack, started: float) -> None:
-    """Report when Prometheus shows every demo tenant's bytes."""
+def wait_for_tenants(stack: LocalStack, metric: str, started: float) -> None:
+    """Report when Prometheus shows `metric` for every demo tenant."""
 
     def every_tenant(result: list[dict[str, Any]]) -> bool:
         return {s["metric"].get("tenant_id") for s in result} >= set(DEMO_TENANTS)
 
-    result = stack.wait_for(
-        "sum by (tenant_id) (connector_bytes_sent_total)", every_tenant, timeout=90
-    )
+    result = stack.wait_for(f"sum by (tenant_id) ({metric})", every_tenant, timeout=120)
     values = ", ".join(f"{s['metric']['tenant_id']}={s['value'][1]}" for s in result)
-    say(
-        f"Prometheus shows connector_bytes_sent_total for {values} "
-        f"({time.monotonic() - started:.0f} s after start)"
-    )
+    say(f"Prometheus shows {metric} for {values} ({time.monotonic() - started:.0f} s after start)")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -116,7 +162,7 @@ def run() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
-    check_ports_free(PORTS)
+    check_ports_free({**vars(PORTS), "prefect": PREFECT_PORT, "demo upstream": UPSTREAM_PORT})
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     keys = make_tenants(RUN_DIR / "tenants.json")
@@ -137,11 +183,16 @@ def run() -> int:
         prometheus = stack.start_prometheus(prometheus_binary())
         seconds = stack.wait_ready(prometheus)
         say(f"Prometheus ready in {seconds:.1f} s: {stack.prometheus_url}")
-        agents = start_agents(stack, keys)
-        wait_for_tenants(stack, started)
+        alertmanager = stack.start_alertmanager(alertmanager_binary())
+        seconds = stack.wait_ready(alertmanager)
+        say(f"Alertmanager ready in {seconds:.1f} s: {stack.alertmanager_url}")
+        agents = start_connectors(stack, keys)
+        wait_for_tenants(stack, "connector_bytes_sent_total", started)
+        agents += start_data_agents(stack, keys)
+        wait_for_tenants(stack, "agent_flows_executed_total", started)
         say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
         say(f"logs in {RUN_DIR}; press Ctrl-C to stop")
-        watched = [collector, gateway, prometheus, *agents]
+        watched = [collector, gateway, prometheus, alertmanager, *agents]
         while True:
             time.sleep(1.0)
             dead = [p for p in watched if p.popen.poll() is not None]

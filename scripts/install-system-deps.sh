@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the native stack needs, when they are missing:
-# Debian's prometheus (Prometheus and promtool). Go must already be installed
+# Debian's prometheus (Prometheus and promtool) and prometheus-alertmanager
+# (Alertmanager and amtool), chromium and an emoji font for the status page's
+# browser test. Go must already be installed
 # (it builds the Collector).
 set -euo pipefail
 
@@ -9,6 +11,11 @@ say() { printf '[system-deps] %s\n' "$*" >&2; }
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+# The status page's browser test: headless Chromium, and a font for its 🟢/🔴.
+command -v chromium >/dev/null || missing+=(chromium)
+[[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || missing+=(fonts-noto-color-emoji)
 
 if ((${#missing[@]} == 0)); then
     exit 0
@@ -27,6 +34,6 @@ say "installing Debian packages: ${missing[*]} (apt-get update first)"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     $(printf '%s\n' "${missing[@]}" | sort -u) >&2
-# Debian's package starts a system service where systemd runs; the stack
-# starts its own Prometheus on its own ports and data directory.
+# Debian's packages start system services where systemd runs; the stack
+# starts its own Prometheus and Alertmanager on its own ports and data directories.
 say "installed: $(prometheus --version 2>&1 | head -1)"

@@ -1,4 +1,4 @@
-"""The pipeline's processes on this machine: Collector, Prometheus, gateway.
+"""The pipeline's processes on this machine: Collector, Prometheus, gateway, Alertmanager.
 
 Used by the end-to-end tests and by `make demo`. Each component runs from the
 repository's own configuration files with its ports injected; a `LocalStack`
@@ -27,6 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 BUILD_COLLECTOR = REPO / "scripts" / "build-collector.sh"
 
 
@@ -57,6 +58,15 @@ def prometheus_binary() -> Path:
     if found is None:
         raise StackError("prometheus is not installed: run scripts/install-system-deps.sh")
     return Path(found)
+
+
+def alertmanager_binary() -> Path:
+    """Debian's Alertmanager (`prometheus-alertmanager`), or an `alertmanager` on PATH."""
+    for name in ("prometheus-alertmanager", "alertmanager"):
+        found = shutil.which(name)
+        if found is not None:
+            return Path(found)
+    raise StackError("prometheus-alertmanager is not installed: run scripts/install-system-deps.sh")
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -98,6 +108,7 @@ class Ports:
     prometheus: int = 0
     gateway_grpc: int = 0
     gateway_http: int = 0
+    alertmanager: int = 0
 
     def resolved(self) -> Ports:
         """A copy with every 0 replaced by a free port."""
@@ -133,6 +144,11 @@ class LocalStack:
     def prometheus_url(self) -> str:
         """Prometheus's web UI and API."""
         return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        """Alertmanager's web UI and API."""
+        return f"http://127.0.0.1:{self.ports.alertmanager}"
 
     # -- components --------------------------------------------------------------
 
@@ -170,6 +186,10 @@ class LocalStack:
             "collector": f"127.0.0.1:{p.collector_prometheus}",
             "gateway": f"127.0.0.1:{p.gateway_http}",
             "prometheus": f"127.0.0.1:{p.prometheus}",
+            "collector-telemetry": f"127.0.0.1:{p.collector_telemetry}",
+            # Where alerts go (the alerting section of prometheus.yml); nothing
+            # listens there unless start_alertmanager runs too.
+            "alertmanager": f"127.0.0.1:{p.alertmanager}",
             **(extra_targets or {}),
         }
         for name, address in targets.items():
@@ -186,6 +206,25 @@ class LocalStack:
             ],
             {},
             ready_url=f"{self.prometheus_url}/-/ready",
+        )
+
+    def start_alertmanager(self, binary: Path) -> Process:
+        """Alertmanager with the repo's alertmanager.yml, alone (no cluster port)."""
+        home = self.run_dir / "alertmanager"
+        home.mkdir(parents=True, exist_ok=True)
+        return self._start(
+            "alertmanager",
+            [
+                str(binary),
+                f"--config.file={ALERTMANAGER_CONFIG}",
+                f"--storage.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.ports.alertmanager}",
+                # An empty address turns off the HA gossip, which would otherwise
+                # bind 9094 on every interface.
+                "--cluster.listen-address=",
+            ],
+            {},
+            ready_url=f"{self.alertmanager_url}/-/ready",
         )
 
     def start_gateway(self, extra_env: Mapping[str, str] | None = None) -> Process:

@@ -37,7 +37,7 @@ def _check_against_gateway(tmp_path: Path, key: str | None) -> list[Step]:
 def test_a_valid_key_is_accepted(tmp_path: Path) -> None:
     steps = _by_name(_check_against_gateway(tmp_path, "valid"))
     assert all(step.ok for step in steps.values()), steps
-    assert "accepted" in steps["OTLP/gRPC export"].detail
+    assert "accepted under tenant 'acme'" in steps["OTLP/gRPC export"].detail
 
 
 def test_a_wrong_key_says_which_variable_to_fix(tmp_path: Path) -> None:

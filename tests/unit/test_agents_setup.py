@@ -58,8 +58,8 @@ def sums(reader: InMemoryMetricReader) -> dict[str, tuple[str | None, Sum]]:
     assert scope.scope.name == "otel_agents"
     result = {}
     for metric in scope.metrics:
-        assert isinstance(metric.data, Sum)
-        result[metric.name] = (metric.unit, metric.data)
+        if isinstance(metric.data, Sum):  # the status gauges are tested elsewhere
+            result[metric.name] = (metric.unit, metric.data)
     return result
 
 
@@ -73,7 +73,7 @@ def test_record_batch_counts_rows_and_bytes_on_two_plain_counters(
     connector.record_batch(5, 1000)
 
     found = sums(reader)
-    assert set(found) == {"connector.bytes_sent", "connector.records_sent"}
+    assert {"connector.bytes_sent", "connector.records_sent"} <= set(found)
     for name, unit, total in [
         ("connector.bytes_sent", "By", 3048),
         ("connector.records_sent", "{record}", 15),
@@ -95,6 +95,7 @@ def test_series_exist_at_zero_before_the_first_batch(
     assert {name: data.data_points[0].value for name, (_, data) in sums(reader).items()} == {
         "connector.bytes_sent": 0,
         "connector.records_sent": 0,
+        "connector.queries_processed": 0,
     }
 
 
@@ -237,8 +238,8 @@ def test_exports_over_grpc_with_the_bearer_key_and_cumulative_totals(
     resource = {kv.key: kv.value.string_value for kv in resource_metrics.resource.attributes}
     assert (resource["service.name"], resource["agent.type"]) == ("orders-sync", "connector")
     [scope] = resource_metrics.scope_metrics
-    totals = {m.name: (m.unit, m.sum) for m in scope.metrics}
-    assert set(totals) == {"connector.bytes_sent", "connector.records_sent"}
+    totals = {m.name: (m.unit, m.sum) for m in scope.metrics if m.HasField("sum")}
+    assert {"connector.bytes_sent", "connector.records_sent"} <= set(totals)
     for name, unit, value in [
         ("connector.bytes_sent", "By", 700),
         ("connector.records_sent", "{record}", 7),

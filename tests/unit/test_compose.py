@@ -8,6 +8,7 @@ rather than in a container nobody started.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ BUILDER_MANIFEST = REPO / "otel-collector" / "builder-config.yaml"
 COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 COMPOSE_TARGETS = REPO / "prometheus" / "targets" / "compose"
+CONSTRAINTS = REPO / "constraints.txt"
+DEMO_DOCKERFILE = REPO / "Dockerfile.demo"
 
 COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
 # The Collector's stable modules (the confmap providers) are versioned v1.x in
@@ -33,6 +36,16 @@ STABLE_MODULES_VERSION = {"0.165.0": "v1.71.0"}
 LOOPBACK = {"127.0.0.1", "::1"}
 # The collector image is distroless: nothing in it can run a health check.
 NO_HEALTHCHECK = {"collector"}
+CORE_SERVICES = {"gateway", "collector", "prometheus", "alertmanager", "grafana", "prefect"}
+# Demo agents run one process each: the container is as alive as the agent (the
+# restart policy brings it back); whether it reports is what the dashboards show.
+DEMO_SERVICES = {
+    "demo-upstream": "scripts.demo_upstream",
+    "demo-connector-acme": "scripts.demo_connector",
+    "demo-connector-globex": "scripts.demo_connector",
+    "demo-data-agent-acme": "scripts.demo_data_agent",
+    "demo-data-agent-globex": "scripts.demo_data_agent",
+}
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +191,11 @@ def test_collector_image_is_the_release_of_the_builder_manifest(
 def test_every_service_restarts_and_has_a_health_check(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    assert set(services) == {"gateway", "collector", "prometheus", "grafana"}
+    assert set(services) == CORE_SERVICES | set(DEMO_SERVICES)
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
     for name, service in services.items():
         assert service.get("restart") == "unless-stopped", name
-        if name in NO_HEALTHCHECK:
+        if name in NO_HEALTHCHECK or name in DEMO_SERVICES:
             assert "healthcheck" not in service, name
         elif "build" in service:
             assert "HEALTHCHECK" in dockerfile, name
@@ -221,12 +234,14 @@ def test_prometheus_target_files_name_compose_services(
     services: dict[str, dict[str, Any]],
 ) -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    sources = [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]
     target_files = [
         path
-        for job in config["scrape_configs"]
-        for sd in job.get("file_sd_configs", [])
+        for source in sources
+        for sd in source.get("file_sd_configs", [])
         for path in sd["files"]
     ]
+    assert "targets/alertmanager.json" in target_files, "prometheus.yml sends alerts nowhere"
     assert target_files, "prometheus.yml no longer reads file-based targets"
     for path in target_files:
         assert path.startswith("targets/"), f"{path}: compose mounts only targets/"
@@ -247,3 +262,99 @@ def test_gateway_image_exposes_what_compose_publishes(
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users, "the gateway image runs as root"
     assert users[-1] not in {"root", "0"}
+
+
+def test_images_are_pinned_to_a_release(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            continue
+        image, _, tag = service["image"].rpartition(":")
+        assert image, f"{name}: {service['image']} has no tag"
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+(-python3\.\d+)?", tag), f"{name}: {tag}"
+
+
+def test_prefect_server_is_the_release_the_agents_pin(services: dict[str, dict[str, Any]]) -> None:
+    # A Prefect client must not be newer than its server.
+    pins = dict(
+        line.split("==", 1)
+        for line in CONSTRAINTS.read_text(encoding="utf-8").split()
+        if "==" in line
+    )
+    tag = services["prefect"]["image"].rpartition(":")[2]
+    assert tag == f"{pins['prefect']}-python3.11"
+    assert "Dockerfile.demo" in services["demo-data-agent-acme"]["build"]["dockerfile"]
+
+
+def test_data_volumes_keep_each_stateful_service(services: dict[str, dict[str, Any]]) -> None:
+    data_paths = {
+        "prometheus": "/prometheus",
+        "alertmanager": "/alertmanager",
+        "grafana": "/var/lib/grafana",
+        "prefect": "/var/lib/prefect",
+        "gateway": "/var/lib/otel-gateway",
+    }
+    for name, path in data_paths.items():
+        volumes = [v for v in services[name]["volumes"] if v.split(":")[1] == path]
+        assert volumes, f"{name} keeps {path} in no volume"
+        assert not volumes[0].startswith((".", "/")), f"{name}: {volumes[0]} is a bind mount"
+        assert not volumes[0].endswith(":ro"), f"{name}: {volumes[0]} is read-only"
+
+
+def test_services_read_their_config_from_the_mounted_repo_files(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gateway = services["gateway"]["environment"]
+    fleet_state = Path(gateway["GATEWAY_FLEET_STATE_FILE"])
+    writable = [
+        Path(v.split(":")[1]) for v in services["gateway"]["volumes"] if not v.endswith(":ro")
+    ]
+    assert any(fleet_state.is_relative_to(m) for m in writable), "fleet state is not writable"
+
+    alertmanager = services["alertmanager"]
+    [config] = [
+        a.split("=", 1)[1] for a in alertmanager["command"] if a.startswith("--config.file")
+    ]
+    assert "./alertmanager:" + str(Path(config).parent) + ":ro" in alertmanager["volumes"]
+    assert (REPO / "alertmanager" / Path(config).name).is_file()
+    assert "--cluster.listen-address=" in alertmanager["command"], "single instance: no gossip"
+
+
+def test_demo_agents_run_only_in_the_demo_profile_and_send_to_the_gateway(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        if name not in DEMO_SERVICES:
+            assert "profiles" not in service, name
+            continue
+        assert service["profiles"] == ["demo"], name
+        assert service["build"]["dockerfile"] == DEMO_DOCKERFILE.name, name
+        assert service["command"] == [DEMO_SERVICES[name]], name
+        module = REPO / (DEMO_SERVICES[name].replace(".", "/") + ".py")
+        assert module.is_file(), f"{name} runs {DEMO_SERVICES[name]}, but {module} is missing"
+        environment = service["environment"]
+        upstream = environment["DEMO_UPSTREAM_ADDRESS"].rpartition(":")[0]
+        if name == "demo-upstream":
+            assert upstream == "0.0.0.0", "the upstream must listen on the compose network"
+            continue
+        assert upstream in services, f"{name}: upstream {upstream} is no service"
+        host, _, port = (
+            environment["OTEL_EXPORTER_OTLP_ENDPOINT"].removeprefix("http://").partition(":")
+        )
+        assert host == "gateway", name
+        assert port == "4317", name
+        assert environment["OTEL_SERVICE_NAME"] == name, name
+        assert environment["OTEL_AGENTS_API_KEY"].startswith("${DEMO_"), name
+
+
+def test_demo_image_build_context_holds_what_it_copies() -> None:
+    ignore = (REPO / "Dockerfile.demo.dockerignore").read_text(encoding="utf-8").splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = [
+        source.rstrip("/")
+        for line in DEMO_DOCKERFILE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    ]
+    assert copied, "Dockerfile.demo copies nothing"
+    assert set(copied) <= allowed, f"not in the build context: {set(copied) - allowed}"
+    assert all((REPO / source).exists() for source in copied)

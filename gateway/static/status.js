@@ -1,0 +1,124 @@
+// The fleet status page: asks for a key, keeps it in sessionStorage (this tab
+// only), and shows /api/fleet. Every value is written with textContent: agent
+// names and versions come from clients and must never be parsed as HTML.
+"use strict";
+
+const KEY_ITEM = "otel-gateway.api-key";
+const REFRESH_MS = 10000;
+let timer = null;
+
+const $ = (id) => document.getElementById(id);
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function ago(seconds) {
+  if (seconds < 90) return `${Math.round(seconds)} s ago`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 172800) return `${Math.round(seconds / 3600)} h ago`;
+  return `${Math.round(seconds / 86400)} d ago`;
+}
+
+function agentRow(agent) {
+  const row = element("tr", undefined, agent.status);
+  row.dataset.status = agent.status;
+  row.dataset.instance = agent.instance;
+  const up = agent.status === "up";
+  row.append(
+    element("td", up ? "🟢 up" : "🔴 silent", "status"),
+    element("td", agent.type),
+    element("td", agent.service),
+    element("td", agent.instance, "instance"),
+    element("td", agent.version || "—", "version"),
+  );
+  const seen = element("td", ago(agent.seconds_since));
+  seen.title = agent.last_seen;
+  row.append(seen);
+  return row;
+}
+
+function tenantSection(tenant) {
+  const section = element("section", undefined, "tenant");
+  section.dataset.tenant = tenant.tenant_id;
+  const title = element("h2", tenant.tenant_id);
+  const silent = tenant.agents.filter((a) => a.status !== "up").length;
+  title.append(element("span", `${tenant.agents.length} agent(s), ${silent} silent`, "counts"));
+  section.append(title);
+  if (tenant.agents.length === 0) {
+    section.append(element("p", "No agent has reported yet.", "empty"));
+    return section;
+  }
+  const table = element("table");
+  const head = element("tr");
+  for (const name of ["Status", "Type", "Service", "Instance", "Version", "Last seen"]) {
+    head.append(element("th", name));
+  }
+  table.append(head);
+  for (const agent of tenant.agents) table.append(agentRow(agent));
+  section.append(table);
+  return section;
+}
+
+function showLogin(message) {
+  clearTimeout(timer);
+  $("fleet").replaceChildren();
+  $("session").hidden = true;
+  $("login").hidden = false;
+  $("message").textContent = message || "";
+  $("key").focus();
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  const key = sessionStorage.getItem(KEY_ITEM);
+  if (!key) return showLogin();
+  let response;
+  try {
+    response = await fetch("/api/fleet", {
+      headers: { Authorization: `Bearer ${key}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (error) {
+    $("message").textContent = `The gateway does not answer (${error}); retrying.`;
+    timer = setTimeout(refresh, REFRESH_MS);
+    return;
+  }
+  if (response.status === 401 || response.status === 403) {
+    sessionStorage.removeItem(KEY_ITEM);
+    return showLogin("This key was not accepted: check it and try again.");
+  }
+  if (!response.ok) {
+    $("message").textContent = `The gateway answered ${response.status}; retrying.`;
+    timer = setTimeout(refresh, REFRESH_MS);
+    return;
+  }
+  const fleet = await response.json();
+  $("login").hidden = true;
+  $("session").hidden = false;
+  $("message").textContent = "";
+  $("summary").textContent =
+    `${fleet.scope} · silent after ${fleet.silent_after_seconds} s · ${fleet.generated_at}`;
+  $("fleet").replaceChildren(...fleet.tenants.map(tenantSection));
+  document.body.dataset.loaded = "true";
+  timer = setTimeout(refresh, REFRESH_MS);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("key").value.trim();
+    $("key").value = "";
+    if (key) sessionStorage.setItem(KEY_ITEM, key);
+    refresh();
+  });
+  $("logout").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_ITEM);
+    showLogin();
+  });
+  refresh();
+});

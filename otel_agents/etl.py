@@ -1,0 +1,209 @@
+"""Data agent metrics: flow runs and task runs, counted once when each run finishes.
+
+Where this sits: data agent code ──(otel_agents: *instruments*)──▶ OTLP/gRPC ──▶ gateway.
+Independent of Prefect: `otel_agents.prefect` feeds these from Prefect's engines, and
+any other orchestrator can call the same `record_*` methods.
+
+Through the Collector's prometheus exporter (UnderscoreEscapingWithSuffixes):
+
+| instrument | Prometheus | attributes |
+|---|---|---|
+| `agent.flows_executed` (counter, `{flow}`) | `agent_flows_executed_total` | flow, state |
+| `agent.flows_success` (counter, `{flow}`) | `agent_flows_success_total` | flow |
+| `agent.flows_failed` (counter, `{flow}`) | `agent_flows_failed_total` | flow |
+| `agent.tasks_executed` (counter, `{task}`) | `agent_tasks_executed_total` | task, flow, state |
+| `agent.tasks_failed` (counter, `{task}`) | `agent_tasks_failed_total` | task, flow |
+| `agent.task_retries` (counter, `{retry}`) | `agent_task_retries_total` | task, flow |
+| `agent.flow.duration` (histogram, `s`) | `agent_flow_duration_seconds_*` | flow, state |
+| `agent.last_flow_duration` (gauge, `s`) | `agent_last_flow_duration_seconds` | flow |
+| `AgentStatus(meter, "agent")` | `agent_uptime_seconds`, `agent_connected`, `agent_info` | |
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from otel_agents.status import AgentStatus
+from otel_agents.telemetry import AgentTelemetry
+
+_logger = logging.getLogger(__name__)
+
+FLOWS_EXECUTED = "agent.flows_executed"
+"""Counter: flow runs that reached a final state (subflows included), by flow and state."""
+FLOWS_SUCCESS = "agent.flows_success"
+"""Counter: flow runs that completed."""
+FLOWS_FAILED = "agent.flows_failed"
+"""Counter: flow runs that failed (timeouts included) or crashed."""
+TASKS_EXECUTED = "agent.tasks_executed"
+"""Counter: task runs that reached a final state; a retried task counts once."""
+TASKS_FAILED = "agent.tasks_failed"
+"""Counter: task runs that failed (after their last retry) or crashed."""
+TASK_RETRIES = "agent.task_retries"
+"""Counter: retries of task runs (attempts after the first)."""
+FLOW_DURATION = "agent.flow.duration"
+"""Histogram, seconds: duration of finished flow runs."""
+LAST_FLOW_DURATION = "agent.last_flow_duration"
+"""Gauge, seconds: duration of each flow's last finished run."""
+
+STATES = ("completed", "failed", "crashed", "cancelled")
+"""Values of the `state` attribute: the final state types of a run."""
+_FAILED = frozenset(("failed", "crashed"))
+
+FLOW_DURATION_BUCKETS = (
+    0.1,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    21600.0,
+)
+"""Histogram boundaries in seconds: sub-second tasks-only flows to six-hour batch jobs."""
+
+
+class EtlMetrics:
+    """The instruments of a data agent; call `record_*` once per finished run.
+
+    Thread-safe. Attributes carry flow and task names only, never run ids, run names,
+    parameters or tags (each would start new series per run). The gateway adds
+    `tenant_id`.
+    """
+
+    def __init__(self, meter: Meter, version: str | None = None) -> None:
+        """Create the instruments on `meter` (usually `AgentTelemetry.meter`)."""
+        self.status = AgentStatus(meter, "agent", version=version)
+        """Uptime, connection state and version gauges (`agent_*`)."""
+        self._flows = meter.create_counter(
+            FLOWS_EXECUTED, unit="{flow}", description="Flow runs that reached a final state."
+        )
+        self._flows_success = meter.create_counter(
+            FLOWS_SUCCESS, unit="{flow}", description="Flow runs that completed."
+        )
+        self._flows_failed = meter.create_counter(
+            FLOWS_FAILED, unit="{flow}", description="Flow runs that failed or crashed."
+        )
+        self._tasks = meter.create_counter(
+            TASKS_EXECUTED, unit="{task}", description="Task runs that reached a final state."
+        )
+        self._tasks_failed = meter.create_counter(
+            TASKS_FAILED, unit="{task}", description="Task runs that failed or crashed."
+        )
+        self._retries = meter.create_counter(
+            TASK_RETRIES, unit="{retry}", description="Task run retries."
+        )
+        self._duration = meter.create_histogram(
+            FLOW_DURATION,
+            unit="s",
+            description="Duration of finished flow runs.",
+            explicit_bucket_boundaries_advisory=FLOW_DURATION_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            LAST_FLOW_DURATION,
+            callbacks=[self._observe_last_duration],
+            unit="s",
+            description="Duration of each flow's last finished run.",
+        )
+        self._lock = threading.Lock()
+        self._last_duration: dict[str, float] = {}
+        self._seen_flows: set[str] = set()
+        self._seen_tasks: set[tuple[str, str | None]] = set()
+        self._warned_states: set[str] = set()
+
+    def flow_started(self, flow_name: str) -> None:
+        """Note that `flow_name` runs: its counters start at 0 the first time.
+
+        Without a 0, Prometheus' `increase()` misses the first count of a new series.
+        """
+        with self._lock:
+            if flow_name in self._seen_flows:
+                return
+            self._seen_flows.add(flow_name)
+        attributes = {"flow": flow_name}
+        for state in STATES:
+            self._flows.add(0, {"flow": flow_name, "state": state})
+        self._flows_success.add(0, attributes)
+        self._flows_failed.add(0, attributes)
+
+    def record_flow_finished(self, flow_name: str, state: str, duration_s: float | None) -> None:
+        """Count one flow run that reached `state` (one of `STATES`) after `duration_s`."""
+        if not self._known(state):
+            return
+        self.flow_started(flow_name)
+        attributes = {"flow": flow_name}
+        self._flows.add(1, {"flow": flow_name, "state": state})
+        if state == "completed":
+            self._flows_success.add(1, attributes)
+        elif state in _FAILED:
+            self._flows_failed.add(1, attributes)
+        if duration_s is not None and duration_s >= 0:
+            self._duration.record(duration_s, {"flow": flow_name, "state": state})
+            with self._lock:
+                self._last_duration[flow_name] = duration_s
+
+    def task_started(self, task_name: str, flow_name: str | None = None) -> None:
+        """Note that `task_name` runs (in `flow_name`): its counters start at 0."""
+        key = (task_name, flow_name)
+        with self._lock:
+            if key in self._seen_tasks:
+                return
+            self._seen_tasks.add(key)
+        attributes = _task_attributes(task_name, flow_name)
+        for state in STATES:
+            self._tasks.add(0, {**attributes, "state": state})
+        self._tasks_failed.add(0, attributes)
+        self._retries.add(0, attributes)
+
+    def record_task_finished(
+        self, task_name: str, state: str, *, flow_name: str | None = None, retries: int = 0
+    ) -> None:
+        """Count one task run that reached `state` after `retries` retries.
+
+        `flow_name` is the flow the task ran in; None for a task called outside a flow.
+        """
+        if not self._known(state):
+            return
+        self.task_started(task_name, flow_name)
+        attributes = _task_attributes(task_name, flow_name)
+        self._tasks.add(1, {**attributes, "state": state})
+        if state in _FAILED:
+            self._tasks_failed.add(1, attributes)
+        if retries > 0:
+            self._retries.add(retries, attributes)
+
+    def _known(self, state: str) -> bool:
+        if state in STATES:
+            return True
+        if state not in self._warned_states:
+            self._warned_states.add(state)
+            _logger.warning(
+                "otel_agents: run state %r is not one of %s; not counted", state, STATES
+            )
+        return False
+
+    def _observe_last_duration(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            last = list(self._last_duration.items())
+        return [Observation(seconds, {"flow": flow}) for flow, seconds in last]
+
+
+def _task_attributes(task_name: str, flow_name: str | None) -> dict[str, str]:
+    if flow_name is None:
+        return {"task": task_name}
+    return {"task": task_name, "flow": flow_name}
+
+
+def etl_metrics(telemetry: AgentTelemetry, version: str | None = None) -> EtlMetrics:
+    """The data agent instruments of `telemetry` (no-ops when metrics are disabled)."""
+    return EtlMetrics(telemetry.meter, version=version)

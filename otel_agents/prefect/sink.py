@@ -1,0 +1,117 @@
+"""The counting side of the tracker: `EtlMetrics`, built when the first run needs them.
+
+Where this sits: tracker ──(*sink*)──▶ EtlMetrics ──▶ OTLP/gRPC ──▶ gateway.
+
+Built lazily so that the plugin, which runs in every process importing Prefect (CLI
+commands included), starts an exporter only in processes that actually run flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from otel_agents.etl import EtlMetrics
+from otel_agents.setup import setup_metrics
+from otel_agents.telemetry import AgentTelemetry
+
+_logger = logging.getLogger(__name__)
+
+
+class LazyMetrics:
+    """`EtlMetrics` and their telemetry, built at the first call, then kept."""
+
+    def __init__(
+        self,
+        service_name: str,
+        version: str | None,
+        telemetry: AgentTelemetry | None,
+        on_build: Callable[[AgentTelemetry, EtlMetrics], None],
+    ) -> None:
+        """Export through `telemetry`, or through `setup_metrics(service_name, "etl")`."""
+        self._service_name = service_name
+        self._version = version
+        self._given = telemetry
+        self._on_build = on_build
+        self._lock = threading.Lock()
+        self._failed = False
+        self.telemetry: AgentTelemetry | None = None
+        self.metrics: EtlMetrics | None = None
+
+    def adopt(self, telemetry: AgentTelemetry | None, version: str | None) -> bool:
+        """Use this telemetry and version instead, unless the metrics exist already."""
+        with self._lock:
+            if self.metrics is not None:
+                return False
+            self._given = telemetry or self._given
+            self._version = version or self._version
+            return True
+
+    def __call__(self) -> EtlMetrics | None:
+        """The metrics, built now if needed; None if building them failed."""
+        if self.metrics is not None or self._failed:
+            return self.metrics
+        with self._lock:
+            if self.metrics is None and not self._failed:
+                try:
+                    # Not global: the host process may have, or later set, its own provider.
+                    telemetry = self._given or setup_metrics(
+                        self._service_name, "etl", service_version=self._version, set_global=False
+                    )
+                    metrics = EtlMetrics(telemetry.meter, version=self._version or _version())
+                    self.telemetry, self.metrics = telemetry, metrics
+                    self._on_build(telemetry, metrics)
+                except Exception:
+                    self._failed = True
+                    _logger.exception("otel_agents: Prefect run metrics disabled: setup failed")
+        return self.metrics
+
+
+class MetricsSink:
+    """A `RunSink` onto `EtlMetrics`."""
+
+    def __init__(
+        self,
+        metrics: Callable[[], EtlMetrics | None],
+        after_flow: Callable[[str], None] | None = None,
+    ) -> None:
+        """Record into `metrics()`; call `after_flow(run_id)` after each finished flow run."""
+        self._metrics = metrics
+        self._after_flow = after_flow
+
+    def flow_started(self, flow_name: str) -> None:
+        """See `RunSink`."""
+        if (metrics := self._metrics()) is not None:
+            metrics.flow_started(flow_name)
+
+    def flow_finished(
+        self, run_id: str, flow_name: str, state: str, duration_s: float | None
+    ) -> None:
+        """See `RunSink`."""
+        if (metrics := self._metrics()) is not None:
+            metrics.record_flow_finished(flow_name, state, duration_s)
+        if self._after_flow is not None:
+            self._after_flow(run_id)
+
+    def task_started(self, task_name: str, flow_name: str | None) -> None:
+        """See `RunSink`."""
+        if (metrics := self._metrics()) is not None:
+            metrics.task_started(task_name, flow_name)
+
+    def task_finished(
+        self, task_name: str, flow_name: str | None, state: str, retries: int
+    ) -> None:
+        """See `RunSink`."""
+        if (metrics := self._metrics()) is not None:
+            metrics.record_task_finished(task_name, state, flow_name=flow_name, retries=retries)
+
+
+def _version() -> str | None:
+    """This library's version, reported as the agent's when the caller gives none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otel-agents-pipeline")
+    except PackageNotFoundError:
+        return None

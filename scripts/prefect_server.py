@@ -1,0 +1,66 @@
+"""A real Prefect server for the demo's data agent and the Prefect tests.
+
+Prefect's ephemeral in-process server is slow to start and unreliable (it failed to
+start 2 times in 40 and outlived SIGTERM), so the demo and the tests run
+`prefect server start` as one more process of the `LocalStack`, with its own
+PREFECT_HOME (SQLite database, logs) under the stack's run directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from scripts.localstack import LocalStack, Process, free_port
+
+
+def prefect_server_url(port: int) -> str:
+    """The API URL agents use (PREFECT_API_URL) for a server on `port`."""
+    return f"http://127.0.0.1:{port}/api"
+
+
+def start_prefect_server(stack: LocalStack, port: int = 0, *, ui: bool = True) -> Process:
+    """Start `prefect server start` on `port` (0: a free one); wait with `stack.wait_ready`.
+
+    The process's `ready_url` is the API's /health; `api_url(process)` gives PREFECT_API_URL.
+    """
+    port = port or free_port()
+    home = stack.run_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        # The server is no agent: keep any enabled plugin (ours included) out of it.
+        "PREFECT_PLUGINS_ENABLED": "false",
+        # A PREFECT_API_URL inherited from the caller would point at another server.
+        "PREFECT_API_URL": prefect_server_url(port),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--analytics-off",
+        "--ui" if ui else "--no-ui",
+    ]
+    return stack.start_process(
+        "prefect-server", argv, env, ready_url=f"{prefect_server_url(port)}/health"
+    )
+
+
+def api_url(process: Process) -> str:
+    """PREFECT_API_URL of a server started by `start_prefect_server`."""
+    return process.ready_url.removesuffix("/health")
+
+
+def client_env(process: Process, home: str) -> dict[str, str]:
+    """Environment for an agent process using the server: API URL and its own PREFECT_HOME."""
+    return {"PREFECT_API_URL": api_url(process), "PREFECT_HOME": home}

@@ -1,0 +1,174 @@
+"""The Grafana dashboards against the live Prometheus of the stack.
+
+Grafana itself does not run here; what it would send does: every panel query with
+the dashboard variables substituted as Grafana substitutes them, and every
+variable's query. Prometheus must accept each one (a parse or execution error
+fails). A connector that sends data must then show in the Agents overview.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_agents import connector_metrics, setup_metrics
+from scripts.localstack import LocalStack, http_get
+
+pytestmark = pytest.mark.e2e
+
+Keys = tuple[Path, dict[str, str]]
+DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+RANGE_SECONDS = 3600
+# What Grafana puts in for its built-in variables on a 1-hour range with a
+# 10 s scrape interval (the datasource's timeInterval), and for a multi-value
+# tenant selection.
+SUBSTITUTIONS = {
+    "$__rate_interval": "40s",
+    "$__interval": "20s",
+    "$__range": f"{RANGE_SECONDS}s",
+    "$__range_s": str(RANGE_SECONDS),
+    "$tenant": "(acme|globex)",
+}
+
+
+def _dashboards() -> dict[str, dict[str, Any]]:
+    return {
+        path.stem: json.loads(path.read_text()) for path in sorted(DASHBOARDS_DIR.glob("*.json"))
+    }
+
+
+def _panels(document: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for panel in document["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return found
+
+
+def _queries() -> list[Any]:
+    cases = []
+    for name, document in _dashboards().items():
+        for panel in _panels(document):
+            for query in panel.get("targets", []):
+                cases.append(pytest.param(query, id=f"{name}:{panel['title']}:{query['refId']}"))
+    return cases
+
+
+def substitute(expr: str) -> str:
+    """`expr` as Grafana sends it (longest variable names first: $__range_s before $__range)."""
+    for variable in sorted(SUBSTITUTIONS, key=len, reverse=True):
+        expr = expr.replace(variable, SUBSTITUTIONS[variable])
+    return expr
+
+
+def _api(stack: LocalStack, path: str, **params: str) -> Any:
+    url = f"{stack.prometheus_url}{path}?" + urllib.parse.urlencode(params)
+    status, body = http_get(url, timeout=10)
+    assert status == 200, f"Prometheus answered {status}: {body[:500]!r}"
+    document = json.loads(body)
+    assert document["status"] == "success", document
+    assert not document.get("warnings"), document["warnings"]
+    return document["data"]
+
+
+def run_panel_query(stack: LocalStack, query: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panel query's result, run as Grafana runs it (instant or over the range)."""
+    expr = substitute(query["expr"])
+    now = time.time()
+    if query["instant"]:
+        data = _api(stack, "/api/v1/query", query=expr, time=f"{now:.3f}")
+    else:
+        data = _api(
+            stack,
+            "/api/v1/query_range",
+            query=expr,
+            start=f"{now - RANGE_SECONDS:.3f}",
+            end=f"{now:.3f}",
+            step="20",
+        )
+    result: list[dict[str, Any]] = data["result"]
+    return result
+
+
+@pytest.mark.parametrize("query", _queries())
+def test_prometheus_accepts_every_panel_query(stack: LocalStack, query: dict[str, Any]) -> None:
+    run_panel_query(stack, query)
+
+
+def test_prometheus_answers_every_variable_query(stack: LocalStack) -> None:
+    for document in _dashboards().values():
+        for variable in document["templating"]["list"]:
+            definition = variable["query"]["query"]
+            metric, _, label = definition.removeprefix("label_values(").rstrip(")").partition(", ")
+            # Grafana's label_values(metric, label) is the series' label values API.
+            values = _api(stack, f"/api/v1/label/{label}/values", **{"match[]": metric})
+            assert isinstance(values, list)
+
+
+def _table_row(
+    stack: LocalStack, panel: dict[str, Any], keys: dict[str, str]
+) -> dict[str, float | None]:
+    """One row of a table panel: each column's value for the series with `keys`."""
+    rename = panel["transformations"][1]["options"]["renameByName"]
+    row: dict[str, float | None] = {}
+    for query in panel["targets"]:
+        column = rename[f"Value #{query['refId']}"]
+        row[column] = None
+        for series in run_panel_query(stack, query):
+            if all(series["metric"].get(k) == v for k, v in keys.items()):
+                row[column] = float(series["value"][1])
+    return row
+
+
+def test_a_connector_that_sends_shows_in_the_agents_overview(
+    stack: LocalStack, tenant_keys: Keys
+) -> None:
+    _, keys = tenant_keys
+    service = f"e2e-dash-connector-{uuid.uuid4().hex[:8]}"
+    telemetry = setup_metrics(
+        service,
+        "connector",
+        api_key=keys["acme"],
+        endpoint=stack.gateway_grpc_endpoint,
+        set_global=False,
+    )
+    counters = connector_metrics(telemetry)
+    # A first export at 0, then the batch: Prometheus sees the counter rise, as
+    # it does for a connector that has been running.
+    assert telemetry.force_flush(10_000)
+    stack.wait_for(f'connector_bytes_sent_total{{job="{service}"}}', lambda r: len(r) == 1)
+    counters.record_batch(rows=10, nbytes=4096)
+    assert telemetry.shutdown(timeout_s=10)
+    stack.wait_for(f'connector_bytes_sent_total{{job="{service}"}} == 4096', lambda r: len(r) == 1)
+
+    panels = {panel["title"]: panel for panel in _panels(_dashboards()["agents-overview"])}
+    keys_of_row = {"tenant_id": "acme", "service": service}
+    deadline = time.monotonic() + 60
+    row = _table_row(stack, panels["Connectors"], keys_of_row)
+    while time.monotonic() < deadline and (
+        row["Last seen"] is None or not row["Bytes sent (range)"]
+    ):
+        time.sleep(1)
+        row = _table_row(stack, panels["Connectors"], keys_of_row)
+    assert row["Status"] == 1.0, row  # 🟢 reporting
+    assert row["Last seen"] is not None
+    assert 0 <= row["Last seen"] < 120, row
+    assert row["Bytes sent (range)"], row
+
+    # Recording rules run every 10 s: the panel over them follows within one round.
+    [traffic] = panels["Data sent per tenant"]["targets"]
+    tenants: set[str] = set()
+    while time.monotonic() < deadline and "acme" not in tenants:
+        time.sleep(1)
+        tenants = {series["metric"]["tenant_id"] for series in run_panel_query(stack, traffic)}
+    assert "acme" in tenants
+    [known] = [
+        t for t in panels["Reporting / known agents"]["targets"] if t["legendFormat"] == "known"
+    ]
+    assert float(run_panel_query(stack, known)[0]["value"][1]) >= 1

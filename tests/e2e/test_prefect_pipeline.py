@@ -1,0 +1,132 @@
+"""Prefect runs → otel_agents → gateway → Collector → Prometheus: the contracted names.
+
+Real flows run in this process against a real Prefect server; their counts must reach
+Prometheus under exactly the names dashboards use, with the tenant of the API key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect_fixtures import prefect_server
+
+from otel_agents import setup_metrics
+from otel_agents.prefect import instrument
+from scripts.localstack import LocalStack
+
+pytestmark = pytest.mark.e2e
+prefect = pytest.importorskip("prefect")
+
+Keys = tuple[Path, dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    run_dir = tmp_path_factory.mktemp("prefect")
+    with (
+        prefect_server(run_dir) as url,
+        temporary_settings({PREFECT_API_URL: url, PREFECT_HOME: str(run_dir / "client")}),
+    ):
+        yield url
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+        EventsWorker.drain_all(timeout=5)
+
+
+def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(
+    stack: LocalStack, tenant_keys: Keys, prefect_api: str
+) -> None:
+    from prefect import flow, task
+
+    _, keys = tenant_keys
+    job = f"e2e-etl-{uuid.uuid4().hex[:8]}"
+    attempts = {"n": 0}
+
+    @task(retries=1, retry_delay_seconds=0)
+    def extract() -> int:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise ConnectionError("transient")
+        return 3
+
+    @flow
+    def nightly(fail: bool = False) -> int:
+        rows = extract()
+        if fail:
+            raise ValueError("bad input")
+        return rows
+
+    telemetry = setup_metrics(
+        job,
+        "etl",
+        api_key=keys["acme"],
+        endpoint=stack.gateway_grpc_endpoint,
+        environ={},
+        set_global=False,
+    )
+    handle = instrument(telemetry, version="7.1.0", children=False, probe_interval_s=60)
+    try:
+        assert handle.mode == "counting"
+        assert nightly() == 3
+        failed: Any = nightly(fail=True, return_state=True)
+        assert failed.is_failed()
+        assert handle.probe is not None
+        handle.probe.check_once()  # in this thread, which sees the test's Prefect settings
+        assert telemetry.force_flush(timeout_s=10)
+    finally:
+        handle.uninstall()
+        telemetry.shutdown(timeout_s=10)
+
+    def value(promql: str) -> float:
+        result = stack.wait_for(promql, lambda r: len(r) == 1)
+        assert result[0]["metric"].get("tenant_id", "acme") == "acme"
+        return float(result[0]["value"][1])
+
+    selector = f'job="{job}",tenant_id="acme"'
+    flow_sel = f'{selector},flow="nightly"'
+    assert value(f'agent_flows_executed_total{{{flow_sel},state="completed"}}') == 1
+    assert value(f'agent_flows_executed_total{{{flow_sel},state="failed"}}') == 1
+    assert value(f"agent_flows_success_total{{{flow_sel}}}") == 1
+    assert value(f"agent_flows_failed_total{{{flow_sel}}}") == 1
+    task_sel = f'{flow_sel},task="extract"'
+    assert value(f'agent_tasks_executed_total{{{task_sel},state="completed"}}') == 2
+    assert value(f"agent_tasks_failed_total{{{task_sel}}}") == 0
+    assert value(f"agent_task_retries_total{{{task_sel}}}") == 1
+    assert value(f'agent_flow_duration_seconds_count{{{flow_sel},state="completed"}}') == 1
+    buckets = stack.wait_for(
+        f'agent_flow_duration_seconds_bucket{{{flow_sel},state="completed"}}',
+        lambda r: len(r) > 1,
+    )
+    assert {b["metric"]["le"] for b in buckets} >= {"0.1", "1", "60", "3600", "+Inf"}
+    assert 0 < value(f"agent_last_flow_duration_seconds{{{flow_sel}}}") < 60
+    assert value(f"agent_uptime_seconds{{{selector}}}") > 0
+    assert value(f"agent_connected{{{selector}}}") == 1
+    assert value(f'agent_info{{{selector},version="7.1.0"}}') == 1
+    labels: set[str] = set()
+    for series in stack.query(f'{{__name__=~"agent_.*",{selector}}}'):
+        labels |= set(series["metric"])
+    assert labels <= {
+        "__name__",
+        "job",
+        "instance",
+        "tenant_id",
+        "flow",
+        "task",
+        "state",
+        "version",
+        "le",
+        *_pipeline_labels(),
+    }
+
+
+def _pipeline_labels() -> set[str]:
+    """Labels added on the way: the instrumentation scope (Collector), the scrape target."""
+    return {"otel_scope_name", "otel_scope_version", "otel_scope_schema_url", "component"}

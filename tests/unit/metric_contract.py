@@ -1,0 +1,113 @@
+"""The metric names rules and dashboards may use, and a way to find them in PromQL.
+
+The agents' and the gateway's names are the contract of docs/architecture.md; a
+typo in a rule or a panel would otherwise return nothing, silently, forever.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RULES_DIR = REPO / "prometheus" / "rules"
+
+CONTRACT = frozenset(
+    {
+        # Data Connector
+        "connector_bytes_sent_total",
+        "connector_records_sent_total",
+        "connector_queries_processed_total",
+        "connector_errors_total",
+        "connector_uptime_seconds",
+        "connector_connected",
+        "connector_certificate_expiry_days",
+        "connector_info",
+        # Data Agent
+        "agent_flows_executed_total",
+        "agent_flows_success_total",
+        "agent_flows_failed_total",
+        "agent_tasks_executed_total",
+        "agent_last_flow_duration_seconds",
+        "agent_flow_duration_seconds_bucket",
+        "agent_flow_duration_seconds_sum",
+        "agent_flow_duration_seconds_count",
+        "agent_uptime_seconds",
+        "agent_connected",
+        "agent_info",
+        # the gateway's own /metrics
+        "connector_last_seen_seconds",
+        "agent_last_seen_seconds",
+        "connector_last_seen_timestamp_seconds",
+        "agent_last_seen_timestamp_seconds",
+        "gateway_requests_total",
+        "gateway_rejections_total",
+        "gateway_data_points_total",
+        "gateway_auth_failures_total",
+        "gateway_forward_duration_seconds_bucket",
+        "gateway_forward_duration_seconds_sum",
+        "gateway_forward_duration_seconds_count",
+        "gateway_requests_in_flight",
+        # the Collector's telemetry (scrape job collector-telemetry), Collector 0.165.0
+        "otelcol_receiver_accepted_metric_points",
+        "otelcol_receiver_refused_metric_points",
+        "otelcol_receiver_failed_metric_points",
+        "otelcol_exporter_sent_metric_points",
+        "otelcol_process_memory_rss",
+        # Prometheus itself
+        "up",
+        "ALERTS",
+        "prometheus_rule_evaluation_failures_total",
+    }
+)
+
+_KEYWORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+    | {"and", "or", "unless", "inf", "nan"}
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_NUMBER = re.compile(r"\b\d+(?:\.\d+)?(?:e[+-]?\d+)?(?:ms|[smhdwy])?\b")  # 0.05, 5m
+_IDENTIFIER = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric and recording-rule names an expression selects (by a simple scan:
+    strings, label matchers, ranges, grouping lists and function calls removed)."""
+    text = _STRING.sub('""', expr)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _GROUPING.sub(" ", text)
+    text = _NUMBER.sub(" ", text)
+    names = set()
+    for match in _IDENTIFIER.finditer(text):
+        word = match.group()
+        following = text[match.end() :].lstrip()
+        if word.lower() in _KEYWORDS or following.startswith("("):
+            continue
+        names.add(word)
+    return names
+
+
+def name_patterns(expr: str) -> list[str]:
+    """Regular expressions given as `__name__=~"..."` matchers."""
+    return re.findall(r'__name__\s*=~\s*"([^"]*)"', expr)
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    """Every rule group of prometheus/rules/*.yml."""
+    groups: list[dict[str, Any]] = []
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        groups.extend(yaml.safe_load(path.read_text(encoding="utf-8"))["groups"])
+    return groups
+
+
+def recorded_names() -> set[str]:
+    """Names the recording rules define."""
+    rules = [rule for group in rule_groups() for rule in group["rules"]]
+    return {rule["record"] for rule in rules if "record" in rule}

@@ -1,0 +1,87 @@
+"""Support for the Prefect tests (no tests here): a real Prefect server and metric readers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
+
+from scripts.localstack import LocalStack
+from scripts.prefect_server import api_url, start_prefect_server
+
+
+@contextmanager
+def prefect_server(run_dir: Path) -> Iterator[str]:
+    """A `prefect server start` process; yields its API URL; stops exactly that process."""
+    stack = LocalStack(run_dir, tenants_file=run_dir / "unused-tenants.json")
+    process = start_prefect_server(stack, ui=False)
+    try:
+        stack.wait_ready(process, timeout=90)
+        yield api_url(process)
+    finally:
+        stack.stop_all()
+        assert process.popen.poll() is not None
+
+
+def drain_prefect_workers() -> None:
+    """Send this process's queued Prefect logs and events before the server goes away.
+
+    Otherwise Prefect's background workers retry against the stopped server at exit
+    for more than a minute.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
+
+
+Key = frozenset[tuple[str, str]]
+
+
+def points(reader: InMemoryMetricReader, name: str) -> dict[Key, float]:
+    """Value of every point of sum or gauge `name`, by its attributes."""
+    result: dict[Key, float] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    assert isinstance(point, NumberDataPoint)
+                    attributes = {k: str(v) for k, v in (point.attributes or {}).items()}
+                    result[frozenset(attributes.items())] = point.value
+    return result
+
+
+def histogram_counts(reader: InMemoryMetricReader, name: str) -> dict[Key, int]:
+    """Count of every point of histogram `name`, by its attributes."""
+    result: dict[Key, int] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    assert isinstance(point, HistogramDataPoint)
+                    attributes = {k: str(v) for k, v in (point.attributes or {}).items()}
+                    result[frozenset(attributes.items())] = point.count
+    return result
+
+
+def key(**attributes: str) -> Key:
+    """The attributes of one series."""
+    return frozenset(attributes.items())
+
+
+def nonzero(values: dict[Key, float]) -> dict[Key, float]:
+    """Series that counted something (counters are started at 0 on first sight)."""
+    return {k: v for k, v in values.items() if v}

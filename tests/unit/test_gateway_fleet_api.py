@@ -1,0 +1,104 @@
+"""GET /api/fleet (tenant and admin views) and the /status page's files and headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gateway_fixtures import run
+from gateway_http_fixtures import ADMIN_KEY, http_gateway
+
+from gateway.settings import GatewaySettings
+from gateway.status_page import is_admin
+
+
+def test_a_tenant_key_lists_only_that_tenants_agents(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            fleet = http.gateway.fleet
+            now = fleet.clock()
+            fleet.see("acme", "connector", "billing", "b-1", "1.0", now=now - 5)
+            fleet.see("acme", "etl", "nightly", "n-1", "0.3", now=now - 600)
+            fleet.see("globex", "etl", "theirs", "t-1", "9")
+            answer = await http.client.get("/api/fleet", headers=http.auth("acme"))
+            assert answer.status_code == 200
+            assert answer.headers["cache-control"] == "no-store"
+            document = answer.json()
+            assert document["scope"] == "tenant"
+            assert document["silent_after_seconds"] == 120
+            (tenant,) = document["tenants"]
+            assert tenant["tenant_id"] == "acme"
+            by_instance = {agent["instance"]: agent for agent in tenant["agents"]}
+            assert set(by_instance) == {"b-1", "n-1"}
+            up, silent = by_instance["b-1"], by_instance["n-1"]
+            assert (up["status"], up["type"], up["service"], up["version"]) == (
+                "up",
+                "connector",
+                "billing",
+                "1.0",
+            )
+            assert silent["status"] == "silent"
+            assert silent["seconds_since"] == pytest.approx(600, abs=2)
+            assert silent["last_seen"].endswith("+00:00")
+
+    run(scenario())
+
+
+def test_an_admin_key_lists_every_tenant_even_without_agents(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            http.gateway.fleet.see("globex", "etl", "theirs", "t-1", "9")
+            answer = await http.client.get(
+                "/api/fleet", headers={"authorization": f"Bearer {ADMIN_KEY}"}
+            )
+            assert answer.status_code == 200
+            document = answer.json()
+            assert document["scope"] == "all tenants"
+            tenants = {t["tenant_id"]: t["agents"] for t in document["tenants"]}
+            assert tenants["acme"] == []
+            assert [a["instance"] for a in tenants["globex"]] == ["t-1"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer oga_nope_nope", "Basic abc"])
+def test_no_or_a_wrong_key_is_401(tmp_path: Path, authorization: str | None) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            headers = {"authorization": authorization} if authorization else {}
+            answer = await http.client.get("/api/fleet", headers=headers)
+            assert answer.status_code == 401
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert answer.json()["error"] == "unauthenticated"
+
+    run(scenario())
+
+
+def test_admin_keys_are_checked_by_digest_only() -> None:
+    settings = GatewaySettings(admin_key_sha256=f"{'a' * 64}, {'B' * 64}")
+    assert settings.admin_key_digests == ("a" * 64, "b" * 64)
+    assert not is_admin(f"Bearer {'a' * 64}", settings.admin_key_digests)
+    assert not is_admin(f"Bearer {ADMIN_KEY}", ())
+    with pytest.raises(ValueError, match="digests of admin keys"):
+        GatewaySettings(admin_key_sha256="my-plain-admin-key")
+
+
+def test_the_status_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            page = await http.client.get("/status")
+            assert page.status_code == 200
+            assert page.headers["content-type"].startswith("text/html")
+            policy = page.headers["content-security-policy"]
+            assert "script-src 'self'" in policy
+            assert "frame-ancestors 'none'" in policy
+            assert 'src="/status/status.js"' in page.text
+            script = await http.client.get("/status/status.js")
+            assert script.headers["content-type"].startswith("text/javascript")
+            assert "sessionStorage" in script.text
+            assert "innerHTML" not in script.text
+            assert (await http.client.get("/status/status.css")).status_code == 200
+            assert (await http.client.get("/status/status.html")).status_code == 404
+            assert (await http.client.get("/status/..%2Fapp.py")).status_code == 404
+
+    run(scenario())
