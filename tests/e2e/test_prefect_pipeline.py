@@ -6,6 +6,7 @@ Prometheus under exactly the names dashboards use, with the tenant of the API ke
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from prefect_fixtures import prefect_server
 
 from otel_agents import setup_metrics
 from otel_agents.prefect import instrument
-from scripts.localstack import LocalStack
+from scripts.localstack import LocalStack, http_get
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")
@@ -87,7 +88,7 @@ def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(
 
     def value(promql: str) -> float:
         result = stack.wait_for(promql, lambda r: len(r) == 1)
-        assert result[0]["metric"].get("tenant_id", "acme") == "acme"
+        assert result[0]["metric"]["tenant_id"] == "acme"
         return float(result[0]["value"][1])
 
     selector = f'job="{job}",tenant_id="acme"'
@@ -110,6 +111,19 @@ def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(
     assert value(f"agent_uptime_seconds{{{selector}}}") > 0
     assert value(f"agent_connected{{{selector}}}") == 1
     assert value(f'agent_info{{{selector},version="7.1.0"}}') == 1
+    for name, kind in [
+        ("agent_flows_executed_total", "counter"),
+        ("agent_flows_success_total", "counter"),
+        ("agent_flows_failed_total", "counter"),
+        ("agent_tasks_executed_total", "counter"),
+        ("agent_last_flow_duration_seconds", "gauge"),
+        ("agent_uptime_seconds", "gauge"),
+        ("agent_connected", "gauge"),
+        ("agent_flow_duration_seconds", "histogram"),
+    ]:
+        status, body = http_get(f"{stack.prometheus_url}/api/v1/metadata?metric={name}")
+        assert status == 200
+        assert [m["type"] for m in json.loads(body)["data"][name]] == [kind], name
     labels: set[str] = set()
     for series in stack.query(f'{{__name__=~"agent_.*",{selector}}}'):
         labels |= set(series["metric"])
