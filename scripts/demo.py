@@ -166,6 +166,9 @@ def run() -> int:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     keys = make_tenants(RUN_DIR / "tenants.json")
+    keys_file = RUN_DIR / "keys.txt"
+    keys_file.write_text("".join(f"{tenant} {key}\n" for tenant, key in keys.items()))
+    keys_file.chmod(0o600)
     stack = LocalStack(RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS)
     try:
         collector = stack.start_collector(collector_binary())
@@ -191,6 +194,10 @@ def run() -> int:
         agents += start_data_agents(stack, keys)
         wait_for_tenants(stack, "agent_flows_executed_total", started)
         say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
+        say(
+            f"fleet status page: {stack.gateway_http_url}/status (a tenant's key is in {keys_file})"
+        )
+        say(f"alerts: {stack.prometheus_url}/alerts, Alertmanager {stack.alertmanager_url}")
         say(f"logs in {RUN_DIR}; press Ctrl-C to stop")
         watched = [collector, gateway, prometheus, alertmanager, *agents]
         while True:
