@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """`patterns` if each is a regular expression; ValueError naming the first that is not."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
+    return patterns
+
+
 _NEVER_LOADED = object()
 
 
@@ -62,12 +73,7 @@ class TenantLimits(BaseModel):
     @field_validator("metric_name_patterns", "attribute_key_patterns")
     @classmethod
     def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
-        return patterns
+        return check_patterns(patterns)
 
     def model_post_init(self, context: Any, /) -> None:
         """Compile the patterns once per limits, not once per request."""

@@ -10,6 +10,8 @@ import pydantic  # limits
 from pydantic import Field, model_validator  # credentials: model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.limits import check_patterns  # limits
+
 
 class GatewaySettings(BaseSettings):
     """Every setting of the gateway; each field is the variable GATEWAY_<FIELD>."""
@@ -166,12 +168,7 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _check_patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
         """Refuse at start-up a pattern that is not a regular expression."""
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
-        return patterns
+        return check_patterns(patterns)
 
     @model_validator(mode="after")
     def _check_credentials(self) -> Self:
