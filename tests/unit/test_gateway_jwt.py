@@ -128,9 +128,10 @@ def test_a_jwks_file_picks_the_key_by_kid_and_skips_unusable_keys(
 @pytest.mark.parametrize(
     ("claims", "cause", "message"),
     [
-        ({"exp": int(time.time()) - 120}, "expired", "the JWT has expired"),
-        ({"nbf": int(time.time()) + 600}, "not_yet_valid", "not valid yet"),
-        ({"iat": int(time.time()) + 600}, "not_yet_valid", "not valid yet"),
+        # Times as offsets from now, resolved when the test runs (not at collection).
+        ({"exp": -120}, "expired", "the JWT has expired"),
+        ({"nbf": 600}, "not_yet_valid", "not valid yet"),
+        ({"iat": 600}, "not_yet_valid", "not valid yet"),
         ({"aud": "grafana"}, "wrong_audience", "audience is not 'otel-gateway'"),
         ({"aud": None}, "missing_claim", "lacks the 'aud' claim"),
         ({"exp": None}, "missing_claim", "lacks the 'exp' claim"),
@@ -145,6 +146,10 @@ def test_each_bad_token_is_refused_with_its_cause(
     tmp_path: Path, claims: dict[str, Any], cause: str, message: str
 ) -> None:
     auth = _authenticator(tmp_path, jwt_issuer="https://idp.example")
+    now = int(time.time())
+    claims = {
+        k: now + v if k in ("exp", "nbf", "iat") and v is not None else v for k, v in claims.items()
+    }
     refused = _refusal(auth, _token(**claims))
     assert (refused.cause, refused.reason) == (cause, "unauthenticated")
     assert message in refused.message
