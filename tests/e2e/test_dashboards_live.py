@@ -8,92 +8,29 @@ fails). A connector that sends data must then show in the Agents overview.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboard_queries import dashboards, panels_of, prometheus_api, run_panel_query
 
 from otel_agents import connector_metrics, setup_metrics
-from scripts.localstack import LocalStack, http_get
+from scripts.localstack import LocalStack
 
 pytestmark = pytest.mark.e2e
 
 Keys = tuple[Path, dict[str, str]]
-DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
-RANGE_SECONDS = 3600
-# What Grafana puts in for its built-in variables on a 1-hour range with a
-# 10 s scrape interval (the datasource's timeInterval), and for a multi-value
-# tenant selection.
-SUBSTITUTIONS = {
-    "$__rate_interval": "40s",
-    "$__interval": "20s",
-    "$__range": f"{RANGE_SECONDS}s",
-    "$__range_s": str(RANGE_SECONDS),
-    "$tenant": "(acme|globex)",
-}
-
-
-def _dashboards() -> dict[str, dict[str, Any]]:
-    return {
-        path.stem: json.loads(path.read_text()) for path in sorted(DASHBOARDS_DIR.glob("*.json"))
-    }
-
-
-def _panels(document: dict[str, Any]) -> list[dict[str, Any]]:
-    found = []
-    for panel in document["panels"]:
-        found.append(panel)
-        found.extend(panel.get("panels", []))
-    return found
 
 
 def _queries() -> list[Any]:
     cases = []
-    for name, document in _dashboards().items():
-        for panel in _panels(document):
+    for name, document in dashboards().items():
+        for panel in panels_of(document):
             for query in panel.get("targets", []):
                 cases.append(pytest.param(query, id=f"{name}:{panel['title']}:{query['refId']}"))
     return cases
-
-
-def substitute(expr: str) -> str:
-    """`expr` as Grafana sends it (longest variable names first: $__range_s before $__range)."""
-    for variable in sorted(SUBSTITUTIONS, key=len, reverse=True):
-        expr = expr.replace(variable, SUBSTITUTIONS[variable])
-    return expr
-
-
-def _api(stack: LocalStack, path: str, **params: str) -> Any:
-    url = f"{stack.prometheus_url}{path}?" + urllib.parse.urlencode(params)
-    status, body = http_get(url, timeout=10)
-    assert status == 200, f"Prometheus answered {status}: {body[:500]!r}"
-    document = json.loads(body)
-    assert document["status"] == "success", document
-    assert not document.get("warnings"), document["warnings"]
-    return document["data"]
-
-
-def run_panel_query(stack: LocalStack, query: dict[str, Any]) -> list[dict[str, Any]]:
-    """The panel query's result, run as Grafana runs it (instant or over the range)."""
-    expr = substitute(query["expr"])
-    now = time.time()
-    if query["instant"]:
-        data = _api(stack, "/api/v1/query", query=expr, time=f"{now:.3f}")
-    else:
-        data = _api(
-            stack,
-            "/api/v1/query_range",
-            query=expr,
-            start=f"{now - RANGE_SECONDS:.3f}",
-            end=f"{now:.3f}",
-            step="20",
-        )
-    result: list[dict[str, Any]] = data["result"]
-    return result
 
 
 @pytest.mark.parametrize("query", _queries())
@@ -102,12 +39,12 @@ def test_prometheus_accepts_every_panel_query(stack: LocalStack, query: dict[str
 
 
 def test_prometheus_answers_every_variable_query(stack: LocalStack) -> None:
-    for document in _dashboards().values():
+    for document in dashboards().values():
         for variable in document["templating"]["list"]:
             definition = variable["query"]["query"]
             metric, _, label = definition.removeprefix("label_values(").rstrip(")").partition(", ")
             # Grafana's label_values(metric, label) is the series' label values API.
-            values = _api(stack, f"/api/v1/label/{label}/values", **{"match[]": metric})
+            values = prometheus_api(stack, f"/api/v1/label/{label}/values", **{"match[]": metric})
             assert isinstance(values, list)
 
 
@@ -147,7 +84,7 @@ def test_a_connector_that_sends_shows_in_the_agents_overview(
     assert telemetry.shutdown(timeout_s=10)
     stack.wait_for(f'connector_bytes_sent_total{{job="{service}"}} == 4096', lambda r: len(r) == 1)
 
-    panels = {panel["title"]: panel for panel in _panels(_dashboards()["agents-overview"])}
+    panels = {panel["title"]: panel for panel in panels_of(dashboards()["agents-overview"])}
     keys_of_row = {"tenant_id": "acme", "service": service}
     deadline = time.monotonic() + 60
     row = _table_row(stack, panels["Connectors"], keys_of_row)
