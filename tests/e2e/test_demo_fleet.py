@@ -245,6 +245,44 @@ def test_every_panel_has_data_from_the_demo_fleet(
     )
 
 
+def _newest_values(
+    stack: LocalStack, dashboard: str, title: str, labels: dict[str, str]
+) -> list[float]:
+    """The newest value of each series with `labels` of the panel's (only) query."""
+    [panel] = [p for p in panels_of(dashboards()[dashboard]) if p["title"] == title]
+    [query] = panel["targets"]
+    values = []
+    for series in run_panel_query(stack, query):
+        if labels.items() <= series["metric"].items():
+            point = series["value"] if "value" in series else series["values"][-1]
+            values.append(float(point[1]))
+    return values
+
+
+def test_the_conditions_the_demo_lacks_show_on_their_panels(
+    stack: LocalStack, fleet: Fleet
+) -> None:
+    """Not only some data: the expiring certificate, the rejection and the bad key."""
+    expected: dict[tuple[str, str], tuple[dict[str, str], Callable[[float], bool]]] = {
+        ("agents-overview", "Certificate expiry"): (
+            {"tenant_id": EXPIRING_TENANT, "service": connector_service(EXPIRING_TENANT)},
+            lambda days: CERT_DAYS - 1 < days <= CERT_DAYS,
+        ),
+        ("gateway", "Rejections by reason"): (
+            {"tenant_id": KILLED_TENANT, "reason": "attribute_key_not_allowed"},
+            lambda rate: rate > 0,
+        ),
+        ("gateway", "Authentication failures"): ({"transport": "grpc"}, lambda rate: rate > 0),
+    }
+    for (dashboard, title), (labels, holds) in expected.items():
+        values = _newest_values(stack, dashboard, title, labels)
+        while not any(holds(value) for value in values):
+            if time.monotonic() > fleet.data_deadline:
+                pytest.fail(f"{dashboard}: panel {title!r} shows {values} for {labels}")
+            time.sleep(2)
+            values = _newest_values(stack, dashboard, title, labels)
+
+
 def test_every_tenant_is_a_value_of_each_dashboard_variable(
     stack: LocalStack, fleet: Fleet, tenant_keys: Keys
 ) -> None:
