@@ -223,10 +223,8 @@ def test_grpc_over_tls_with_an_api_key(tmp_path: Path, pki: Pki) -> None:
     async def scenario() -> None:
         async with fake_collector() as (collector, collector_port):
             gateway = Gateway.create(_settings(tmp_path, pki, collector_port))
-            server, _ = create_grpc_server(gateway)
-            credentials = grpc_server_credentials(gateway.settings)
-            assert credentials is not None
-            port = server.add_secure_port("127.0.0.1:0", credentials)
+            # The gateway's own server: with TLS settings its port is a TLS port.
+            server, port = create_grpc_server(gateway)
             await server.start()
             try:
                 async with _channel(port, pki) as channel:
