@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from gateway.auth import Authenticator
 from gateway.errors import GatewayError, Unauthenticated
-from gateway.fleet import FleetTracker, create_fleet  # http/fleet
+from gateway.fleet import FleetTracker, create_fleet
 from gateway.forwarder import CollectorForwarder
 from gateway.ingest import Ingestor
-from gateway.limits import Limits  # limits
+from gateway.limits import Limits
 from gateway.settings import GatewaySettings
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import TenantRegistry
@@ -25,12 +25,12 @@ class Gateway:
     forwarder: CollectorForwarder
     telemetry: GatewayTelemetry
     ingestor: Ingestor
-    # http/fleet: the agents' last-seen table, wired in __post_init__
+    # The agents' last-seen table, wired in __post_init__.
     fleet: FleetTracker = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         """Wire the fleet tracker: told of every accepted request, exported on /metrics."""
-        # http/fleet
+
         self.fleet = create_fleet(self.settings, self.telemetry.provider.get_meter("gateway.fleet"))
         self.ingestor.observers.append(self.fleet)
 
@@ -44,7 +44,7 @@ class Gateway:
             max_message_bytes=settings.max_request_bytes * 2,
         )
         ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes)
-        # limits: per-tenant limits (settings + limits file), active series on /metrics
+        # Per-tenant limits (settings and limits file); active series on /metrics.
         ingestor.use_limits(Limits.from_settings(settings))
         telemetry.provider.get_meter("gateway.limits").create_observable_gauge(
             "gateway.active_series",
@@ -53,7 +53,7 @@ class Gateway:
             description="Series per tenant seen within the active-series window.",
         )
         tenants = TenantRegistry(settings.tenants_file)
-        # credentials: API keys, JWTs, client certificates, failure throttling
+        # API keys, JWTs, client certificates, failed-authentication throttling.
         authenticator = Authenticator.create(settings, tenants)
         return cls(settings, tenants, authenticator, forwarder, telemetry, ingestor)
 

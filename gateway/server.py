@@ -140,6 +140,6 @@ async def serve(settings: GatewaySettings) -> None:
             await reloader
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await gateway.forwarder.close()
-        gateway.fleet.save()  # http/fleet: last-seen table for the next start
+        gateway.fleet.save()  # the last-seen table, for the next start
         gateway.telemetry.provider.shutdown()
         logger.info("gateway stopped")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re  # limits
+import re
 from pathlib import Path
-from typing import Literal, Self  # credentials
+from typing import Literal, Self
 
-import pydantic  # limits
-from pydantic import Field, model_validator  # credentials: model_validator
+import pydantic
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.limits import check_patterns  # limits
+from gateway.limits import check_patterns
 
 
 class GatewaySettings(BaseSettings):
@@ -40,7 +40,7 @@ class GatewaySettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Python logging level.")
 
-    # credentials: JWT bearer tokens, TLS and mTLS, failed-authentication throttling
+    # JWT bearer tokens, TLS and mTLS, failed-authentication throttling.
     require_known_tenant: bool = Field(
         True,
         description="A tenant named by a JWT or a client certificate must be in the tenants file.",
@@ -79,7 +79,7 @@ class GatewaySettings(BaseSettings):
         60.0, gt=0, description="How long a blocked address is refused without checking."
     )
 
-    # limits: each tenant's limits (docs/gateway.md, "Limits"). These are the
+    # Each tenant's limits (docs/gateway.md, "Limits"). These are the
     # defaults; the limits file may change them for all tenants or for one.
     # 0 turns a limit off.
     limits_file: Path | None = Field(
@@ -118,7 +118,7 @@ class GatewaySettings(BaseSettings):
         description="Regular expressions; an attribute key must match one of them whole.",
     )
 
-    # http/fleet: fleet status (docs/gateway.md, "Fleet status")
+    # Fleet status (docs/gateway.md, "Fleet status")
     fleet_state_file: Path | None = Field(
         None,
         description="Where the last-seen table is kept across restarts "
