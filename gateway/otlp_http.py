@@ -129,16 +129,6 @@ def error_response(codec: Codec, error: GatewayError) -> Response:
     return response
 
 
-def _without_empty_partial_success(
-    response: ExportMetricsServiceResponse,
-) -> ExportMetricsServiceResponse:
-    """The spec wants partial_success unset on full success; the Collector sets it empty."""
-    partial = response.partial_success
-    if not partial.rejected_data_points and not partial.error_message:
-        response.ClearField("partial_success")
-    return response
-
-
 async def export(gateway: Gateway, request: Request) -> Response:
     """One OTLP/HTTP export: counted with transport="http", whatever its outcome."""
     content_type = media_type(request.headers.get("content-type"))
@@ -159,9 +149,8 @@ async def export(gateway: Gateway, request: Request) -> Response:
         raw = await read_body(request, limit)
         body = decode_content(raw, request.headers.get("content-encoding"), limit)
         gateway.ingestor.admit(tenant, len(body))
-        response = _without_empty_partial_success(
-            await gateway.ingestor.ingest(tenant, codec.decode(gateway, body))
-        )
+        # ingest leaves partial_success unset on full success, as the spec wants.
+        response = await gateway.ingestor.ingest(tenant, codec.decode(gateway, body))
     except GatewayError as exc:
         error = exc
     except Exception:

@@ -9,6 +9,9 @@ PREFECT_HOME (SQLite database, logs) under the stack's run directory.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from scripts.localstack import LocalStack, Process, free_port
 
@@ -64,3 +67,17 @@ def api_url(process: Process) -> str:
 def client_env(process: Process, home: str) -> dict[str, str]:
     """Environment for an agent process using the server: API URL and its own PREFECT_HOME."""
     return {"PREFECT_API_URL": api_url(process), "PREFECT_HOME": home}
+
+
+@contextmanager
+def prefect_server(run_dir: Path) -> Iterator[str]:
+    """A server of its own under `run_dir` (for tests); yields its API URL and stops
+    exactly that process."""
+    stack = LocalStack(run_dir, tenants_file=run_dir / "unused-tenants.json")
+    process = start_prefect_server(stack, ui=False)
+    try:
+        stack.wait_ready(process, timeout=90)
+        yield api_url(process)
+    finally:
+        stack.stop_all()
+        assert process.popen.poll() is not None

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from gateway import tenants
-from scripts.localstack import LocalStack, StackError, collector_binary, prometheus_binary
+from scripts.localstack import (
+    LocalStack,
+    StackError,
+    alertmanager_binary,
+    collector_binary,
+    prometheus_binary,
+)
 
 TENANTS = ("acme", "globex")
 
@@ -66,3 +72,19 @@ def stack(
         local.stop_all()
         # Teardown ended exactly what it started, and all of it.
         assert all(p.popen.poll() is not None for p in started)
+
+
+@pytest.fixture(scope="module")
+def alertmanager(stack: LocalStack) -> Iterator[str]:
+    """Alertmanager on the port the stack's Prometheus already sends alerts to."""
+    try:
+        binary = alertmanager_binary()
+    except StackError as exc:
+        _require("Alertmanager", exc)
+    process = stack.start_alertmanager(binary)
+    try:
+        stack.wait_ready(process, timeout=30)
+        yield stack.alertmanager_url
+    finally:
+        stack.stop(process)
+        assert process.popen.poll() is not None

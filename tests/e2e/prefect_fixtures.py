@@ -20,24 +20,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from scripts.localstack import LocalStack
-from scripts.prefect_server import api_url, start_prefect_server
-
 Series = tuple[str, frozenset[tuple[str, str]]]
 """(service.instance.id, data point attributes)."""
-
-
-@contextmanager
-def prefect_server(run_dir: Path) -> Iterator[str]:
-    """A `prefect server start` process; yields its API URL; stops exactly that process."""
-    stack = LocalStack(run_dir, tenants_file=run_dir / "unused-tenants.json")
-    process = start_prefect_server(stack, ui=False)
-    try:
-        stack.wait_ready(process, timeout=90)
-        yield api_url(process)
-    finally:
-        stack.stop_all()
-        assert process.popen.poll() is not None
 
 
 def plugin_distribution(directory: Path) -> Path:

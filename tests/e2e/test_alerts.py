@@ -10,10 +10,9 @@ receiver within the 3-minute target.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import grpc
 import pytest
 import yaml
 
-from scripts.localstack import LocalStack, StackError, alertmanager_binary, http_get
+from scripts.localstack import LocalStack, http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -29,25 +28,6 @@ Keys = tuple[Path, dict[str, str]]
 RULES_DIR = Path(__file__).resolve().parents[2] / "prometheus" / "rules"
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 TARGET_SECONDS = 180
-
-
-@pytest.fixture(scope="module")
-def alertmanager(stack: LocalStack) -> Iterator[str]:
-    """Alertmanager on the port the stack's Prometheus already sends alerts to."""
-    try:
-        binary = alertmanager_binary()
-    except StackError as exc:
-        message = f"Alertmanager unavailable: {exc} (run `make setup`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    process = stack.start_alertmanager(binary)
-    try:
-        stack.wait_ready(process, timeout=30)
-        yield stack.alertmanager_url
-    finally:
-        stack.stop(process)
-        assert process.popen.poll() is not None
 
 
 def _get_json(url: str) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 import time
@@ -46,8 +45,6 @@ from scripts.demo_upstream import ADDRESS_ENV
 from scripts.localstack import (
     LocalStack,
     Process,
-    StackError,
-    alertmanager_binary,
     free_port,
     http_get,
 )
@@ -124,25 +121,6 @@ def _misbehave(endpoint: str, key: str, stop: threading.Event) -> None:
             with contextlib.suppress(grpc.RpcError):
                 export(b"", metadata=(("authorization", "Bearer not-a-key"),), timeout=5)
             stop.wait(MISBEHAVE_EVERY_SECONDS)
-
-
-@pytest.fixture(scope="module")
-def alertmanager(stack: LocalStack) -> Iterator[str]:
-    """Alertmanager on the port the stack's Prometheus already sends alerts to."""
-    try:
-        binary = alertmanager_binary()
-    except StackError as exc:
-        message = f"Alertmanager unavailable: {exc} (run `make setup`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    process = stack.start_alertmanager(binary)
-    try:
-        stack.wait_ready(process, timeout=30)
-        yield stack.alertmanager_url
-    finally:
-        stack.stop(process)
-        assert process.popen.poll() is not None
 
 
 @pytest.fixture(scope="module")

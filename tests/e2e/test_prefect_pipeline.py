@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect_fixtures import prefect_server
 
 from otel_agents import setup_metrics
 from otel_agents.prefect import instrument
 from scripts.localstack import LocalStack, http_get
+from scripts.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")

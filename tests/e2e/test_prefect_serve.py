@@ -22,9 +22,10 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from prefect_fixtures import OtlpReceiver, otlp_receiver, plugin_distribution, prefect_server
+from prefect_fixtures import OtlpReceiver, otlp_receiver, plugin_distribution
 
 from scripts.localstack import REPO
+from scripts.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")

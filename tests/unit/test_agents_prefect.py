@@ -21,11 +21,11 @@ from test_agents_prefect_support import (
     key,
     nonzero,
     points,
-    prefect_server,
 )
 
 from otel_agents import setup_metrics
 from otel_agents.prefect import PrefectInstrumentation, instrument
+from scripts.prefect_server import prefect_server
 
 prefect = pytest.importorskip("prefect")
 

@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
 from opentelemetry.sdk.metrics.export import (
     HistogramDataPoint,
     InMemoryMetricReader,
     NumberDataPoint,
 )
-
-from scripts.localstack import LocalStack
-from scripts.prefect_server import api_url, start_prefect_server
-
-
-@contextmanager
-def prefect_server(run_dir: Path) -> Iterator[str]:
-    """A `prefect server start` process; yields its API URL; stops exactly that process."""
-    stack = LocalStack(run_dir, tenants_file=run_dir / "unused-tenants.json")
-    process = start_prefect_server(stack, ui=False)
-    try:
-        stack.wait_ready(process, timeout=90)
-        yield api_url(process)
-    finally:
-        stack.stop_all()
-        assert process.popen.poll() is not None
 
 
 def drain_prefect_workers() -> None:

@@ -321,12 +321,10 @@ def test_an_empty_partial_success_is_left_unset(
     async def scenario() -> None:
         async with http_gateway(tmp_path) as http:
 
-            async def ingest(
-                tenant: Tenant, request: ExportMetricsServiceRequest
-            ) -> ExportMetricsServiceResponse:
-                return empty
+            async def forward(request: ExportMetricsServiceRequest) -> ExportMetricsServiceResponse:
+                return empty  # what the Collector answers
 
-            monkeypatch.setattr(http.gateway.ingestor, "ingest", ingest)
+            monkeypatch.setattr(http.gateway.forwarder, "forward", forward)
             answer = await _post(http, json.dumps(OTLP_JSON).encode(), JSON)
             assert answer.json() == {}
 
