@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from opentelemetry.metrics import Observation
+
 from gateway.auth import Authenticator
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.fleet import FleetTracker, create_fleet
 from gateway.forwarder import CollectorForwarder
+from gateway.inflight import InFlight
 from gateway.ingest import Ingestor
 from gateway.limits import Limits
 from gateway.settings import GatewaySettings
@@ -27,9 +30,17 @@ class Gateway:
     ingestor: Ingestor
     # The agents' last-seen table, wired in __post_init__.
     fleet: FleetTracker = field(init=False, repr=False)
+    # The bound on requests being handled, counted on the in-flight gauge.
+    in_flight: InFlight = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        """Wire the fleet tracker: told of every accepted request, exported on /metrics."""
+        """Wire the fleet tracker (told of every accepted request, exported on /metrics)
+        and the in-flight bound."""
+        self.in_flight = InFlight(
+            self.settings.max_in_flight_requests,
+            self.settings.max_in_flight_bytes,
+            self.telemetry.metrics.in_flight,
+        )
 
         self.fleet = create_fleet(self.settings, self.telemetry.provider.get_meter("gateway.fleet"))
         self.ingestor.observers.append(self.fleet)
@@ -42,6 +53,7 @@ class Gateway:
             settings.collector_endpoint,
             settings.forward_timeout_seconds,
             max_message_bytes=settings.max_request_bytes * 2,
+            linger_seconds=settings.forward_linger_seconds,
         )
         ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes)
         # Per-tenant limits (settings and limits file); active series on /metrics.
@@ -51,6 +63,12 @@ class Gateway:
             callbacks=[ingestor.observe_active_series],
             unit="{series}",
             description="Series per tenant seen within the active-series window.",
+        )
+        telemetry.provider.get_meter("gateway.forwarder").create_observable_counter(
+            "gateway.collector.exports",
+            callbacks=[lambda _: [Observation(forwarder.exports)]],
+            unit="{export}",
+            description="Exports sent to the Collector; each carries one or more requests.",
         )
         tenants = TenantRegistry(settings.tenants_file)
         # API keys, JWTs, client certificates, failed-authentication throttling.

@@ -20,6 +20,15 @@ from gateway.tenants import Tenant
 
 TENANT_LABEL = "tenant_id"
 _NON_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
+# Every key that claims the tenant holds these six ASCII letters, in any case,
+# and protobuf carries strings as plain UTF-8.
+_TENANT_LETTERS = re.compile(rb"(?i)tenant")
+
+
+def may_claim_tenant(serialized: bytes) -> bool:
+    """False when a serialized protobuf request cannot hold a tenant claim
+    anywhere: then there is nothing to strip (the common case)."""
+    return _TENANT_LETTERS.search(serialized) is not None
 
 
 def claims_tenant(key: str) -> bool:
@@ -34,9 +43,17 @@ def _strip(attributes: RepeatedCompositeFieldContainer[KeyValue]) -> None:
         attributes.extend(kept)
 
 
-def stamp_tenant(request: ExportMetricsServiceRequest, tenant: Tenant) -> int:
-    """Set `tenant_id` on every data point in place; return the number of data points."""
+def stamp_tenant(
+    request: ExportMetricsServiceRequest, tenant: Tenant, *, strip: bool = True
+) -> int:
+    """Set `tenant_id` on every data point in place; return the number of data points.
+
+    `strip=False` skips looking for claims: only for a request that
+    `may_claim_tenant` has cleared.
+    """
     stamp = KeyValue(key=TENANT_LABEL, value=AnyValue(string_value=tenant.id))
+    if not strip:
+        return _stamp_only(request, stamp)
     points_seen = 0
     for resource_metrics in request.resource_metrics:
         _strip(resource_metrics.resource.attributes)
@@ -52,4 +69,17 @@ def stamp_tenant(request: ExportMetricsServiceRequest, tenant: Tenant) -> int:
                     for exemplar in getattr(point, "exemplars", ()):
                         _strip(exemplar.filtered_attributes)
                     points_seen += 1
+    return points_seen
+
+
+def _stamp_only(request: ExportMetricsServiceRequest, stamp: KeyValue) -> int:
+    points_seen = 0
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    for point in getattr(metric, kind).data_points:
+                        point.attributes.append(stamp)
+                        points_seen += 1
     return points_seen

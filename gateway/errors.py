@@ -54,6 +54,14 @@ REASONS: dict[str, Reason] = {
         Reason("request_too_large", _EXHAUSTED, 413, "request", "max_request_bytes"),
         Reason("invalid_request", _INVALID, 400, "request"),
         Reason("too_many_data_points", _EXHAUSTED, 413, "request", "max_data_points_per_request"),
+        # RetryInfo is attached, with a jittered delay of a few seconds.
+        Reason(
+            "overloaded",
+            _EXHAUSTED,
+            503,
+            "request",
+            "max_in_flight_requests, max_in_flight_bytes",
+        ),
         Reason("collector_unavailable", grpc.StatusCode.UNAVAILABLE, 503, "request"),
         Reason("internal", grpc.StatusCode.INTERNAL, 500, "request"),
         # Single data points dropped (first failing check wins, in this order).
@@ -122,6 +130,14 @@ class InvalidRequest(GatewayError, reason="invalid_request"):
 
 class TooManyDataPoints(GatewayError, reason="too_many_data_points"):
     """The request holds more data points than `max_data_points_per_request`."""
+
+
+class Overloaded(GatewayError, reason="overloaded"):
+    """The gateway is handling as much as its in-flight limits allow."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class CollectorUnavailable(GatewayError, reason="collector_unavailable"):

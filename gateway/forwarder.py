@@ -1,22 +1,33 @@
 """The only module that talks to the Collector: OTLP/gRPC export with a deadline.
 
+Forwards are coalesced: while the Collector is answering one export, requests
+that arrive queue up and leave together as one export. Serialized OTLP
+requests concatenate into one valid request (`resource_metrics` is a repeated
+field), so merging costs a bytes join, and a Python gRPC client call (~230 µs
+of CPU, FACTS.md) is paid once per batch rather than once per request. Under
+light load every request still leaves at once, alone.
+
 gRPC failures are translated here, once, into the gateway's errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import MetricsServiceStub
 
 from gateway.errors import CollectorUnavailable, GatewayError, InvalidRequest
 
 logger = logging.getLogger(__name__)
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 # Statuses after which the same request may succeed later: the client is told
 # UNAVAILABLE, which every OTLP exporter retries.
@@ -30,21 +41,54 @@ _TRANSIENT = frozenset(
     }
 )
 
+_Outcome = asyncio.Future[ExportMetricsServiceResponse]
+
+
+@dataclass
+class _Batch:
+    """Serialized requests waiting to leave as one export, and their callers."""
+
+    bodies: list[bytes] = field(default_factory=list)
+    waiters: list[_Outcome] = field(default_factory=list)
+    size: int = 0
+
 
 class CollectorForwarder:
-    """Forwards enriched requests to the Collector's OTLP/gRPC receiver."""
+    """Forwards enriched requests to the Collector's OTLP/gRPC receiver.
 
-    def __init__(self, endpoint: str, timeout_seconds: float, max_message_bytes: int) -> None:
+    A request waits at most `linger_seconds` for others to join its export;
+    an export leaves at once when it reaches `max_message_bytes`, and at most
+    `max_concurrent_exports` are under way (more wait for one to end).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_seconds: float,
+        max_message_bytes: int,
+        *,
+        linger_seconds: float = 0.002,
+        max_concurrent_exports: int = 4,
+    ) -> None:
         self._endpoint = endpoint
         self._timeout = timeout_seconds
         self._max_message_bytes = max_message_bytes
+        self._linger = linger_seconds
+        self._max_concurrent = max_concurrent_exports
         self._channel: grpc.aio.Channel | None = None
-        self._stub: MetricsServiceStub | None = None
+        self._export: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] | None = None
+        # Batches waiting to leave, oldest first; new requests join the last one.
+        self._queue: deque[_Batch] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._exporting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.exports = 0
+        """Exports sent to the Collector so far (each carries one or more requests)."""
 
-    def _connected_stub(self) -> MetricsServiceStub:
+    def _method(self) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
         # Created on first use: a grpc.aio channel belongs to the event loop
         # that is running when it is made.
-        if self._stub is None:
+        if self._export is None:
             self._channel = grpc.aio.insecure_channel(
                 self._endpoint,
                 options=[
@@ -55,25 +99,81 @@ class CollectorForwarder:
                     ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
             )
-            self._stub = MetricsServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        return self._stub
+            # Bytes in, bytes out: the requests are serialized once, by forward().
+            self._export = self._channel.unary_unary(EXPORT_METHOD, None, None)
+        return self._export
 
     async def forward(self, request: ExportMetricsServiceRequest) -> ExportMetricsServiceResponse:
-        """Export `request`; raise CollectorUnavailable when it should be retried."""
+        """Export `request`, alone or with others; raise CollectorUnavailable when it
+        should be retried."""
+        body = request.SerializeToString()
+        loop = asyncio.get_running_loop()
+        outcome: _Outcome = loop.create_future()
+        if not self._queue or self._queue[-1].size + len(body) > self._max_message_bytes:
+            self._queue.append(_Batch())
+        batch = self._queue[-1]
+        batch.bodies.append(body)
+        batch.waiters.append(outcome)
+        batch.size += len(body)
+        if len(self._queue) > 1:
+            self._start_exports()  # a full batch need not wait
+        elif self._timer is None:
+            self._timer = loop.call_later(self._linger, self._linger_over)
+        return await outcome
+
+    def _linger_over(self) -> None:
+        self._timer = None
+        self._start_exports()
+
+    def _start_exports(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._exporting < self._max_concurrent:
+            self._exporting += 1
+            task = loop.create_task(self._export_batch(self._queue.popleft()))
+            # The loop keeps only weak references to tasks: hold them until done.
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _export_batch(self, batch: _Batch) -> None:
         try:
-            response: ExportMetricsServiceResponse = await self._connected_stub().Export(
-                request, timeout=self._timeout
-            )
+            await self._deliver(batch)
+        finally:
+            self._exporting -= 1
+            self._start_exports()  # what queued up meanwhile has waited enough
+
+    async def _deliver(self, batch: _Batch) -> None:
+        self.exports += 1
+        try:
+            answer = await self._method()(b"".join(batch.bodies), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
-        return response
+            error = _translate(exc)
+            if len(batch.bodies) > 1 and not isinstance(error, CollectorUnavailable):
+                # One bad request must not fail the others: each goes again alone.
+                for body, waiter in zip(batch.bodies, batch.waiters, strict=True):
+                    await self._deliver(_Batch([body], [waiter], len(body)))
+                return
+            for waiter in batch.waiters:
+                _settle(waiter, error=error)
+            return
+        except Exception as exc:
+            # Anything else (a closed channel, say) fails this batch's callers,
+            # never the loop that serves the queue.
+            logger.exception("forwarding to the collector failed")
+            for waiter in batch.waiters:
+                _settle(waiter, error=GatewayError(f"forwarding failed: {exc!r}"))
+            return
+        response = ExportMetricsServiceResponse.FromString(answer)
+        if len(batch.waiters) > 1 and response.HasField("partial_success"):
+            # Not attributable to one request of the batch: each caller hears the
+            # Collector's message, none a count that may not be theirs.
+            response.partial_success.rejected_data_points = 0
+        for waiter in batch.waiters:
+            _settle(waiter, response=response)
 
     async def is_ready(self, timeout_seconds: float = 1.0) -> bool:
         """True when the Collector answers an empty export within the timeout."""
         try:
-            await self._connected_stub().Export(
-                ExportMetricsServiceRequest(), timeout=timeout_seconds
-            )
+            await self._method()(b"", timeout=timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             logger.debug("collector at %s not ready: %s", self._endpoint, exc.code())
             return False
@@ -83,7 +183,24 @@ class CollectorForwarder:
         """Close the channel."""
         if self._channel is not None:
             await self._channel.close(grace=None)
-            self._channel = self._stub = None
+            self._channel = self._export = None
+
+
+def _settle(
+    waiter: _Outcome,
+    *,
+    response: ExportMetricsServiceResponse | None = None,
+    error: GatewayError | None = None,
+) -> None:
+    if waiter.done():  # its caller went away (cancelled)
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        copy = ExportMetricsServiceResponse()
+        if response is not None:
+            copy.CopyFrom(response)
+        waiter.set_result(copy)
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> GatewayError:

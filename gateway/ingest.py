@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from gateway.enrich import stamp_tenant
+from gateway.enrich import may_claim_tenant, stamp_tenant
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -121,9 +121,13 @@ class Ingestor:
         return request
 
     async def ingest(
-        self, tenant: Tenant, request: ExportMetricsServiceRequest
+        self, tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
     ) -> ExportMetricsServiceResponse:
-        """Drop what `tenant` may not send, stamp it on the rest, forward; the OTLP answer."""
+        """Drop what `tenant` may not send, stamp it on the rest, forward; the OTLP answer.
+
+        `raw` is the protobuf the request was decoded from, when there is one:
+        it lets stamping skip the search for tenant claims when none can be there.
+        """
         # Fields this gateway does not know would reach the Collector unchecked
         # and unstamped (a newer point type, say): they are removed, not passed on.
         request.DiscardUnknownFields()
@@ -141,7 +145,7 @@ class Ingestor:
         for reason, count in rejections.counts.items():
             self._count_points(tenant, count, "rejected", reason)
             self._metrics.rejections.add(1, {"tenant_id": tenant.id, "reason": reason})
-        points = stamp_tenant(request, tenant)
+        points = stamp_tenant(request, tenant, strip=raw is None or may_claim_tenant(raw))
         response = await self._forward(tenant, request, points)
         return _with_rejections(response, rejections, sent)
 

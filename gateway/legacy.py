@@ -230,7 +230,8 @@ async def report(gateway: Gateway, request: Request, tenant_id: str) -> JSONResp
     """One legacy report: counted with transport="legacy", whatever its outcome."""
     counted_tenant = UNKNOWN_TENANT
     error: GatewayError | None = None
-    gateway.telemetry.metrics.in_flight.add(1)
+    body = b""
+    entered = False  # taken into the in-flight bound
     try:
         tenant = gateway.authenticator.authenticate(credentials(request))
         counted_tenant = tenant.id
@@ -241,6 +242,8 @@ async def report(gateway: Gateway, request: Request, tenant_id: str) -> JSONResp
             )
         raw = await read_body(request, MAX_REPORT_BYTES)
         body = decode_content(raw, request.headers.get("content-encoding"), MAX_REPORT_BYTES)
+        gateway.in_flight.enter(len(body))
+        entered = True
         gateway.ingestor.admit(tenant, len(body))
         parsed = parse_report(body)
         agent_id = agent_id_of(parsed, request.headers.get("x-agent-id"), tenant)
@@ -251,7 +254,8 @@ async def report(gateway: Gateway, request: Request, tenant_id: str) -> JSONResp
         logger.exception("unexpected error handling a legacy report for tenant %s", counted_tenant)
         error = GatewayError("unexpected gateway error; the report was not stored")
     finally:
-        gateway.telemetry.metrics.in_flight.add(-1)
+        if entered:
+            gateway.in_flight.exit(len(body))
     gateway.count_outcome(TRANSPORT, counted_tenant, error)
     if error is not None:
         return _error_response(error)

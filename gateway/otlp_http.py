@@ -136,7 +136,8 @@ async def export(gateway: Gateway, request: Request) -> Response:
     tenant_id = UNKNOWN_TENANT
     error: GatewayError | None = None
     response = ExportMetricsServiceResponse()
-    gateway.telemetry.metrics.in_flight.add(1)
+    body = b""
+    entered = False  # taken into the in-flight bound
     try:
         tenant = gateway.authenticator.authenticate(credentials(request))
         tenant_id = tenant.id
@@ -148,16 +149,22 @@ async def export(gateway: Gateway, request: Request) -> Response:
         limit = gateway.settings.max_request_bytes
         raw = await read_body(request, limit)
         body = decode_content(raw, request.headers.get("content-encoding"), limit)
+        gateway.in_flight.enter(len(body))
+        entered = True
         gateway.ingestor.admit(tenant, len(body))
         # ingest leaves partial_success unset on full success, as the spec wants.
-        response = await gateway.ingestor.ingest(tenant, codec.decode(gateway, body))
+        # A protobuf body lets ingest skip the search for tenant claims; JSON may
+        # escape the letters it looks for.
+        protobuf = body if codec.media_type == PROTOBUF else None
+        response = await gateway.ingestor.ingest(tenant, codec.decode(gateway, body), protobuf)
     except GatewayError as exc:
         error = exc
     except Exception:
         logger.exception("unexpected error handling an HTTP export for tenant %s", tenant_id)
         error = GatewayError("unexpected gateway error; the request was not stored")
     finally:
-        gateway.telemetry.metrics.in_flight.add(-1)
+        if entered:
+            gateway.in_flight.exit(len(body))
     gateway.count_outcome(TRANSPORT, tenant_id, error)
     if error is not None:
         # A body we cannot read is answered in JSON: readable with curl.

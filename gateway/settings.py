@@ -38,6 +38,23 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest accepted OTLP request (bytes, uncompressed)."
     )
+    forward_linger_seconds: float = Field(
+        0.002,
+        ge=0,
+        description="Longest a request waits for others to share its export to the Collector.",
+    )
+    max_in_flight_requests: int = Field(
+        256, ge=1, description="Requests handled at once; more are refused, retryable."
+    )
+    max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Request bytes (uncompressed) handled at once; more are refused, retryable.",
+    )
+    grpc_reuse_port: bool = Field(
+        False,
+        description="Let several gateway processes bind the same gRPC port (SO_REUSEPORT).",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     # JWT bearer tokens, TLS and mTLS, failed-authentication throttling.

@@ -23,7 +23,7 @@ from gateway.enrich import claims_tenant
 from gateway.errors import REASONS
 from gateway.limits import TenantLimits
 from gateway.series import ActiveSeries, series_key
-from gateway.values import metric_problem, point_problem
+from gateway.values import metric_problem, number_problem, point_problem
 
 _NON_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
 # Labels the Collector's exporter adds itself: an attribute of the same name
@@ -33,6 +33,7 @@ _RESERVED_PREFIXES = ("__", "otel_scope_")
 # Resource attributes that become the job and instance labels of every series.
 _LABEL_RESOURCE_KEYS = ("service.name", "service.namespace", "service.instance.id")
 _SHOWN_CHARS = 60
+_NUMBER_KINDS = frozenset({"gauge", "sum"})
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:
@@ -173,9 +174,14 @@ class _Checker:
         self, kind: str, data: Any, point: Any, scope: _Scope, name: str, service: tuple[str, str]
     ) -> Problem | None:
         """Value, attributes, then series of one data point (the table's order)."""
-        value_problem = point_problem(kind, data, point)
-        if value_problem is not None:
-            return ("invalid_value", value_problem)
+        if kind in _NUMBER_KINDS and point.WhichOneof("value") == "as_int":
+            # The common case, checked inline: integers are finite.
+            if point.as_int < 0 and kind == "sum" and data.is_monotonic:
+                return ("invalid_value", number_problem(point, monotonic=True) or "")
+        else:
+            value_problem = point_problem(kind, data, point)
+            if value_problem is not None:
+                return ("invalid_value", value_problem)
         # Scope attributes become otel_scope_* labels: they cannot collide with these.
         pairs, problem = self.scan(point.attributes)
         limit = self.limits.max_attributes_per_point
@@ -249,12 +255,12 @@ def enforce(
                 if kind is None:
                     continue  # no points: nothing to check or forward
                 data = getattr(metric, kind)
-                shared = scope.problem or checker.metric(metric.name, kind, data)
+                name = metric.name
+                shared = scope.problem or checker.metric(name, kind, data)
                 kept = []
+                check = checker.point
                 for point in data.data_points:
-                    problem = shared or checker.point(
-                        kind, data, point, scope, metric.name, service
-                    )
+                    problem = shared or check(kind, data, point, scope, name, service)
                     if problem is None:
                         kept.append(point)
                     else:

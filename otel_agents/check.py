@@ -170,7 +170,9 @@ def check_grpc_export(config: AgentConfig) -> Step:
         return _explain_grpc_failure(exc)
     finally:
         channel.close()
-    tenant = dict(call.initial_metadata() or ()).get(TENANT_HEADER)
+    # The gateway names the tenant in trailing metadata; initial is read too.
+    metadata = (*(call.trailing_metadata() or ()), *(call.initial_metadata() or ()))
+    tenant = dict(metadata).get(TENANT_HEADER)
     landing = f" under tenant {tenant!r}" if tenant else ""
     return Step("OTLP/gRPC export", True, f"a test point was accepted{landing}")
 

@@ -265,7 +265,7 @@ def test_partial_success_is_passed_back(
         async with http_gateway(tmp_path) as http:
 
             async def ingest(
-                tenant: Tenant, request: ExportMetricsServiceRequest
+                tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
             ) -> ExportMetricsServiceResponse:
                 return partial
 
