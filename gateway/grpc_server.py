@@ -47,7 +47,11 @@ class MetricsExportHandler:
                 Credentials(
                     authorization_from(_headers(context, "authorization")),
                     peer=context.peer(),
-                    client_certificate=client_certificate_from_grpc(context.auth_context()),
+                    client_certificate=(
+                        None
+                        if gateway.authenticator.certificates is None
+                        else client_certificate_from_grpc(context.auth_context())
+                    ),
                 )
             )
             tenant_id = tenant.id

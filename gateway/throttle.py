@@ -9,6 +9,7 @@ tracked by their /64 network, since one host usually owns a whole /64.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import threading
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 MAX_PEERS = 10_000
 
 
+# A connection's peer string is the same for each of its requests.
+@functools.lru_cache(maxsize=4096)
 def peer_address(peer: str) -> str | None:
     """The client's IP address (an IPv6 one as its /64) from a transport's peer
     string: gRPC's `ipv4:1.2.3.4:5678` or `ipv6:[::1]:5678`, or `1.2.3.4`,
