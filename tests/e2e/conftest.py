@@ -6,11 +6,11 @@ CI=true they fail instead, so CI can never pass without running them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from needs import require
 
 from gateway import tenants
 from scripts.localstack import (
@@ -22,13 +22,6 @@ from scripts.localstack import (
 )
 
 TENANTS = ("acme", "globex")
-
-
-def _require(what: str, error: Exception) -> None:
-    message = f"{what} unavailable: {error} (run `make setup`)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +44,11 @@ def stack(
     try:
         collector = collector_binary()
     except StackError as exc:
-        _require("the Collector", exc)
+        require("the Collector", exc)
     try:
         prometheus = prometheus_binary()
     except StackError as exc:
-        _require("Prometheus", exc)
+        require("Prometheus", exc)
 
     local = LocalStack(tmp_path_factory.mktemp("stack"), tenants_file=tenant_keys[0])
     started = []
@@ -80,7 +73,7 @@ def alertmanager(stack: LocalStack) -> Iterator[str]:
     try:
         binary = alertmanager_binary()
     except StackError as exc:
-        _require("Alertmanager", exc)
+        require("Alertmanager", exc)
     process = stack.start_alertmanager(binary)
     try:
         stack.wait_ready(process, timeout=30)
