@@ -12,11 +12,13 @@ nothing.
 from __future__ import annotations
 
 import gc
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +32,11 @@ from otel_agents.grpc_instrumentation import ClientInterceptor, ServerIntercepto
 
 SERVICE = "bench.Upstream"
 Variants = dict[str, Callable[[], None]]
+
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_connector.json"
+# Every table's medians, by title then variant: written to RESULTS by main().
+FIGURES: dict[str, dict[str, dict[str, float]]] = {}
 
 
 def measure(title: str, variants: Variants, per_run: int, rounds: int) -> None:
@@ -50,6 +57,7 @@ def measure(title: str, variants: Variants, per_run: int, rounds: int) -> None:
     base_wall, base_cpu = (statistics.median(wall[names[0]]), statistics.median(cpu[names[0]]))
     for name in names:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        FIGURES.setdefault(title, {})[name] = {"wall_us": w, "cpu_us": c}
         print(
             f"  {name:<36}{w:12.3f}{_overhead(w, base_wall):>10}"
             f"{c:12.3f}{_overhead(c, base_cpu):>10}"
@@ -248,7 +256,9 @@ def main() -> None:
     bench_record_batch()
     bench_interceptor_code(payload)
     bench_grpc_calls(payload)
-    print(f"\n({time.monotonic() - started:.0f} s)")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"python": sys.version.split()[0], "tables": FIGURES}, indent=2))
+    print(f"\n({time.monotonic() - started:.0f} s; figures in {RESULTS})")
 
 
 if __name__ == "__main__":
