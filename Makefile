@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit e2e collector system-deps clean
+.PHONY: setup demo test lint unit e2e bench collector loadgen system-deps clean
 
-setup: $(VENV)/.installed collector system-deps
+setup: $(VENV)/.installed collector loadgen system-deps
 
 # The environment is rebuilt when the dependency list or the pins change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 collector:
 	@scripts/build-collector.sh >/dev/null
+
+# The Go load generator of the overload test and the benchmarks (bench/loadgen).
+loadgen: $(VENV)/.installed
+	@$(BIN)/python -m bench.loadgen >/dev/null
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -42,6 +46,10 @@ e2e: setup
 
 test: setup lint
 	$(BIN)/pytest
+
+# The benchmark suite (about 40 minutes; figures in bench/results, docs/benchmarks.md).
+bench: setup
+	@$(BIN)/python -m bench
 
 clean:
 	rm -rf .run test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -27,6 +28,36 @@ from gateway.errors import CollectorUnavailable, GatewayError, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
+
+class _Sparse:
+    """Logs a warning at most once per `seconds`, with the number held back since:
+    a Collector outage refuses thousands of forwards, and the metrics count them."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._last = -seconds
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            self._held += 1
+            return
+        if self._held:
+            message += " (and %d more since the last such line)"
+            args = (*args, self._held)
+        self._last, self._held = now, 0
+        logger.warning(message, *args)
+
+
+_sparse = _Sparse()
+
+# Forwards timing out in a row after which the connection is replaced: a
+# connection the network dropped silently would otherwise stay in use until
+# keepalive notices it (tens of seconds).
+DEADLINES_BEFORE_RECONNECT = 2
+KEEPALIVE_SECONDS = 10
+KEEPALIVE_TIMEOUT_SECONDS = 5
 EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 # Statuses after which the same request may succeed later: the client is told
@@ -51,6 +82,10 @@ class _Batch:
     bodies: list[bytes] = field(default_factory=list)
     waiters: list[_Outcome] = field(default_factory=list)
     size: int = 0
+    ready: bool = False
+    """Full, or its linger is over: it leaves as soon as an export slot is free."""
+    created: float = field(default_factory=time.monotonic)
+    """When its first request arrived: the forward deadline counts from then."""
 
 
 class CollectorForwarder:
@@ -82,6 +117,7 @@ class CollectorForwarder:
         self._timer: asyncio.TimerHandle | None = None
         self._exporting = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deadlines_in_a_row = 0
         self.exports = 0
         """Exports sent to the Collector so far (each carries one or more requests)."""
 
@@ -97,6 +133,17 @@ class CollectorForwarder:
                     # default of up to two minutes of back-off.
                     ("grpc.initial_reconnect_backoff_ms", 250),
                     ("grpc.max_reconnect_backoff_ms", 2000),
+                    # A connection the network dropped without a word (no FIN,
+                    # no RST) is found dead by pings and replaced; otherwise
+                    # every forward would time out on it forever. The
+                    # Collector's receiver permits these pings (config.yaml).
+                    ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+                    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECONDS * 1000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.max_pings_without_data", 0),
+                    # Its own connections: channels share them process-wide by
+                    # default, and a replaced channel would get the dead one back.
+                    ("grpc.use_local_subchannel_pool", 1),
                 ],
             )
             # Bytes in, bytes out: the requests are serialized once, by forward().
@@ -110,24 +157,28 @@ class CollectorForwarder:
         loop = asyncio.get_running_loop()
         outcome: _Outcome = loop.create_future()
         if not self._queue or self._queue[-1].size + len(body) > self._max_message_bytes:
+            if self._queue:
+                self._queue[-1].ready = True  # full
             self._queue.append(_Batch())
         batch = self._queue[-1]
         batch.bodies.append(body)
         batch.waiters.append(outcome)
         batch.size += len(body)
-        if len(self._queue) > 1:
-            self._start_exports()  # a full batch need not wait
-        elif self._timer is None:
+        if self._timer is None and not batch.ready:
             self._timer = loop.call_later(self._linger, self._linger_over)
+        self._start_exports()
         return await outcome
 
     def _linger_over(self) -> None:
         self._timer = None
+        if self._queue:
+            self._queue[-1].ready = True
         self._start_exports()
 
     def _start_exports(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue and self._exporting < self._max_concurrent:
+        # Batches before the last are full, hence ready: the first one decides.
+        while self._queue and self._queue[0].ready and self._exporting < self._max_concurrent:
             self._exporting += 1
             task = loop.create_task(self._export_batch(self._queue.popleft()))
             # The loop keeps only weak references to tasks: hold them until done.
@@ -139,13 +190,21 @@ class CollectorForwarder:
             await self._deliver(batch)
         finally:
             self._exporting -= 1
-            self._start_exports()  # what queued up meanwhile has waited enough
+            self._start_exports()  # a batch that became ready meanwhile
 
     async def _deliver(self, batch: _Batch) -> None:
+        # The deadline counts from the first request's arrival: time spent
+        # waiting for a free export slot is part of it.
+        remaining = self._timeout - (time.monotonic() - batch.created)
+        if remaining <= 0:
+            for waiter in batch.waiters:
+                _settle(waiter, error=_waited_too_long(self._timeout))
+            return
         self.exports += 1
         try:
-            answer = await self._method()(b"".join(batch.bodies), timeout=self._timeout)
+            answer = await self._method()(b"".join(batch.bodies), timeout=remaining)
         except grpc.aio.AioRpcError as exc:
+            self._note_deadline(exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
             error = _translate(exc)
             if len(batch.bodies) > 1 and not isinstance(error, CollectorUnavailable):
                 # One bad request must not fail the others: each goes again alone.
@@ -162,6 +221,7 @@ class CollectorForwarder:
             for waiter in batch.waiters:
                 _settle(waiter, error=GatewayError(f"forwarding failed: {exc!r}"))
             return
+        self._note_deadline(False)
         response = ExportMetricsServiceResponse.FromString(answer)
         if len(batch.waiters) > 1 and response.HasField("partial_success"):
             # Not attributable to one request of the batch: each caller hears the
@@ -169,6 +229,23 @@ class CollectorForwarder:
             response.partial_success.rejected_data_points = 0
         for waiter in batch.waiters:
             _settle(waiter, response=response)
+
+    def _note_deadline(self, timed_out: bool) -> None:
+        self._deadlines_in_a_row = self._deadlines_in_a_row + 1 if timed_out else 0
+        if self._deadlines_in_a_row < DEADLINES_BEFORE_RECONNECT or self._channel is None:
+            return
+        _sparse.warning(
+            "%d forwards to %s timed out in a row: opening a new connection",
+            self._deadlines_in_a_row,
+            self._endpoint,
+        )
+        self._deadlines_in_a_row = 0
+        old, self._channel, self._export = self._channel, None, None
+        # Calls still under way on the old connection end by their own deadline
+        # within the grace period; none is cancelled.
+        task = asyncio.get_running_loop().create_task(old.close(grace=self._timeout + 1))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def is_ready(self, timeout_seconds: float = 1.0) -> bool:
         """True when the Collector answers an empty export within the timeout."""
@@ -203,10 +280,18 @@ def _settle(
         waiter.set_result(copy)
 
 
+def _waited_too_long(timeout: float) -> GatewayError:
+    _sparse.warning("requests waited %g s for an export slot: the collector is slow", timeout)
+    return CollectorUnavailable(
+        f"the metrics backend is slow: no answer within {timeout:g} s "
+        "(forward_timeout_seconds); the request was not stored, retry later"
+    )
+
+
 def _translate(exc: grpc.aio.AioRpcError) -> GatewayError:
     code = exc.code()
     if code in _TRANSIENT:
-        logger.warning("collector refused a forward: %s %s", code.name, exc.details())
+        _sparse.warning("collector refused a forward: %s %s", code.name, exc.details())
         return CollectorUnavailable(
             f"the metrics backend is unavailable ({code.name}); the request was not stored, "
             "retry later"

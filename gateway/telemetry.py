@@ -8,12 +8,18 @@ from dataclasses import dataclass
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+)
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
 # Forwarding to a local Collector takes about a millisecond; the tail reaches
 # the forward deadline (5 s by default).
+MAX_LABEL_SETS = 1_000_000
 FORWARD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -111,7 +117,19 @@ class GatewayTelemetry:
     def create(cls) -> GatewayTelemetry:
         """A fresh provider and registry (one per gateway, so tests can make several)."""
         registry = CollectorRegistry(auto_describe=True)
-        reader = PrometheusMetricReader(disable_target_info=True, registry=registry)
+        reader = PrometheusMetricReader(
+            disable_target_info=True,
+            registry=registry,
+            # The SDK folds label sets past 2,000 per instrument into one
+            # overflow point: the last-seen gauges have one per agent, and the
+            # counters one per tenant and outcome. Their own settings bound them
+            # (fleet_max_agents_per_tenant, the tenants file).
+            cardinality_limits={
+                ObservableGauge: MAX_LABEL_SETS,
+                ObservableCounter: MAX_LABEL_SETS,
+                ObservableUpDownCounter: MAX_LABEL_SETS,
+            },
+        )
         provider = MeterProvider(
             metric_readers=[reader],
             resource=Resource.create({"service.name": "otel-gateway"}),

@@ -2,7 +2,9 @@
 
 Starts the Collector, the gateway and Prometheus from the repo's configuration,
 then one demo connector per tenant; prints each component's address as it
-becomes ready; runs until Ctrl-C, then stops every process it started.
+becomes ready; restarts a component that dies (scripts/supervisor.py, like
+compose's `restart: unless-stopped`); runs until Ctrl-C, then stops every process
+it started.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from scripts.localstack import (
     prometheus_binary,
 )
 from scripts.prefect_server import client_env, start_prefect_server
+from scripts.supervisor import Supervisor
 
 RUN_DIR = REPO / ".run" / "demo"
 DEMO_TENANTS = ("acme", "globex")
@@ -93,7 +96,9 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise StackError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def start_connectors(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
+def start_connectors(
+    stack: LocalStack, keys: dict[str, str], supervisor: Supervisor | None = None
+) -> list[Process]:
     """The demo upstream, then one demo connector per tenant streaming Arrow batches to it."""
     upstream_address = f"127.0.0.1:{UPSTREAM_PORT}"
     upstream = stack.start_process(
@@ -103,6 +108,7 @@ def start_connectors(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
     )
     wait_for_port(UPSTREAM_PORT)
     say(f"demo upstream (Arrow batches over gRPC) listening on {upstream_address}")
+    _watch(supervisor, upstream)
     connectors = [upstream]
     for tenant, key in keys.items():
         env = {
@@ -115,14 +121,18 @@ def start_connectors(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
             )
         )
         say(f"demo connector for tenant {tenant!r} started (log: {connectors[-1].log})")
+        _watch(supervisor, connectors[-1])
     return connectors
 
 
-def start_data_agents(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
+def start_data_agents(
+    stack: LocalStack, keys: dict[str, str], supervisor: Supervisor | None = None
+) -> list[Process]:
     """A Prefect server, then one demo data agent per tenant running flows against it."""
     server = start_prefect_server(stack, PREFECT_PORT)
     seconds = stack.wait_ready(server, timeout=120)
     say(f"Prefect server ready in {seconds:.1f} s: http://127.0.0.1:{PREFECT_PORT}")
+    _watch(supervisor, server)
     agents = [server]
     for tenant, key in keys.items():
         env = {
@@ -135,7 +145,13 @@ def start_data_agents(stack: LocalStack, keys: dict[str, str]) -> list[Process]:
             )
         )
         say(f"demo data agent for tenant {tenant!r} started (log: {agents[-1].log})")
+        _watch(supervisor, agents[-1])
     return agents
+
+
+def _watch(supervisor: Supervisor | None, process: Process) -> None:
+    if supervisor is not None:
+        supervisor.watch(process)
 
 
 def wait_for_tenants(stack: LocalStack, metric: str, started: float) -> None:
@@ -170,46 +186,44 @@ def run() -> int:
     keys_file.write_text("".join(f"{tenant} {key}\n" for tenant, key in keys.items()))
     keys_file.chmod(0o600)
     stack = LocalStack(RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS)
+    # Each component is watched once it is ready: one that dies later is
+    # restarted (said here, and marked in its log) while the demo runs on.
+    supervisor = Supervisor(stack, report=say).start()
     try:
         collector = stack.start_collector(collector_binary())
         seconds = stack.wait_ready(collector)
+        supervisor.watch(collector)
         say(
             f"Collector ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{PORTS.collector_otlp}, "
             f"metrics http://127.0.0.1:{PORTS.collector_prometheus}/metrics"
         )
         gateway = stack.start_gateway()
         seconds = stack.wait_ready(gateway)
+        supervisor.watch(gateway)
         say(
             f"gateway ready in {seconds:.1f} s: OTLP/gRPC {stack.gateway_grpc_endpoint}, "
             f"{stack.gateway_http_url}/readyz, {stack.gateway_http_url}/metrics"
         )
         prometheus = stack.start_prometheus(prometheus_binary())
         seconds = stack.wait_ready(prometheus)
+        supervisor.watch(prometheus)
         say(f"Prometheus ready in {seconds:.1f} s: {stack.prometheus_url}")
         alertmanager = stack.start_alertmanager(alertmanager_binary())
         seconds = stack.wait_ready(alertmanager)
+        supervisor.watch(alertmanager)
         say(f"Alertmanager ready in {seconds:.1f} s: {stack.alertmanager_url}")
-        agents = start_connectors(stack, keys)
+        start_connectors(stack, keys, supervisor)
         wait_for_tenants(stack, "connector_bytes_sent_total", started)
-        agents += start_data_agents(stack, keys)
+        start_data_agents(stack, keys, supervisor)
         wait_for_tenants(stack, "agent_flows_executed_total", started)
         say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
         say(
             f"fleet status page: {stack.gateway_http_url}/status (a tenant's key is in {keys_file})"
         )
         say(f"alerts: {stack.prometheus_url}/alerts, Alertmanager {stack.alertmanager_url}")
-        say(f"logs in {RUN_DIR}; press Ctrl-C to stop")
-        watched = [collector, gateway, prometheus, alertmanager, *agents]
+        say(f"logs in {RUN_DIR}; a component that dies is restarted; press Ctrl-C to stop")
         while True:
-            time.sleep(1.0)
-            dead = [p for p in watched if p.popen.poll() is not None]
-            if dead:
-                for process in dead:
-                    say(
-                        f"{process.name} exited with {process.popen.returncode}:\n"
-                        f"{process.log_tail()}"
-                    )
-                return 1
+            time.sleep(3600.0)  # the supervisor's thread does the watching
     except KeyboardInterrupt:
         return 0
     except StackError as exc:
@@ -220,6 +234,8 @@ def run() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("stopping")
+        # First, so that nothing being stopped is started again.
+        supervisor.close()
         stack.stop_all()
         say("stopped every process the demo started")
 

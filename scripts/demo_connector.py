@@ -6,6 +6,11 @@ DEMO_UPSTREAM_ADDRESS (default 127.0.0.1:50051, see scripts/demo_upstream.py) an
 DEMO_CERT_FILE (the PEM certificate whose expiry it reports; default: a self-signed one,
 valid 30 days, made at start in a temporary directory).
 
+Two switches for bench/bench_connector_cpu.py: DEMO_CONNECTOR_FULL_SPEED=1 sends the
+next query as soon as the last one returns (no pause), and DEMO_CONNECTOR_INSTRUMENT=0
+runs the same loop with no metrics at all (no setup_metrics, no interceptor, no
+connectivity watch), to measure what the instrumentation costs.
+
 Every connector metric moves: the gRPC client interceptor counts queries, bytes,
 records and errors; the channel's state drives `connector_connected`.
 """
@@ -18,20 +23,22 @@ import random
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pyarrow as pa  # type: ignore[import-untyped]  # no stubs
 
-from otel_agents import connector_metrics, setup_metrics
+from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 from otel_agents.arrow import ipc_row_count
 from otel_agents.grpc_instrumentation import ClientInterceptor, watch_connectivity
 from scripts.demo_upstream import ADDRESS_ENV, DEFAULT_ADDRESS, PUT, UPLOAD
 
 VERSION = "0.1.0"
 CERT_ENV = "DEMO_CERT_FILE"
+FULL_SPEED_ENV = "DEMO_CONNECTOR_FULL_SPEED"
+INSTRUMENT_ENV = "DEMO_CONNECTOR_INSTRUMENT"
 REGIONS = ("eu-west", "us-east", "ap-south")
 CALL_TIMEOUT_S = 5.0
 
@@ -117,7 +124,7 @@ def certificate_path(directory: Path) -> Path | None:
 
 
 def main() -> None:
-    """Send to the upstream every 0.2-1 s until SIGTERM or SIGINT."""
+    """Send to the upstream every 0.2-1 s (or without pause) until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,24 +132,41 @@ def main() -> None:
 
     address = os.environ.get(ADDRESS_ENV, DEFAULT_ADDRESS)
     service = os.environ.get("OTEL_SERVICE_NAME", "demo-connector")
-    telemetry = setup_metrics(service, "connector", service_version=VERSION)
+    full_speed = os.environ.get(FULL_SPEED_ENV) == "1"
+    instrument = os.environ.get(INSTRUMENT_ENV) != "0"
+    telemetry = (
+        setup_metrics(service, "connector", service_version=VERSION)
+        if instrument
+        else AgentTelemetry.disabled()
+    )
     with tempfile.TemporaryDirectory(prefix="demo-connector-") as directory:
-        certificate = certificate_path(Path(directory))
-        metrics = connector_metrics(telemetry, version=VERSION, certificate_path=certificate)
-        interceptor = ClientInterceptor(metrics, records_of=ipc_row_count)
-        channel = grpc.intercept_channel(grpc.insecure_channel(address), interceptor)
-        stop_watching = watch_connectivity(channel, metrics)
-        _logger.info("sending Arrow batches to %s (certificate %s)", address, certificate)
+        channel = grpc.insecure_channel(address)
+        stop_watching: Callable[[], None] | None = None
+        certificate = None
+        if instrument:
+            certificate = certificate_path(Path(directory))
+            metrics = connector_metrics(telemetry, version=VERSION, certificate_path=certificate)
+            interceptor = ClientInterceptor(metrics, records_of=ipc_row_count)
+            channel = grpc.intercept_channel(channel, interceptor)
+            stop_watching = watch_connectivity(channel, metrics)
+        _logger.info(
+            "sending Arrow batches to %s (certificate %s%s%s)",
+            address,
+            certificate,
+            ", full speed" if full_speed else "",
+            "" if instrument else ", no instrumentation",
+        )
         rng = random.Random()
         last: str | None = None
         try:
-            while not stop.wait(rng.uniform(0.2, 1.0)):
+            while not stop.wait(0.0 if full_speed else rng.uniform(0.2, 1.0)):
                 outcome = send_once(channel, rng)
                 if outcome != last:  # the metrics count every failure; the log shows changes
                     _logger.info("upstream calls %s", f"fail: {outcome}" if outcome else "succeed")
                     last = outcome
         finally:
-            stop_watching()
+            if stop_watching is not None:
+                stop_watching()
             channel.close()
             telemetry.shutdown(timeout_s=5)
 

@@ -88,6 +88,10 @@ class Process:
     popen: subprocess.Popen[bytes]
     log: Path
     ready_url: str
+    argv: list[str] = field(default_factory=list)
+    """What was started, so that it can be started again the same way (`LocalStack.restart`)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """The variables given on top of this process's environment."""
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the component's log."""
@@ -252,21 +256,22 @@ class LocalStack:
         """Any other process (a demo agent) that the stack should stop with the rest."""
         return self._start(name, argv, env, ready_url)
 
+    def restart(self, process: Process) -> None:
+        """Start `process` again in place: same argv, environment, ports and log (appended).
+
+        `process.popen` becomes the new process; whatever is left of the old one's
+        process group is killed first, so nothing it spawned still holds a port.
+        """
+        _signal_group(process.popen.pid, signal.SIGKILL)
+        if process.popen.poll() is None:
+            process.popen.wait()
+        process.popen = _spawn(process.argv, process.env, process.log)
+        if process not in self.processes:
+            self.processes.append(process)
+
     def _start(self, name: str, argv: list[str], env: Mapping[str, str], ready_url: str) -> Process:
         log = self.run_dir / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
-                cwd=REPO,
-                # Its own process group: Ctrl-C in a terminal reaches the demo
-                # only, which then stops each component in order.
-                start_new_session=True,
-            )
-        process = Process(name, popen, log, ready_url)
+        process = Process(name, _spawn(argv, env, log), log, ready_url, list(argv), dict(env))
         self.processes.append(process)
         return process
 
@@ -310,9 +315,23 @@ class LocalStack:
 
     # -- Prometheus ------------------------------------------------------------------
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """The result vector of an instant query."""
-        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The result of an instant query (a vector, or a matrix for a range selector),
+        evaluated now or at the Unix time `at`."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(params)
+        status, body = http_get(url, timeout=5.0)
+        if status != 200:
+            raise StackError(f"Prometheus answered {status} to {promql!r}: {body[:300]!r}")
+        result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+        return result
+
+    def query_range(
+        self, promql: str, start: float, end: float, step: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """The result matrix of a range query between two Unix times."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step}
+        url = f"{self.prometheus_url}/api/v1/query_range?" + urllib.parse.urlencode(params)
         status, body = http_get(url, timeout=5.0)
         if status != 200:
             raise StackError(f"Prometheus answered {status} to {promql!r}: {body[:300]!r}")
@@ -334,6 +353,21 @@ class LocalStack:
                 return result
             time.sleep(0.5)
         raise StackError(f"after {timeout:.0f} s, {promql!r} still returns {result}")
+
+
+def _spawn(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            cwd=REPO,
+            # Its own process group: Ctrl-C in a terminal reaches the demo
+            # only, which then stops each component in order.
+            start_new_session=True,
+        )
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -203,3 +203,17 @@ def test_grpc_exports_reach_the_fleet_through_the_ingestors_observers(tmp_path: 
             assert gateway.gateway.settings.fleet_state_path == tmp_path / "fleet-state.json"
 
     run(scenario())
+
+
+def test_every_agent_has_its_own_series_past_the_sdks_default_of_2000(tmp_path: Path) -> None:
+    clock = Clock()
+    telemetry = GatewayTelemetry.create()
+    fleet = _tracker(tmp_path, clock)
+    fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
+    for tenant in range(5):
+        for agent in range(500):
+            fleet.see(f"t{tenant}", "connector", "billing", f"b-{agent}", "1.0")
+    text = generate_latest(telemetry.registry).decode()
+    lines = [line for line in text.splitlines() if line.startswith("connector_last_seen_seconds{")]
+    assert len(lines) == 2500
+    assert "otel_metric_overflow" not in text

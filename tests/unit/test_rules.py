@@ -107,11 +107,13 @@ def test_each_severity_reaches_its_receiver(severity: str) -> None:
 def test_alertmanager_groups_by_tenant_and_alert() -> None:
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
     assert set(config["route"]["group_by"]) == {"alertname", "tenant_id"}
-    # An alert joining a group already notified waits group_interval: it must
-    # stay within the 3-minute target (docs/operations.md).
-    assert config["route"]["group_interval"] == "1m"
-    for route in config["route"]["routes"]:
-        assert "group_interval" not in route or route["group_interval"] == "1m"
+    # An alert joining a group already notified waits up to group_interval
+    # after it fires: a silence alert fires at most 130 s after the agent's last
+    # export, and must reach on-call within the 3-minute target, the slowest
+    # warnings (140 s) too (docs/operations.md, "How fast an alert comes").
+    assert config["route"]["group_interval"] == "30s"
+    critical = [r for r in config["route"]["routes"] if r["receiver"] == "oncall"]
+    assert [r["group_interval"] for r in critical] == ["15s"]
 
 
 # -- the rules, read ------------------------------------------------------------------

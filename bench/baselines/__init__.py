@@ -1,0 +1,1 @@
+"""Systems the gateway is measured against (bench/bench_ingest.py)."""
