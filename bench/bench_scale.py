@@ -274,7 +274,7 @@ def write_tenants(run_dir: Path, count: int) -> Path:
     table = tenants.TenantTable()
     keys = []
     for number in range(count):
-        table, key = tenants.add_key(table, f"tenant-{number:04d}")
+        table, key = tenants.add_key(table, f"org-{number:04d}")
         keys.append(key)
     tenants.save(run_dir / "tenants.json", table)
     keys_file = run_dir / "keys.json"

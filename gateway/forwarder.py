@@ -102,7 +102,7 @@ class CollectorForwarder:
         timeout_seconds: float,
         max_message_bytes: int,
         *,
-        linger_seconds: float = 0.002,
+        linger_seconds: float = 0.003,
         max_concurrent_exports: int = 4,
     ) -> None:
         self._endpoint = endpoint

@@ -39,7 +39,7 @@ class GatewaySettings(BaseSettings):
         8 * 1024 * 1024, gt=0, description="Largest accepted OTLP request (bytes, uncompressed)."
     )
     forward_linger_seconds: float = Field(
-        0.002,
+        0.003,
         ge=0,
         description="Longest a request waits for others to share its export to the Collector.",
     )

@@ -101,6 +101,7 @@ class _Checker:
     ) -> None:
         self.tenant_id, self.limits, self.series, self.now = tenant_id, limits, series, now
         self._keys: dict[str, _Key] = {}
+        self._name_matches, self._key_matches = limits.matchers()
 
     def key(self, key: str) -> _Key:
         """What `key` is, computed once per request."""
@@ -113,7 +114,7 @@ class _Checker:
                 pass
             elif label in _RESERVED_LABELS or label.startswith(_RESERVED_PREFIXES):
                 problem = ("attribute_key_not_allowed", f"attribute key {shown(key)} is reserved")
-            elif not self.limits.attribute_key_allowed(key):
+            elif self._key_matches(key) is None:
                 problem = (
                     "attribute_key_not_allowed",
                     f"attribute key {shown(key)} does not match attribute_key_patterns",
@@ -162,7 +163,7 @@ class _Checker:
 
     def metric(self, name: str, kind: str, data: Any) -> Problem | None:
         """Problems shared by every point of a metric: its name and temporality."""
-        if not self.limits.metric_name_allowed(name):
+        if self._name_matches(name) is None:
             return (
                 "metric_name_not_allowed",
                 f"metric {shown(name)} does not match metric_name_patterns",
