@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import plot
+
 REPO = Path(__file__).resolve().parent.parent
 
 # In the order of docs/benchmarks.md; each is `python -m bench.<name>`.
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {name}: {'ok' if status == 0 else f'FAILED ({status})'} in {took:.0f} s")
         if status != 0:
             failed.append(name)
+    plot.main()  # the SVG figures of docs/benchmarks.md and docs/scaling.md
     total = time.monotonic() - started
     print(f"\n{len(names) - len(failed)} of {len(names)} benchmarks ran in {total / 60:.1f} min")
     print(f"figures: {REPO / 'bench' / 'results'}/*.json")
