@@ -47,7 +47,7 @@ e2e: setup
 test: setup lint
 	$(BIN)/pytest
 
-# The benchmark suite (about 40 minutes; figures in bench/results, docs/benchmarks.md).
+# The benchmark suite (about 30 minutes; figures in bench/results, docs/benchmarks.md).
 bench: setup
 	@$(BIN)/python -m bench
 
