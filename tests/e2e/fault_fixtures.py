@@ -183,7 +183,8 @@ class TcpProxy:
 class CountingAgent:
     """A real `otel_agents` connector in this process: counts a batch every few
     milliseconds on its own thread, exports cumulative totals every `interval_ms`,
-    and keeps the true totals to compare with Prometheus."""
+    and keeps the true totals to compare with Prometheus, and the slowest counting
+    call it made."""
 
     def __init__(self, job: str, api_key: str, endpoint: str, interval_ms: int = 1000) -> None:
         self.job = job
@@ -199,13 +200,16 @@ class CountingAgent:
         )
         self._record = connector_metrics(self.telemetry).record_batch
         self.rows = self.nbytes = self.calls = 0
+        self.slowest = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.005):
             rows = 1 + self.calls % 97
+            started = time.perf_counter()
             self._record(rows, rows * 64)
+            self.slowest = max(self.slowest, time.perf_counter() - started)
             self.calls += 1
             self.rows += rows
             self.nbytes += rows * 64

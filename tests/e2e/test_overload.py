@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
+from fault_fixtures import CountingAgent, RssSampler, rss_bytes
 from needs import require
-from test_agent_outage import CountingHost
 
 from bench.loadgen import LoadgenError, LoadOptions, LoadResult, loadgen_binary, run_loadgen
-from otel_agents import connector_metrics, setup_metrics
 from scripts.localstack import LocalStack, Ports, http_get
 
 pytestmark = pytest.mark.e2e
@@ -31,15 +29,8 @@ CAPACITY = float(os.environ.get("E2E_GATEWAY_CAPACITY", "1500"))
 # docs/reliability.md states this bound for the default in-flight limits.
 RSS_BOUND_MB = 400
 RETRYABLE = {"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
+MIB = 1024 * 1024
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _accepted_in(endpoint: str, key: str, deadline_s: float) -> float:
@@ -74,51 +65,31 @@ def test_ten_times_capacity_is_shed_retryably_and_no_count_is_lost(
     keys_file.write_text(f"globex {keys['globex']}\n")
 
     job = f"e2e-overload-{uuid.uuid4().hex[:8]}"
-    telemetry = setup_metrics(
-        job,
-        "connector",
-        api_key=keys["acme"],
-        environ={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": local.gateway_grpc_endpoint,
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-        },
-        set_global=False,
-    )
-    host = CountingHost(connector_metrics(telemetry).record_batch)
+    host = CountingAgent(job, keys["acme"], local.gateway_grpc_endpoint, interval_ms=1000)
     query = f'sum(connector_bytes_sent_total{{job="{job}"}})'
-    rss: list[float] = []
-    sampling = threading.Event()
-
-    def sample_rss() -> None:
-        while not sampling.wait(0.25):
-            rss.append(_rss_mb(gateway.popen.pid))
-
-    sampler = threading.Thread(target=sample_rss, daemon=True)
     try:
         host.start()
         stack.wait_for(query, lambda r: len(r) == 1)
-        rss_before = _rss_mb(gateway.popen.pid)
-        sampler.start()
-        flood: LoadResult = run_loadgen(
-            LoadOptions(
-                target="grpc",
-                addr=f"127.0.0.1:{local.ports.gateway_grpc}",
-                keys_file=keys_file,
-                rate=CAPACITY * 10,
-                concurrency=4000,
-                conns=16,
-                duration_s=FLOOD_SECONDS,
-                warmup_s=0,
-                timeout_s=5,
-            ),
-            binary=binary,
-        )
-        recovery = _accepted_in(local.gateway_grpc_endpoint, keys["globex"], 30)
-        sampling.set()
-        sampler.join()
+        rss_before = rss_bytes(gateway.popen.pid) / MIB
+        with RssSampler(lambda: gateway.popen.pid, interval=0.25) as rss:
+            flood: LoadResult = run_loadgen(
+                LoadOptions(
+                    target="grpc",
+                    addr=f"127.0.0.1:{local.ports.gateway_grpc}",
+                    keys_file=keys_file,
+                    rate=CAPACITY * 10,
+                    concurrency=4000,
+                    conns=16,
+                    duration_s=FLOOD_SECONDS,
+                    warmup_s=0,
+                    timeout_s=5,
+                ),
+                binary=binary,
+            )
+            recovery = _accepted_in(local.gateway_grpc_endpoint, keys["globex"], 30)
         time.sleep(2.0)  # keep counting after the flood
         host.stop()
-        assert telemetry.force_flush(timeout_s=15)
+        assert host.telemetry.force_flush(timeout_s=15)
         result = stack.wait_for(
             query, lambda r: len(r) == 1 and float(r[0]["value"][1]) == host.nbytes, timeout=60
         )
@@ -132,7 +103,7 @@ def test_ten_times_capacity_is_shed_retryably_and_no_count_is_lost(
             "statuses": flood.statuses,
             "unsent": flood.unsent,
             "errors": flood.errors[:5],
-            "gateway_rss_mb": {"before": round(rss_before), "peak": round(max(rss))},
+            "gateway_rss_mb": {"before": round(rss_before), "peak": round(rss.peak / MIB)},
             "recovery_s": round(recovery, 2),
             "bytes": {"prometheus": result[0]["value"][1], "true": host.nbytes},
             "records": {"prometheus": records[0]["value"][1], "true": host.rows},
@@ -146,11 +117,9 @@ def test_ten_times_capacity_is_shed_retryably_and_no_count_is_lost(
         # (DEADLINE_EXCEEDED, or CANCELLED when the server gives up the stream).
         assert set(flood.refused) <= RETRYABLE, flood.statuses
         assert flood.refused.get("RESOURCE_EXHAUSTED"), "the flood never reached the bound"
-        assert max(rss) < RSS_BOUND_MB
+        assert rss.peak / MIB < RSS_BOUND_MB
         assert recovery < 5
         assert float(records[0]["value"][1]) == host.rows
     finally:
-        sampling.set()
-        host.stop()
-        telemetry.shutdown(timeout_s=5)
+        host.shutdown()
         local.stop_all()

@@ -48,9 +48,11 @@ class FakeCollector(service_grpc.MetricsServiceServicer):
 
 
 @asynccontextmanager
-async def fake_collector() -> AsyncIterator[tuple[FakeCollector, int]]:
-    """A running fake Collector and its port."""
-    collector = FakeCollector()
+async def fake_collector(
+    collector: FakeCollector | None = None,
+) -> AsyncIterator[tuple[FakeCollector, int]]:
+    """A running fake Collector (`collector`, or a plain one) and its port."""
+    collector = collector or FakeCollector()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     service_grpc.add_MetricsServiceServicer_to_server(collector, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_fixtures import counter_request, make_tenants, running_gateway
+from gateway_fixtures import (
+    FakeCollector,
+    counter_request,
+    fake_collector,
+    make_tenants,
+    running_gateway,
+)
 from gateway_http_fixtures import http_gateway
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as service_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -24,11 +29,10 @@ from gateway.enrich import may_claim_tenant
 
 
 @dataclass
-class GatedCollector(service_grpc.MetricsServiceServicer):
+class GatedCollector(FakeCollector):
     """Answers once `gate` is open; refuses INVALID_ARGUMENT a request holding `poison`."""
 
     gate: asyncio.Event = field(default_factory=asyncio.Event)
-    received: list[ExportMetricsServiceRequest] = field(default_factory=list)
     poison: str = "poison.metric"
 
     async def Export(
@@ -47,15 +51,11 @@ class GatedCollector(service_grpc.MetricsServiceServicer):
 @asynccontextmanager
 async def gated_collector() -> AsyncIterator[tuple[GatedCollector, int]]:
     collector = GatedCollector()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    service_grpc.add_MetricsServiceServicer_to_server(collector, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield collector, port
-    finally:
-        collector.gate.set()
-        await server.stop(None)
+    async with fake_collector(collector) as (_, port):
+        try:
+            yield collector, port
+        finally:
+            collector.gate.set()  # no Export left waiting when the server stops
 
 
 def _tenants_of(request: ExportMetricsServiceRequest) -> list[str]:
