@@ -45,12 +45,12 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 import grpc
 
+from bench.procstat import cpu_seconds
 from scripts.demo_upstream import Upstream, serve
 from scripts.localstack import LocalStack, Process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_connector_cpu.json"
 EXPORT_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("on", "off")
 EXPORT_INTERVAL_MS = 5000  # what `make demo` gives its agents (scripts/demo.py)
 TARGET_SHARE = 0.02
@@ -124,13 +124,6 @@ class Round:
     calls: int
     batches: int
     rows: int
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid`, all its threads (from /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields[0] is state
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def process_state(pid: int) -> str:

@@ -38,6 +38,7 @@ from typing import IO, Any
 if not __package__:  # run as a file: the repository root holds `scripts` and `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.procstat import CLOCK_TICKS, cpu_seconds, status_field
 from bench.simagents import AGENTS_PER_TENANT, CONNECTORS_PER_TENANT, LATE_AFTER_S
 from gateway import tenants
 from scripts.localstack import (
@@ -57,7 +58,6 @@ SCRAPE_INTERVAL_S = 10.0
 RAMP_MARGIN_S = 8.0
 FULL_STEPS = (1_000, 2_500, 5_000, 10_000)
 QUICK_STEPS = (1_000, 2_000)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 COMPONENTS = ("gateway", "collector", "prometheus", "simagents")
 
 # Instant queries after each step's window; None when the query returns nothing.
@@ -96,22 +96,6 @@ TARGET_QUERIES = {
 # -- processes: CPU and memory from /proc ------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory (VmRSS) of a process, MB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def machine_seconds() -> tuple[float, float, float]:
     """(busy, iowait, total) CPU seconds of the whole machine, all cores (/proc/stat)."""
     with open("/proc/stat", encoding="ascii") as stat:
@@ -143,7 +127,7 @@ class MemorySampler:
         now = {}
         for name, pid in self.pids.items():
             try:
-                now[name] = rss_mb(pid)
+                now[name] = status_field(pid, "VmRSS") / 1024
             except OSError:
                 continue
         with self._lock:

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: make `bench` and `scripts` impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import LoadOptions, LoadResult, loadgen_binary, run_loadgen
+from bench.procstat import cpu_seconds, status_field
 from gateway import tenants
 from scripts.localstack import REPO, LocalStack, Process, collector_binary, http_get
 
@@ -44,7 +45,6 @@ GATEWAY_ENV = {
     "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "1000000",
     "GATEWAY_RATE_LIMIT_BURST": "1000000",
 }
-TICKS = os.sysconf("SC_CLK_TCK")
 MiB = 1024 * 1024
 
 # What counts as a problem in each log: the gateway logs with Python's logging
@@ -64,27 +64,6 @@ PROBLEMS = {
 
 
 # -- reading a process from /proc ------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` in seconds; 0 when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def status_field(pid: int, name: str) -> int:
-    """A numeric field of /proc/<pid>/status (VmRSS in kB, Threads), 0 when unavailable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{name}:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def open_fds(pid: int) -> int:
