@@ -37,9 +37,13 @@ class Gateway:
         """Wire the fleet tracker (told of every accepted request, exported on /metrics)
         and the in-flight bound."""
         self.in_flight = InFlight(
-            self.settings.max_in_flight_requests,
-            self.settings.max_in_flight_bytes,
-            self.telemetry.metrics.in_flight,
+            self.settings.max_in_flight_requests, self.settings.max_in_flight_bytes
+        )
+        self.telemetry.provider.get_meter("gateway").create_observable_up_down_counter(
+            "gateway.requests.in_flight",
+            [self.in_flight.observe],
+            "{request}",
+            "Export requests being handled.",
         )
 
         self.fleet = create_fleet(self.settings, self.telemetry.provider.get_meter("gateway.fleet"))

@@ -9,9 +9,11 @@ is pushed or however slowly the Collector answers.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from gateway.errors import Overloaded
-from gateway.telemetry import Tally
 
 # Spread the retries of many refused agents over a few seconds; the OTel
 # Python exporter drops a batch whose delay exceeds its 10 s budget.
@@ -21,12 +23,11 @@ RETRY_SECONDS = (1.0, 3.0)
 class InFlight:
     """Counts requests in and out; refuses one that would exceed either limit."""
 
-    def __init__(self, max_requests: int, max_bytes: int, gauge: Tally) -> None:
+    def __init__(self, max_requests: int, max_bytes: int) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.requests = 0
         self.bytes = 0
-        self._gauge = gauge
 
     def enter(self, body_bytes: int) -> None:
         """Take a request of `body_bytes` in; raise Overloaded when there is no room."""
@@ -41,10 +42,13 @@ class InFlight:
             )
         self.requests += 1
         self.bytes += body_bytes
-        self._gauge.add(1)
 
     def exit(self, body_bytes: int) -> None:
         """A request taken in by `enter` is done."""
         self.requests -= 1
         self.bytes -= body_bytes
-        self._gauge.add(-1)
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Requests in progress: the `gateway.requests.in_flight` gauge's callback."""
+        del options
+        return [Observation(self.requests)]

@@ -57,7 +57,6 @@ class GatewayMetrics:
     data_points: Tally
     auth_failures: Tally
     forward_duration: Histogram
-    in_flight: Tally
 
     @classmethod
     def create(cls, meter: Meter) -> GatewayMetrics:
@@ -68,14 +67,6 @@ class GatewayMetrics:
             meter.create_observable_counter(name, [tally.observe], unit, description)
             return tally
 
-        in_flight = Tally()
-        in_flight.add(0)  # exposed from the start, not from the first request
-        meter.create_observable_up_down_counter(
-            "gateway.requests.in_flight",
-            [in_flight.observe],
-            "{request}",
-            "Export requests being handled.",
-        )
         return cls(
             requests=counter(
                 "gateway.requests",
@@ -101,7 +92,6 @@ class GatewayMetrics:
                 description="Time to forward one request to the Collector.",
                 explicit_bucket_boundaries_advisory=FORWARD_BUCKETS,
             ),
-            in_flight=in_flight,
         )
 
 
