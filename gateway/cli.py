@@ -1,4 +1,4 @@
-"""The `otel-gateway` command: serve, and manage tenants."""
+"""The `otel-gateway` command: serve, manage tenants, list and retire agents."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway import tenants
+from gateway import agents_cli, tenants
 from gateway.settings import GatewaySettings
 
 
-def _parser(default_file: Path) -> argparse.ArgumentParser:
+def _parser(settings: GatewaySettings) -> argparse.ArgumentParser:
+    default_file = settings.tenants_file
     parser = argparse.ArgumentParser(
         prog="otel-gateway",
         description="Multi-tenant OTLP metrics gateway. Settings come from GATEWAY_* "
@@ -58,6 +59,7 @@ def _parser(default_file: Path) -> argparse.ArgumentParser:
         "remove", help="delete a tenant and its keys (its JWTs and certificates stop working)"
     )
     remove.add_argument("name", help="tenant id")
+    agents_cli.add_parser(commands, settings)
     for sub in (add, listing, rotate, revoke, remove):
         sub.add_argument(
             "--file",
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"otel-gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    args = _parser(settings.tenants_file).parse_args(argv)
+    args = _parser(settings).parse_args(argv)
+    if args.command == "agents":
+        return agents_cli.run(args)
     try:
         if args.command == "tenants":
             return _tenants(args)

@@ -1,19 +1,35 @@
-"""Fleet status: when the gateway last heard from each agent, and its version.
+"""Fleet status: every agent the gateway hears from, and its lifecycle state.
 
-Told about every request that reached the Collector (an `AcceptedObserver` of the
-ingestor), it keeps one row per agent: tenant, type, service.name,
-service.instance.id, service.version, first and last seen. From that table come
-the `*_last_seen_*` gauges on the gateway's /metrics and the /api/fleet listing.
+Told about every authenticated request before it is forwarded (the Collector may
+be down; the agent is alive all the same), it keeps one row per agent: tenant,
+type, service.name, service.instance.id, version, host, first and last seen, and
+a state:
+
+| state | how an agent gets there | pages |
+|---|---|---|
+| up | it sent within `silent_after` | no |
+| silent | running, but nothing for over `silent_after` (died, unreachable, refused) | yes |
+| stopped | its last export said `otel_agents.state=stopped` (a clean stop) | no |
+| retired | `forget` (the admin API, `otel-gateway agents forget`) | no |
+
+Any export puts an agent back to running. Only `connector` and `etl` agents (the
+`agent.type` resource attribute otel_agents sets) get the per-agent last-seen
+series the silence alerts use; other OpenTelemetry clients are listed as "other",
+and `otel-agents check` (type "check") is not listed at all.
 
 "Last seen" has to come from here, not from the agents' own series: the
 Collector keeps exposing a dead agent's last values for minutes. The table is
-saved to a state file so that an agent which died before a gateway restart still
-shows as silent after it.
+saved to a state file; after a gateway restart, silence counts again from the
+restart for agents that were up (the gateway could not hear them while down).
 
-Bounds: an agent unseen for `forget_after` is forgotten, and so is a silent one
-whose service has an instance first seen after it (a restarted agent gets a new
-service.instance.id: the old one is replaced, not dead); at most
-`max_per_tenant` rows per tenant, the least recently seen go first.
+Connectors and data agents keep their instance id across restarts (otel_agents
+derives it from the machine), so a restart is the same row running again, and a
+new id beside a silent one is another agent: the silent one still pages. Other
+clients often take a new random id per process: a silent "other" row whose
+(service, host) has a row first seen after it was replaced, and is retired.
+
+Bounds: a row unseen for `forget_after` is dropped; at most `max_per_tenant` rows
+per tenant, retired, stopped, then least recently seen first.
 """
 
 from __future__ import annotations
@@ -25,9 +41,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -39,9 +55,29 @@ from gateway.tenants import Tenant
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 MAX_VALUE_CHARS = 128
-"""Longer service names, instance ids and versions are cut: they become label values."""
+"""Longer service names, instance ids, versions and hosts are cut: they become label values."""
+
+AGENT_TYPE_KEY = "agent.type"
+LIFECYCLE_KEY = "otel_agents.state"
+"""Resource attribute of an agent's final export after a clean stop (value "stopped")."""
+PAGED_TYPES = {"connector": "connector", "etl": "agent"}
+"""Agent types with per-agent series (and silence alerts), and their metric prefix."""
+NOT_LISTED = "check"
+"""The agent type of `otel-agents check`'s test point: not an agent."""
+
+RowState = Literal["running", "stopped", "retired"]
+Status = Literal["up", "silent", "stopped", "retired"]
+STATUSES: tuple[Status, ...] = ("up", "silent", "stopped", "retired")
+
+
+class FleetLookupError(LookupError):
+    """`forget` named an agent that is not in the table."""
+
+
+class AmbiguousAgent(FleetLookupError):
+    """`forget` named a prefix that matches several agents."""
 
 
 @dataclass
@@ -55,25 +91,50 @@ class Sighting:
     version: str
     first_seen: float
     last_seen: float
+    host: str = ""
+    state: RowState = "running"
+    silence_from: float = 0.0
+    """Silence counts from here: the last sighting, or a gateway restart after it."""
 
     @property
-    def family(self) -> str:
-        """The metric prefix of its type: `connector`, else `agent` (etl and others)."""
-        return "connector" if self.agent_type == "connector" else "agent"
+    def family(self) -> str | None:
+        """The metric prefix of its type (`connector`, `agent`); None for others."""
+        return PAGED_TYPES.get(self.agent_type)
 
 
-def _identity(attributes: dict[str, str]) -> tuple[str, str, str, str]:
-    """(agent type, service, instance, version) of a resource's attributes."""
+@dataclass(frozen=True)
+class Agent:
+    """What a resource says about the agent that sent it."""
+
+    agent_type: str
+    service: str
+    instance: str
+    version: str
+    host: str
+    stopped: bool
+
+
+def agent_of(attributes: dict[str, str]) -> Agent | None:
+    """The agent a resource's string attributes describe; None when it names none."""
     service = attributes.get("service.name", "")[:MAX_VALUE_CHARS]
-    agent_type = attributes.get("agent.type", "")[:32]
-    if not agent_type:
-        agent_type = "connector" if "connector" in service.lower() else "etl"
-    instance = (attributes.get("service.instance.id") or service)[:MAX_VALUE_CHARS]
-    return agent_type, service, instance, attributes.get("service.version", "")[:MAX_VALUE_CHARS]
+    instance = attributes.get("service.instance.id", "")[:MAX_VALUE_CHARS]
+    if not service and not instance:
+        return None
+    agent_type = attributes.get(AGENT_TYPE_KEY, "")
+    if agent_type == NOT_LISTED:
+        return None
+    return Agent(
+        agent_type=agent_type if agent_type in PAGED_TYPES else "other",
+        service=service,
+        instance=instance or service,
+        version=attributes.get("service.version", "")[:MAX_VALUE_CHARS],
+        host=attributes.get("host.name", "")[:MAX_VALUE_CHARS],
+        stopped=attributes.get(LIFECYCLE_KEY) == "stopped",
+    )
 
 
 class FleetTracker:
-    """The last-seen table: updated by accepted requests, read by /metrics and /api/fleet."""
+    """The fleet table: updated by requests, read by /metrics and /api/fleet."""
 
     def __init__(
         self,
@@ -100,50 +161,72 @@ class FleetTracker:
 
     # -- recording -----------------------------------------------------------------
 
-    def on_accepted(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None:
-        """Note every resource (agent) of a request that reached the Collector; one
-        with neither service.name nor service.instance.id names no agent."""
+    def on_request(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None:
+        """Note every agent of an authenticated request, and remove the lifecycle
+        attribute from its resource (it is for the gateway, not for the series)."""
         now = self.clock()
         for resource_metrics in request.resource_metrics:
-            attributes = {
+            attributes = resource_metrics.resource.attributes
+            strings = {
                 kv.key: kv.value.string_value
-                for kv in resource_metrics.resource.attributes
+                for kv in attributes
                 if kv.value.WhichOneof("value") == "string_value"
             }
-            if attributes.get("service.name") or attributes.get("service.instance.id"):
-                self.see(tenant.id, *_identity(attributes), now=now)
+            if LIFECYCLE_KEY in strings:
+                kept = [kv for kv in attributes if kv.key != LIFECYCLE_KEY]
+                del attributes[:]
+                attributes.extend(kept)
+            agent = agent_of(strings)
+            if agent is not None:
+                self.see(tenant.id, agent, now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
 
-    def see(
-        self,
-        tenant_id: str,
-        agent_type: str,
-        service: str,
-        instance: str,
-        version: str,
-        now: float | None = None,
-    ) -> None:
+    def see(self, tenant_id: str, agent: Agent, now: float | None = None) -> None:
         """Record that this agent was heard from at `now` (default: the clock)."""
         now = self.clock() if now is None else now
         with self._lock:
             agents = self._tenants.setdefault(tenant_id, {})
-            row = agents.get((service, instance))
+            key = (agent.service, agent.instance)
+            row = agents.get(key)
             if row is None:
                 if len(agents) >= self.max_per_tenant:
-                    oldest = min(agents, key=lambda key: agents[key].last_seen)
-                    logger.warning(
-                        "tenant %s has over %d agents: forgetting the least recently seen "
-                        "(GATEWAY_FLEET_MAX_AGENTS_PER_TENANT)",
-                        tenant_id,
-                        self.max_per_tenant,
-                    )
-                    del agents[oldest]
-                row = Sighting(tenant_id, agent_type, service, instance, version, now, now)
-                agents[(service, instance)] = row
-            row.agent_type, row.version = agent_type, version
-            row.last_seen = max(row.last_seen, now)
+                    self._evict_one(tenant_id, agents)
+                row = agents[key] = Sighting(
+                    tenant_id, agent.agent_type, agent.service, agent.instance, "", now, now
+                )
+            row.agent_type, row.version, row.host = agent.agent_type, agent.version, agent.host
+            if now >= row.last_seen:
+                row.last_seen = now
+                row.silence_from = max(row.silence_from, now)
+                row.state = "stopped" if agent.stopped else "running"
             self._dirty = True
+
+    def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
+        """Retire agents of a tenant at once, by instance id or a unique prefix of one.
+
+        Raises FleetLookupError (nothing is retired) when a name matches no agent,
+        AmbiguousAgent when it matches several.
+        """
+        with self._lock:
+            agents = self._tenants.get(tenant_id, {})
+            chosen: dict[tuple[str, str], Sighting] = {}
+            for name in instances:
+                matches = [k for k, r in agents.items() if r.instance == name] or [
+                    k for k, r in agents.items() if r.instance.startswith(name)
+                ]
+                if not name or not matches:
+                    raise FleetLookupError(f"tenant {tenant_id!r} has no agent {name!r}")
+                if len(matches) > 1:
+                    raise AmbiguousAgent(
+                        f"{name!r} matches {len(matches)} agents of tenant {tenant_id!r}; "
+                        "give more of the instance id"
+                    )
+                chosen[matches[0]] = agents[matches[0]]
+            for row in chosen.values():
+                row.state = "retired"
+            self._dirty = True
+            return [Sighting(**asdict(row)) for row in chosen.values()]
 
     # -- reading ---------------------------------------------------------------------
 
@@ -161,32 +244,50 @@ class FleetTracker:
                 )
             ]
 
-    def is_silent(self, row: Sighting, now: float) -> bool:
-        """Not heard from for over `silent_after` seconds."""
-        return now - row.last_seen > self.silent_after
+    def status(self, row: Sighting, now: float) -> Status:
+        """up, silent, stopped or retired."""
+        if row.state != "running":
+            return row.state
+        return "silent" if now - row.silence_from > self.silent_after else "up"
 
     def _prune(self, now: float) -> None:
         for tenant_id in list(self._tenants):
             agents = self._tenants[tenant_id]
-            newest_start: dict[tuple[str, str], float] = {}
+            newest_start: dict[tuple[str, str, str], float] = {}
             for row in agents.values():
-                key = (row.agent_type, row.service)
-                newest_start[key] = max(newest_start.get(key, 0.0), row.first_seen)
+                place = (row.agent_type, row.service, row.host)
+                newest_start[place] = max(newest_start.get(place, 0.0), row.first_seen)
             for key, row in list(agents.items()):
-                replaced = newest_start[(row.agent_type, row.service)] > row.last_seen
-                if now - row.last_seen > self.forget_after or (
-                    replaced and self.is_silent(row, now)
-                ):
+                if now - row.last_seen > self.forget_after:
                     del agents[key]
+                    self._dirty = True
+                elif (
+                    row.family is None
+                    and self.status(row, now) == "silent"
+                    and newest_start[(row.agent_type, row.service, row.host)] > row.last_seen
+                ):
+                    row.state = "retired"  # replaced by a newer instance on its host
                     self._dirty = True
             if not agents:
                 del self._tenants[tenant_id]
 
+    def _evict_one(self, tenant_id: str, agents: dict[tuple[str, str], Sighting]) -> None:
+        order = {"retired": 0, "stopped": 1, "running": 2}
+        victim = min(agents, key=lambda k: (order[agents[k].state], agents[k].last_seen))
+        logger.warning(
+            "tenant %s has over %d agents: forgetting the least recently seen "
+            "(GATEWAY_FLEET_MAX_AGENTS_PER_TENANT)",
+            tenant_id,
+            self.max_per_tenant,
+        )
+        del agents[victim]
+
     # -- metrics -----------------------------------------------------------------------
 
     def register_metrics(self, meter: Meter) -> None:
-        """The four last-seen gauges (exported as connector_last_seen_seconds, ...)."""
-        for family in ("connector", "agent"):
+        """The per-agent last-seen gauges (connector_last_seen_seconds, ...) and the
+        fleet's counts by state (gateway_fleet_agents)."""
+        for family in sorted(set(PAGED_TYPES.values())):
             meter.create_observable_gauge(
                 f"{family}.last_seen",
                 callbacks=[self._observer(family, since=True)],
@@ -197,8 +298,15 @@ class FleetTracker:
                 f"{family}.last_seen.timestamp",
                 callbacks=[self._observer(family, since=False)],
                 unit="s",
-                description=f"Unix time the gateway last accepted data from this {family}.",
+                description=f"Unix time the gateway last accepted data from this {family} "
+                "(for one that was up, at the latest its own restart).",
             )
+        meter.create_observable_gauge(
+            "gateway.fleet.agents",
+            callbacks=[self._observe_counts],
+            unit="{agent}",
+            description="Agents the gateway knows, by tenant, type and state.",
+        )
 
     def _observer(
         self, family: str, since: bool
@@ -207,7 +315,7 @@ class FleetTracker:
             now = self.clock()
             return [
                 Observation(
-                    now - row.last_seen if since else row.last_seen,
+                    now - row.silence_from if since else row.silence_from,
                     {
                         "tenant_id": row.tenant_id,
                         # Not `instance`: Prometheus would rename it exported_instance,
@@ -215,13 +323,26 @@ class FleetTracker:
                         "agent_instance": row.instance,
                         "service": row.service,
                         "version": row.version,
+                        "host": row.host,
+                        "state": row.state,
                     },
                 )
                 for row in self.sightings()
-                if row.family == family
+                if row.family == family and row.state != "retired"
             ]
 
         return observe
+
+    def _observe_counts(self, options: CallbackOptions) -> Iterable[Observation]:
+        now = self.clock()
+        counts: dict[tuple[str, str, str], int] = {}
+        for row in self.sightings():
+            key = (row.tenant_id, row.agent_type, self.status(row, now))
+            counts[key] = counts.get(key, 0) + 1
+        return [
+            Observation(count, {"tenant_id": tenant, "type": kind, "state": state})
+            for (tenant, kind, state), count in counts.items()
+        ]
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -235,18 +356,27 @@ class FleetTracker:
             logger.warning("fleet state %s ignored, starting empty: %s", self.state_file, exc)
             return
         rows = document.get("agents") if isinstance(document, dict) else None
-        if not isinstance(rows, list) or document.get("version") != STATE_VERSION:
+        if not isinstance(rows, list) or document.get("version") not in (1, STATE_VERSION):
             logger.warning(
                 "fleet state %s ignored: not a version %d file", self.state_file, STATE_VERSION
             )
             return
+        now = self.clock()
+        saved_at = _number(document.get("saved_at"), now)
+        known = {f.name for f in fields(Sighting)}
         with self._lock:
             for raw in rows:
                 try:
-                    row = Sighting(**raw)
+                    row = Sighting(**{k: v for k, v in raw.items() if k in known})
                     row.first_seen, row.last_seen = float(row.first_seen), float(row.last_seen)
-                except (TypeError, ValueError):
+                    row.silence_from = max(float(row.silence_from), row.last_seen)
+                except (TypeError, ValueError, AttributeError):
                     continue
+                if row.state not in ("running", "stopped", "retired"):
+                    row.state = "running"
+                if row.state == "running" and saved_at - row.silence_from <= self.silent_after:
+                    # Up when the gateway stopped: it could not hear the agent since.
+                    row.silence_from = max(row.silence_from, now)
                 self._tenants.setdefault(row.tenant_id, {})[(row.service, row.instance)] = row
         logger.info("fleet state: %d agent(s) from %s", len(self.sightings()), self.state_file)
 
@@ -256,7 +386,11 @@ class FleetTracker:
         with self._lock:
             self._dirty = False
             self._last_save = self.clock()
-        document = {"version": STATE_VERSION, "agents": [asdict(row) for row in rows]}
+        document = {
+            "version": STATE_VERSION,
+            "saved_at": self._last_save,
+            "agents": [asdict(row) for row in rows],
+        }
         try:
             _write_atomically(self.state_file, document)
         except OSError as exc:
@@ -271,6 +405,10 @@ class FleetTracker:
             self._save_failing = True
             return
         self._save_failing = False
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
 
 
 def _write_atomically(path: Path, document: dict[str, Any]) -> None:

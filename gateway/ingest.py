@@ -44,10 +44,12 @@ class Forwarder(Protocol):
     ) -> ExportMetricsServiceResponse: ...
 
 
-class AcceptedObserver(Protocol):
-    """Told about every request that reached the Collector (fleet status, ...)."""
+class RequestObserver(Protocol):
+    """Told about every request that passed its tenant's limits, before it is forwarded
+    (fleet status: an agent whose data the Collector cannot take is alive all the same).
+    It may remove attributes meant for the gateway only."""
 
-    def on_accepted(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None: ...
+    def on_request(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None: ...
 
 
 class Ingestor:
@@ -64,7 +66,7 @@ class Ingestor:
         forwarder: Forwarder,
         metrics: GatewayMetrics,
         max_request_bytes: int,
-        observers: Sequence[AcceptedObserver] = (),
+        observers: Sequence[RequestObserver] = (),
         *,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -145,6 +147,12 @@ class Ingestor:
         for reason, count in rejections.counts.items():
             self._count_points(tenant, count, "rejected", reason)
             self._metrics.rejections.add(1, {"tenant_id": tenant.id, "reason": reason})
+        for observer in self.observers:
+            try:
+                observer.on_request(tenant, request)
+            except Exception:
+                # A broken observer must not fail the export.
+                logger.exception("observer %r failed", observer)
         points = stamp_tenant(request, tenant, strip=raw is None or may_claim_tenant(raw))
         response = await self._forward(tenant, request, points)
         return _with_rejections(response, rejections, sent)
@@ -164,12 +172,6 @@ class Ingestor:
         finally:
             self._metrics.forward_duration.record(time.perf_counter() - started)
         self._count_points(tenant, points, "forwarded")
-        for observer in self.observers:
-            try:
-                observer.on_accepted(tenant, request)
-            except Exception:
-                # The data is stored; a broken observer must not fail the export.
-                logger.exception("observer %r failed", observer)
         return response
 
     def _count_points(self, tenant: Tenant, points: int, outcome: str, reason: str = "") -> None:

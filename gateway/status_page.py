@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from gateway.app import Gateway
 from gateway.auth import authorization_from
 from gateway.errors import GatewayError
-from gateway.fleet import FleetTracker
+from gateway.fleet import AmbiguousAgent, FleetLookupError, FleetTracker, Sighting
 from gateway.http_edge import credentials, retry_after
 
 logger = logging.getLogger(__name__)
@@ -67,17 +67,7 @@ def fleet_document(
     """The /api/fleet answer: every tenant of `tenant_ids` with its agents."""
     tenants: dict[str, list[dict[str, Any]]] = {tenant_id: [] for tenant_id in tenant_ids}
     for row in fleet.sightings(None if admin else tenant_ids):
-        tenants.setdefault(row.tenant_id, []).append(
-            {
-                "type": row.agent_type,
-                "instance": row.instance,
-                "service": row.service,
-                "version": row.version,
-                "last_seen": _iso(row.last_seen),
-                "seconds_since": round(max(0.0, now - row.last_seen), 1),
-                "status": "silent" if fleet.is_silent(row, now) else "up",
-            }
-        )
+        tenants.setdefault(row.tenant_id, []).append(agent_document(fleet, row, now))
     return {
         "generated_at": _iso(now),
         "silent_after_seconds": fleet.silent_after,
@@ -87,6 +77,28 @@ def fleet_document(
             for tenant_id, agents in sorted(tenants.items())
         ],
     }
+
+
+def agent_document(fleet: FleetTracker, row: Sighting, now: float) -> dict[str, Any]:
+    """One agent as /api/fleet shows it."""
+    return {
+        "type": row.agent_type,
+        "instance": row.instance,
+        "service": row.service,
+        "version": row.version,
+        "host": row.host,
+        "first_seen": _iso(row.first_seen),
+        "last_seen": _iso(row.last_seen),
+        "seconds_since": round(max(0.0, now - row.last_seen), 1),
+        "status": fleet.status(row, now),
+    }
+
+
+def _error(status: int, error: str, message: str) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
 
 
 def _load_static() -> dict[str, bytes]:
@@ -133,6 +145,52 @@ def status_router(gateway: Gateway) -> APIRouter:
                 )
         document = fleet_document(gateway.fleet, tenant_ids, gateway.fleet.clock(), admin)
         return JSONResponse(document, headers={"Cache-Control": "no-store"})
+
+    @router.post("/api/fleet/forget")
+    async def forget(request: Request) -> JSONResponse:
+        """Retire agents at once (admin key): {"tenant_id": ..., "instances": [...]}."""
+        authorization = authorization_from(request.headers.getlist("authorization"))
+        if not is_admin(authorization, gateway.settings.admin_key_digests):
+            if not authorization:
+                return _error(401, "unauthenticated", "send an admin key as 'Bearer <key>'")
+            return _error(
+                403,
+                "forbidden",
+                "retiring agents takes an admin key (its SHA-256 in GATEWAY_ADMIN_KEY_SHA256)",
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        tenant_id = body.get("tenant_id") if isinstance(body, dict) else None
+        instances = body.get("instances") if isinstance(body, dict) else None
+        if (
+            not isinstance(tenant_id, str)
+            or not isinstance(instances, list)
+            or not instances
+            or not all(isinstance(name, str) and name for name in instances)
+        ):
+            return _error(
+                400,
+                "invalid_request",
+                'send JSON {"tenant_id": "<tenant>", "instances": ["<instance id or prefix>"]}',
+            )
+        try:
+            retired = gateway.fleet.forget(tenant_id, instances)
+        except AmbiguousAgent as exc:
+            return _error(409, "ambiguous_agent", str(exc))
+        except FleetLookupError as exc:
+            return _error(404, "unknown_agent", str(exc))
+        gateway.fleet.save()
+        now = gateway.fleet.clock()
+        logger.info("retired %d agent(s) of tenant %s", len(retired), tenant_id)
+        return JSONResponse(
+            {
+                "tenant_id": tenant_id,
+                "retired": [agent_document(gateway.fleet, r, now) for r in retired],
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     @router.get("/status")
     async def page() -> Response:

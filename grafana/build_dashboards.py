@@ -30,6 +30,11 @@ TENANT = 'tenant_id=~"$tenant"'
 SERVICE_FROM_JOB = '"service", "$1", "job", "(.*)"'
 """label_replace arguments: an agent's job (its service.name) as `service`, the
 label of the gateway's last-seen metrics and of the recording rules."""
+INSTANCE_FROM_AGENT = '"instance", "$1", "agent_instance", "(.*)"'
+"""label_replace arguments: the gateway's `agent_instance` as `instance`, the label
+of an agent's own series (its service.instance.id)."""
+INSTANCE_KEY = "tenant_id, service, instance"
+"""The labels that name one agent in tables and alerts."""
 
 
 # -- panels ------------------------------------------------------------------------------
@@ -223,7 +228,9 @@ def value_mapping(texts: dict[str, tuple[str, str]]) -> list[Json]:
     ]
 
 
-STATUS = value_mapping({"1": ("🟢 reporting", "green"), "0": ("🔴 silent", "red")})
+STATUS = value_mapping(
+    {"1": ("🟢 up", "green"), "0": ("🔴 silent", "red"), "2": ("⚪ stopped", "text")}
+)
 CONNECTED = value_mapping({"1": ("connected", "green"), "0": ("disconnected", "red")})
 UP = value_mapping({"1": ("up", "green"), "0": ("down", "red")})
 
@@ -297,29 +304,41 @@ def dashboard(
 def _agents_status_table(
     family: str, title: str, noun: str, extra: dict[str, tuple[str, str]]
 ) -> Json:
-    age = f"tenant_service:{family}_last_seen_age_seconds{{{TENANT}}}"
+    seen = f"{family}_last_seen_seconds{{{TENANT}}}"
+    age = f"tenant_service_instance:{family}_last_seen_age_seconds{{{TENANT}}}"
     threshold = "pipeline:agent_silence_threshold_seconds"
     columns = {
         "Status": (
-            f"max by (tenant_id, service) ({age} <= bool on () group_left () {threshold})",
+            f"max by ({INSTANCE_KEY}) ({age} <= bool on () group_left () {threshold})"
+            f" or max by ({INSTANCE_KEY}) "
+            f'(label_replace({seen[:-1]}, state="stopped"}}, {INSTANCE_FROM_AGENT}) * 0 + 2)',
             "none",
         ),
-        "Last seen": (f"max by (tenant_id, service) ({age})", "s"),
+        "Last seen": (
+            f"max by ({INSTANCE_KEY}) (label_replace({seen}, {INSTANCE_FROM_AGENT}))",
+            "s",
+        ),
         **extra,
     }
     return table(
         title,
-        f"One row per {noun} (tenant and service.name) the gateway has heard from in the last "
-        "7 days. Silent: nothing received for longer than pipeline:agent_silence_threshold_seconds "
-        "(the silence alert's threshold). Last seen: seconds ago.",
+        f"One row per {noun} instance (tenant, service.name and service.instance.id, "
+        "which stays the same across restarts) the gateway has heard from in the last 7 "
+        "days and not retired. Silent: running, but nothing received for longer than "
+        "pipeline:agent_silence_threshold_seconds (the silence alert's threshold); stopped: "
+        "its last export said it stopped cleanly. Last seen: seconds ago.",
         columns,
-        {"tenant_id": "Tenant", "service": noun.capitalize()},
+        {"tenant_id": "Tenant", "service": noun.capitalize(), "instance": "Instance"},
         mappings={"Status": STATUS, **({"Upstream": CONNECTED} if "Upstream" in extra else {})},
     )
 
 
 def _by_service(expr: str, aggregation: str = "sum", labels: str = "tenant_id, service") -> str:
     return f"{aggregation} by ({labels}) (label_replace({expr}, {SERVICE_FROM_JOB}))"
+
+
+def _by_instance(expr: str, aggregation: str = "sum") -> str:
+    return _by_service(expr, aggregation, INSTANCE_KEY)
 
 
 def agents_overview() -> Json:
@@ -358,7 +377,7 @@ def agents_overview() -> Json:
             "Seconds since the gateway last received data from any agent of the selected tenants.",
             [
                 target(
-                    'min({__name__=~"tenant_service:(connector|agent)_last_seen_age_seconds",'
+                    'min({__name__=~"tenant_service_instance:(connector|agent)_last_seen_age_seconds",'
                     f" {TENANT}}})",
                     instant=True,
                 )
@@ -382,14 +401,14 @@ def agents_overview() -> Json:
             "Connectors",
             "connector",
             {
-                "Upstream": (_by_service(f"connector_connected{{{TENANT}}}", "max"), "none"),
+                "Upstream": (_by_instance(f"connector_connected{{{TENANT}}}", "max"), "none"),
                 "Bytes sent (range)": (
-                    _by_service(f"increase(connector_bytes_sent_total{{{TENANT}}}[$__range])"),
+                    _by_instance(f"increase(connector_bytes_sent_total{{{TENANT}}}[$__range])"),
                     "bytes",
                 ),
                 "Certificate expires in": (
-                    "min by (tenant_id, service) "
-                    f"(tenant_service:connector_certificate_expiry_days:min{{{TENANT}}})",
+                    f"min by ({INSTANCE_KEY}) "
+                    f"(tenant_service_instance:connector_certificate_expiry_days:min{{{TENANT}}})",
                     "d",
                 ),
             },
@@ -448,8 +467,8 @@ def agents_overview() -> Json:
             "Days until each connector's certificate expires (warning under 14, critical under 3).",
             [
                 target(
-                    f"tenant_service:connector_certificate_expiry_days:min{{{TENANT}}}",
-                    "{{tenant_id}} / {{service}}",
+                    f"tenant_service_instance:connector_certificate_expiry_days:min{{{TENANT}}}",
+                    "{{tenant_id}} / {{service}} / {{instance}}",
                     instant=True,
                 )
             ],
@@ -458,7 +477,7 @@ def agents_overview() -> Json:
             width=24,
         ),
     ]
-    flows_key = "tenant_id, service, flow_name"
+    flows_key = "tenant_id, service, flow"
     succeeded = _by_service(
         f"increase(agent_flows_success_total{{{TENANT}}}[$__range])", labels=flows_key
     )
@@ -474,7 +493,7 @@ def agents_overview() -> Json:
             "agent",
             "Data agents",
             "data agent",
-            {"Upstream": (_by_service(f"agent_connected{{{TENANT}}}", "max"), "none")},
+            {"Upstream": (_by_instance(f"agent_connected{{{TENANT}}}", "max"), "none")},
         ),
         table(
             "Flows (selected range)",
@@ -484,7 +503,7 @@ def agents_overview() -> Json:
                 "Failed": (f"{failed} or {executed} * 0", "none"),
                 "Success rate": (f"({succeeded} or {executed} * 0) / {executed}", "percentunit"),
             },
-            {"tenant_id": "Tenant", "service": "Data agent", "flow_name": "Flow"},
+            {"tenant_id": "Tenant", "service": "Data agent", "flow": "Flow"},
         ),
         timeseries(
             "Flow runs per minute",
@@ -517,11 +536,15 @@ def agents_overview() -> Json:
         ),
         timeseries(
             "Last flow duration",
-            "Duration of each data agent's most recent flow run.",
+            "Duration of the most recent run of each flow, per tenant and data agent.",
             [
                 target(
-                    _by_service(f"agent_last_flow_duration_seconds{{{TENANT}}}", "max"),
-                    "{{tenant_id}} / {{service}}",
+                    _by_service(
+                        f"agent_last_flow_duration_seconds{{{TENANT}}}",
+                        "max",
+                        "tenant_id, service, flow",
+                    ),
+                    "{{tenant_id}} / {{service}} / {{flow}}",
                 )
             ],
             unit="s",
@@ -531,9 +554,9 @@ def agents_overview() -> Json:
             "From the agent_flow_duration_seconds histogram, per tenant and flow.",
             [
                 target(
-                    "histogram_quantile(0.95, sum by (tenant_id, flow_name, le) "
+                    "histogram_quantile(0.95, sum by (tenant_id, flow, le) "
                     f"(rate(agent_flow_duration_seconds_bucket{{{TENANT}}}[1h])))",
-                    "{{tenant_id}} {{flow_name}}",
+                    "{{tenant_id}} {{flow}}",
                 )
             ],
             unit="s",

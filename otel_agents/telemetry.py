@@ -18,6 +18,8 @@ from collections.abc import Callable
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
+from otel_agents.lifecycle import exited_cleanly
+
 _logger = logging.getLogger(__name__)
 
 METER_NAME = "otel_agents"
@@ -37,14 +39,19 @@ class AgentTelemetry:
         *,
         sdk_provider: SdkMeterProvider | None,
         shutdown_timeout_s: float,
+        announce_stop: Callable[[], None] | None = None,
     ) -> None:
-        """Wrap a provider; `sdk_provider` is None when metrics are disabled."""
+        """Wrap a provider; `sdk_provider` is None when metrics are disabled.
+
+        `announce_stop` makes the final export of a clean shutdown say "stopped".
+        """
         self.meter_provider: MeterProvider = meter_provider
         # No scope version on purpose: the Collector puts it on every series as a
         # label, so upgrading the library would start new series.
         self.meter: Meter = meter_provider.get_meter(METER_NAME)
         self._sdk = sdk_provider
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._announce_stop = announce_stop
         self._lock = threading.Lock()
         self._shutdown_result: bool | None = None
 
@@ -68,9 +75,11 @@ class AgentTelemetry:
             lambda: sdk.force_flush(timeout_millis=budget * 1000 * _SDK_SHARE), budget, "flush"
         )
 
-    def shutdown(self, timeout_s: float | None = None) -> bool:
+    def shutdown(self, timeout_s: float | None = None, *, clean: bool = True) -> bool:
         """Export what is left and stop, returning within `timeout_s` (default from config).
 
+        With `clean` (the default) the final export tells the gateway this agent
+        stopped on purpose, so it is shown as stopped and not alerted on as silent.
         Idempotent: later calls return the first call's result. True means the SDK
         stopped in time, not that the last export arrived (the SDK does not say); False
         means it failed or was abandoned at the deadline.
@@ -82,12 +91,19 @@ class AgentTelemetry:
             if sdk is None:
                 self._shutdown_result = True
                 return True
+            if clean and self._announce_stop is not None:
+                self._announce_stop()
             budget = self._budget(timeout_s)
             self._shutdown_result = _run_bounded(
                 lambda: sdk.shutdown(timeout_millis=budget * 1000 * _SDK_SHARE), budget, "shutdown"
             )
-            atexit.unregister(self.shutdown)
+            atexit.unregister(self.at_exit)
             return self._shutdown_result
+
+    def at_exit(self) -> None:
+        """The exit hook: final export; "stopped" unless an uncaught exception ends the
+        process (a crash, which must page if the agent does not come back)."""
+        self.shutdown(clean=exited_cleanly())
 
     def _budget(self, timeout_s: float | None) -> float:
         chosen = self._shutdown_timeout_s if timeout_s is None else timeout_s

@@ -23,16 +23,25 @@ function ago(seconds) {
   return `${Math.round(seconds / 86400)} d ago`;
 }
 
+// up: sending; silent: running but not heard from (alerts); stopped: stopped
+// cleanly; retired: forgotten by an operator.
+const STATUS_LABELS = {
+  up: "🟢 up",
+  silent: "🔴 silent",
+  stopped: "⚪ stopped",
+  retired: "⚫ retired",
+};
+
 function agentRow(agent) {
   const row = element("tr", undefined, agent.status);
   row.dataset.status = agent.status;
   row.dataset.instance = agent.instance;
-  const up = agent.status === "up";
   row.append(
-    element("td", up ? "🟢 up" : "🔴 silent", "status"),
+    element("td", STATUS_LABELS[agent.status] || agent.status, "status"),
     element("td", agent.type),
     element("td", agent.service),
     element("td", agent.instance, "instance"),
+    element("td", agent.host || "—", "host"),
     element("td", agent.version || "—", "version"),
   );
   const seen = element("td", ago(agent.seconds_since));
@@ -45,8 +54,15 @@ function tenantSection(tenant) {
   const section = element("section", undefined, "tenant");
   section.dataset.tenant = tenant.tenant_id;
   const title = element("h2", tenant.tenant_id);
-  const silent = tenant.agents.filter((a) => a.status !== "up").length;
-  title.append(element("span", `${tenant.agents.length} agent(s), ${silent} silent`, "counts"));
+  const count = (status) => tenant.agents.filter((a) => a.status === status).length;
+  title.append(
+    element(
+      "span",
+      `${tenant.agents.length} agent(s): ${count("up")} up, ${count("silent")} silent, ` +
+        `${count("stopped")} stopped, ${count("retired")} retired`,
+      "counts",
+    ),
+  );
   section.append(title);
   if (tenant.agents.length === 0) {
     section.append(element("p", "No agent has reported yet.", "empty"));
@@ -54,7 +70,7 @@ function tenantSection(tenant) {
   }
   const table = element("table");
   const head = element("tr");
-  for (const name of ["Status", "Type", "Service", "Instance", "Version", "Last seen"]) {
+  for (const name of ["Status", "Type", "Service", "Instance", "Host", "Version", "Last seen"]) {
     head.append(element("th", name));
   }
   table.append(head);

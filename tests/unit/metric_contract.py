@@ -51,6 +51,7 @@ CONTRACT = frozenset(
         "gateway_forward_duration_seconds_sum",
         "gateway_forward_duration_seconds_count",
         "gateway_requests_in_flight",
+        "gateway_fleet_agents",
         # the Collector's telemetry (scrape job collector-telemetry), Collector 0.165.0
         "otelcol_receiver_accepted_metric_points",
         "otelcol_receiver_refused_metric_points",

@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+import socket
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -108,7 +109,9 @@ def test_the_resource_identifies_service_instance_and_agent_type(
     assert data is not None
     attributes = dict(data.resource_metrics[0].resource.attributes)
     instance_id = str(attributes.pop("service.instance.id"))
-    assert uuid.UUID(instance_id).version == 4
+    # Stable across restarts: a UUID v5 of this machine and the service (identity.py).
+    assert uuid.UUID(instance_id).version == 5
+    assert attributes.pop("host.name") == socket.gethostname()
     assert attributes == {
         "service.name": "orders-sync",
         "service.version": "1.2.3",

@@ -1,4 +1,4 @@
-"""Fleet status: the last-seen table, its bounds, its state file and its gauges."""
+"""Fleet status: the table, lifecycle states, retirement, its state file and its gauges."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import logging
 from pathlib import Path
 
 import pytest
-from gateway_fixtures import counter_request, fake_collector, make_tenants, run, running_gateway
+from gateway_fixtures import (
+    attributes_of,
+    counter_request,
+    fake_collector,
+    make_tenants,
+    run,
+    running_gateway,
+)
 from prometheus_client import generate_latest
 
-from gateway.fleet import FleetTracker
+from gateway.fleet import Agent, AmbiguousAgent, FleetLookupError, FleetTracker
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import Tenant
 
@@ -31,13 +38,30 @@ def _tracker(tmp_path: Path, clock: Clock, **options: float) -> FleetTracker:
     return FleetTracker(tmp_path / "fleet.json", clock=clock, **options)  # type: ignore[arg-type]
 
 
+def agent(
+    kind: str,
+    service: str,
+    instance: str,
+    version: str = "",
+    *,
+    host: str = "h1",
+    stopped: bool = False,
+) -> Agent:
+    """An agent as a resource would describe it."""
+    return Agent(kind, service, instance, version, host, stopped)
+
+
 def _rows(fleet: FleetTracker) -> list[tuple[str, str, str, str, str]]:
     return [
         (r.tenant_id, r.agent_type, r.service, r.instance, r.version) for r in fleet.sightings()
     ]
 
 
-def test_each_resource_of_an_accepted_request_is_an_agent(tmp_path: Path) -> None:
+def _statuses(fleet: FleetTracker, clock: Clock) -> dict[str, str]:
+    return {r.instance: fleet.status(r, clock.now) for r in fleet.sightings()}
+
+
+def test_each_resource_of_a_request_is_an_agent_typed_by_its_agent_type(tmp_path: Path) -> None:
     fleet = _tracker(tmp_path, Clock())
     request = counter_request(
         resource_attributes={
@@ -45,83 +69,170 @@ def test_each_resource_of_an_accepted_request_is_an_agent(tmp_path: Path) -> Non
             "service.instance.id": "b-1",
             "agent.type": "connector",
             "service.version": "1.0",
+            "host.name": "db-7",
         }
     )
-    request.resource_metrics.extend(
-        counter_request(resource_attributes={"service.name": "nightly-etl"}).resource_metrics
-    )
-    request.resource_metrics.extend(
-        counter_request(resource_attributes={"service.name": "x-connector"}).resource_metrics
-    )
-    request.resource_metrics.extend(counter_request().resource_metrics)  # names no agent
-    fleet.on_accepted(ACME, request)
+    for attributes in (
+        {"service.name": "nightly", "service.instance.id": "n-1", "agent.type": "etl"},
+        # No agent.type (an OpenTelemetry SDK of its own, a JavaScript client):
+        # "other", whatever its name says.
+        {"service.name": "x-connector"},
+        # otel-agents check's test point: not an agent at all.
+        {"service.name": "otel-agents-check", "agent.type": "check"},
+        {},  # names no agent
+    ):
+        request.resource_metrics.extend(
+            counter_request(resource_attributes=attributes).resource_metrics
+        )
+    fleet.on_request(ACME, request)
     assert _rows(fleet) == [
         ("acme", "connector", "billing", "b-1", "1.0"),
-        ("acme", "connector", "x-connector", "x-connector", ""),
-        ("acme", "etl", "nightly-etl", "nightly-etl", ""),
+        ("acme", "etl", "nightly", "n-1", ""),
+        ("acme", "other", "x-connector", "x-connector", ""),
     ]
+    assert fleet.sightings()[0].host == "db-7"
 
 
-def test_silent_after_the_threshold_and_forgotten_after_the_retention(tmp_path: Path) -> None:
+def test_up_then_silent_after_the_threshold_and_forgotten_after_the_retention(
+    tmp_path: Path,
+) -> None:
     clock = Clock()
     fleet = _tracker(tmp_path, clock, silent_after=120, forget_after=3600)
-    fleet.see("acme", "etl", "svc", "i-1", "1")
+    fleet.see("acme", agent("etl", "svc", "i-1", "1"))
     clock.now += 120
-    assert not fleet.is_silent(fleet.sightings()[0], clock.now)
+    assert _statuses(fleet, clock) == {"i-1": "up"}
     clock.now += 1
-    assert fleet.is_silent(fleet.sightings()[0], clock.now)
+    assert _statuses(fleet, clock) == {"i-1": "silent"}
     clock.now += 3600
     assert fleet.sightings() == []
 
 
-def test_a_silent_instance_replaced_by_a_newer_one_is_forgotten(tmp_path: Path) -> None:
+def test_a_stop_notice_makes_the_agent_stopped_until_it_sends_again(tmp_path: Path) -> None:
     clock = Clock()
     fleet = _tracker(tmp_path, clock, silent_after=120)
-    fleet.see("acme", "connector", "svc", "old", "1")
-    fleet.see("acme", "connector", "svc", "replica", "1")
+    request = counter_request(
+        resource_attributes={
+            "service.name": "billing",
+            "service.instance.id": "b-1",
+            "agent.type": "connector",
+            "otel_agents.state": "stopped",
+        }
+    )
+    fleet.on_request(ACME, request)
+    # The notice is for the gateway: it does not reach the Collector (target_info).
+    assert "otel_agents.state" not in attributes_of(request.resource_metrics[0].resource.attributes)
+    clock.now += 3600
+    assert _statuses(fleet, clock) == {"b-1": "stopped"}
+    # Restarted: the same (stable) instance id is running again.
+    fleet.see("acme", agent("connector", "billing", "b-1"))
+    assert _statuses(fleet, clock) == {"b-1": "up"}
+
+
+def test_forget_retires_by_instance_id_or_unique_prefix(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock)
+    for instance in ("7f3a-one", "7f3b-two", "9c00-three"):
+        fleet.see("acme", agent("connector", "billing", instance))
+    fleet.see("globex", agent("connector", "billing", "9c00-theirs"))
+    with pytest.raises(AmbiguousAgent, match="matches 2 agents"):
+        fleet.forget("acme", ["7f3"])
+    with pytest.raises(FleetLookupError, match="no agent 'nope'"):
+        fleet.forget("acme", ["7f3a", "nope"])  # all or nothing
+    assert "retired" not in _statuses(fleet, clock).values()
+    retired = fleet.forget("acme", ["7f3a", "9c00-three"])
+    assert sorted(r.instance for r in retired) == ["7f3a-one", "9c00-three"]
+    assert _statuses(fleet, clock) == {
+        "7f3a-one": "retired",
+        "7f3b-two": "up",
+        "9c00-three": "retired",
+        "9c00-theirs": "up",
+    }
+    fleet.see("acme", agent("connector", "billing", "7f3a-one"))  # it was not gone after all
+    assert _statuses(fleet, clock)["7f3a-one"] == "up"
+
+
+def test_a_silent_other_client_replaced_on_its_host_is_retired(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock, silent_after=120)
+    fleet.see("acme", agent("other", "svc", "old", host="a"))
+    fleet.see("acme", agent("other", "svc", "peer", host="b"))
     clock.now += 10
-    fleet.see("acme", "connector", "svc", "new", "2")  # the restarted process
-    for _ in range(10):  # replica and new keep reporting; old is gone
+    fleet.see("acme", agent("other", "svc", "new", host="a"))  # a new random id on host a
+    for _ in range(10):  # new keeps reporting; old and peer are gone
         clock.now += 30
-        fleet.see("acme", "connector", "svc", "replica", "1")
-        fleet.see("acme", "connector", "svc", "new", "2")
-    assert [r.instance for r in fleet.sightings()] == ["new", "replica"]
-    # A replica that dies with no newer instance after it stays, silent.
-    clock.now += 30
-    fleet.see("acme", "connector", "svc", "new", "2")
+        fleet.see("acme", agent("other", "svc", "new", host="a"))
+    # peer stopped on host b: a newer instance elsewhere does not replace it.
+    assert _statuses(fleet, clock) == {"new": "up", "old": "retired", "peer": "silent"}
+
+
+def test_a_new_connector_beside_a_dead_one_does_not_hide_its_death(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock, silent_after=120)
+    fleet.see("acme", agent("connector", "svc", "slot-0"))
+    clock.now += 60
+    fleet.see("acme", agent("connector", "svc", "slot-1"))  # a second process on the host
     clock.now += 200
-    assert [r.instance for r in fleet.sightings()] == ["new", "replica"]
+    fleet.see("acme", agent("connector", "svc", "slot-1"))
+    assert _statuses(fleet, clock) == {"slot-0": "silent", "slot-1": "up"}
 
 
-def test_at_most_max_per_tenant_rows_least_recently_seen_go_first(
+def test_at_most_max_per_tenant_rows_retired_and_least_recently_seen_go_first(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
     fleet = _tracker(tmp_path, clock, max_per_tenant=3)
     for name in ("a", "b", "c"):
         clock.now += 1
-        fleet.see("acme", "etl", name, name, "")
+        fleet.see("acme", agent("etl", name, name))
     clock.now += 1
-    fleet.see("acme", "etl", "a", "a", "")  # b is now the least recently seen
-    fleet.see("globex", "etl", "g", "g", "")
-    fleet.see("acme", "etl", "d", "d", "")
+    fleet.see("acme", agent("etl", "a", "a"))  # b is now the least recently seen
+    fleet.see("globex", agent("etl", "g", "g"))
+    fleet.see("acme", agent("etl", "d", "d"))
     assert [r.instance for r in fleet.sightings(["acme"])] == ["a", "c", "d"]
+    fleet.forget("acme", ["d"])
+    fleet.see("acme", agent("etl", "e", "e"))
+    assert [r.instance for r in fleet.sightings(["acme"])] == ["a", "c", "e"]
     assert [r.instance for r in fleet.sightings(["globex"])] == ["g"]
     assert "GATEWAY_FLEET_MAX_AGENTS_PER_TENANT" in caplog.text
 
 
-def test_the_table_survives_a_restart_through_the_state_file(tmp_path: Path) -> None:
+def test_the_table_survives_a_restart_and_silence_restarts_with_the_gateway(
+    tmp_path: Path,
+) -> None:
     clock = Clock()
-    fleet = _tracker(tmp_path, clock)
-    fleet.see("acme", "connector", "svc", "dead", "1.2")
+    fleet = _tracker(tmp_path, clock, silent_after=120)
+    fleet.see("acme", agent("connector", "svc", "dead", "1.2"))
+    clock.now += 200  # "dead" is silent when the gateway stops
+    fleet.see("acme", agent("connector", "svc", "alive", "1.2"))
+    fleet.see("acme", agent("connector", "svc", "done", stopped=True))
     fleet.save()
     document = json.loads((tmp_path / "fleet.json").read_text())
-    assert document["version"] == 1
+    assert document["version"] == 2
     clock.now += 600  # the gateway was down for 10 minutes
-    again = _tracker(tmp_path, clock)
-    (row,) = again.sightings()
-    assert (row.instance, row.version, row.last_seen) == ("dead", "1.2", clock.now - 600)
-    assert again.is_silent(row, clock.now)
+    again = _tracker(tmp_path, clock, silent_after=120)
+    rows = {r.instance: r for r in again.sightings()}
+    assert (rows["dead"].version, rows["dead"].last_seen) == ("1.2", clock.now - 800)
+    # "alive" could not be heard while the gateway was down: no page at restart for
+    # it, but one 120 s later if it does not send (it died during the outage).
+    assert _statuses(again, clock) == {"alive": "up", "dead": "silent", "done": "stopped"}
+    clock.now += 121
+    assert _statuses(again, clock) == {"alive": "silent", "dead": "silent", "done": "stopped"}
+
+
+def test_a_version_1_state_file_is_read(tmp_path: Path) -> None:
+    clock = Clock()
+    row = {
+        "tenant_id": "acme",
+        "agent_type": "connector",
+        "service": "svc",
+        "instance": "i-1",
+        "version": "1",
+        "first_seen": clock.now - 900,
+        "last_seen": clock.now - 900,
+    }
+    (tmp_path / "fleet.json").write_text(json.dumps({"version": 1, "agents": [row]}))
+    fleet = _tracker(tmp_path, clock)
+    assert _statuses(fleet, clock) == {"i-1": "silent"}
 
 
 def test_state_is_saved_at_most_every_save_every_seconds(tmp_path: Path) -> None:
@@ -129,14 +240,14 @@ def test_state_is_saved_at_most_every_save_every_seconds(tmp_path: Path) -> None
     fleet = _tracker(tmp_path, clock, save_every=30)
     state = tmp_path / "fleet.json"
     request = counter_request(resource_attributes={"service.name": "svc"})
-    fleet.on_accepted(ACME, request)
+    fleet.on_request(ACME, request)
     assert not state.exists()
     clock.now += 30
-    fleet.on_accepted(ACME, request)
+    fleet.on_request(ACME, request)
     assert state.exists()
     saved = state.stat().st_mtime_ns
     clock.now += 29
-    fleet.on_accepted(ACME, request)
+    fleet.on_request(ACME, request)
     assert state.stat().st_mtime_ns == saved
 
 
@@ -150,11 +261,16 @@ def test_a_bad_or_unwritable_state_file_never_stops_the_gateway(
     blocked = tmp_path / "file"
     blocked.write_text("")
     fleet.state_file = blocked / "fleet.json"  # its parent is a file
-    fleet.see("acme", "etl", "svc", "i", "")
+    fleet.see("acme", agent("etl", "svc", "i"))
     with caplog.at_level(logging.WARNING):
         fleet.save()
         fleet.save()
     assert caplog.text.count("GATEWAY_FLEET_STATE_FILE") == 1
+
+
+def _samples(telemetry: GatewayTelemetry, prefix: str) -> list[str]:
+    text = generate_latest(telemetry.registry).decode()
+    return [line for line in text.splitlines() if line.startswith(prefix + "{")]
 
 
 def test_the_gauges_have_the_exact_prometheus_names_and_labels(tmp_path: Path) -> None:
@@ -162,28 +278,73 @@ def test_the_gauges_have_the_exact_prometheus_names_and_labels(tmp_path: Path) -
     telemetry = GatewayTelemetry.create()
     fleet = _tracker(tmp_path, clock)
     fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
-    fleet.see("acme", "connector", "billing", "b-1", "1.0")
-    fleet.see("acme", "etl", "nightly", "n-1", "0.3")
+    fleet.see("acme", agent("connector", "billing", "b-1", "1.0", host="db-7"))
+    fleet.see("acme", agent("etl", "nightly", "n-1", "0.3"))
     clock.now += 42
-    text = generate_latest(telemetry.registry).decode()
-    samples = {
-        line.partition("{")[0]: line
-        for line in text.splitlines()
-        if "last_seen" in line and "{" in line
-    }
-    assert set(samples) == {
+    names = {
         "connector_last_seen_seconds",
         "connector_last_seen_timestamp_seconds",
         "agent_last_seen_seconds",
         "agent_last_seen_timestamp_seconds",
     }
-    connector = samples["connector_last_seen_seconds"]
-    for label in ('tenant_id="acme"', 'agent_instance="b-1"', 'service="billing"', 'version="1.0"'):
+    samples = {name: _samples(telemetry, name) for name in names}
+    assert all(len(lines) == 1 for lines in samples.values())
+    (connector,) = samples["connector_last_seen_seconds"]
+    for label in (
+        'tenant_id="acme"',
+        'agent_instance="b-1"',
+        'service="billing"',
+        'version="1.0"',
+        'host="db-7"',
+        'state="running"',
+    ):
         assert label in connector
     assert ' instance="' not in connector
     assert "{instance=" not in connector
     assert connector.endswith(" 42.0")
-    assert float(samples["agent_last_seen_timestamp_seconds"].split()[-1]) == clock.now - 42
+    (timestamp,) = samples["agent_last_seen_timestamp_seconds"]
+    assert float(timestamp.split()[-1]) == clock.now - 42
+
+
+def test_only_connectors_and_data_agents_get_series_retired_ones_lose_them(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    telemetry = GatewayTelemetry.create()
+    fleet = _tracker(tmp_path, clock, silent_after=120)
+    fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
+    fleet.see("acme", agent("connector", "billing", "up-1"))
+    fleet.see("acme", agent("connector", "billing", "gone"))
+    fleet.see("acme", agent("connector", "billing", "done", stopped=True))
+    fleet.see("acme", agent("other", "js-client", "js-1"))
+    clock.now += 200
+    fleet.see("acme", agent("connector", "billing", "up-1"))
+    fleet.forget("acme", ["gone"])
+    lines = _samples(telemetry, "connector_last_seen_timestamp_seconds")
+    assert sorted(line.split('agent_instance="')[1].split('"')[0] for line in lines) == [
+        "done",
+        "up-1",
+    ]
+    assert next(line for line in lines if 'state="stopped"' in line).count("done") == 1
+    assert not _samples(telemetry, "agent_last_seen_timestamp_seconds")
+    counts = {}
+    for line in _samples(telemetry, "gateway_fleet_agents"):
+        labels = dict(
+            pair.split("=", 1) for pair in line[line.index("{") + 1 : line.index("}")].split(",")
+        )
+        key = (
+            labels["state"].strip('"'),
+            labels["tenant_id"].strip('"'),
+            labels["type"].strip('"'),
+        )
+        counts[key] = float(line.split()[-1])
+    # (state, tenant_id, type) → agents
+    assert counts == {
+        ("up", "acme", "connector"): 1,
+        ("retired", "acme", "connector"): 1,
+        ("stopped", "acme", "connector"): 1,
+        ("silent", "acme", "other"): 1,
+    }
 
 
 def test_grpc_exports_reach_the_fleet_through_the_ingestors_observers(tmp_path: Path) -> None:
@@ -191,16 +352,26 @@ def test_grpc_exports_reach_the_fleet_through_the_ingestors_observers(tmp_path: 
 
     async def scenario() -> None:
         async with (
-            fake_collector() as (_, collector_port),
+            fake_collector() as (collector, collector_port),
             running_gateway(tmp_path / "tenants.json", collector_port) as gateway,
         ):
             request = counter_request(
-                resource_attributes={"service.name": "svc", "service.instance.id": "i-9"}
+                resource_attributes={
+                    "service.name": "svc",
+                    "service.instance.id": "i-9",
+                    "otel_agents.state": "stopped",
+                }
             )
             await gateway.export(request.SerializeToString(), keys["acme"])
             rows = gateway.gateway.fleet.sightings()
-            assert [(r.tenant_id, r.instance) for r in rows] == [("acme", "i-9")]
+            assert [(r.tenant_id, r.instance, r.state) for r in rows] == [
+                ("acme", "i-9", "stopped")
+            ]
             assert gateway.gateway.settings.fleet_state_path == tmp_path / "fleet-state.json"
+            (forwarded,) = collector.received
+            resource = attributes_of(forwarded.resource_metrics[0].resource.attributes)
+            assert "otel_agents.state" not in resource
+            assert resource["service.instance.id"] == "i-9"
 
     run(scenario())
 
@@ -211,9 +382,7 @@ def test_every_agent_has_its_own_series_past_the_sdks_default_of_2000(tmp_path: 
     fleet = _tracker(tmp_path, clock)
     fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
     for tenant in range(5):
-        for agent in range(500):
-            fleet.see(f"t{tenant}", "connector", "billing", f"b-{agent}", "1.0")
-    text = generate_latest(telemetry.registry).decode()
-    lines = [line for line in text.splitlines() if line.startswith("connector_last_seen_seconds{")]
-    assert len(lines) == 2500
-    assert "otel_metric_overflow" not in text
+        for index in range(500):
+            fleet.see(f"t{tenant}", agent("connector", "billing", f"b-{index}", "1.0"))
+    assert len(_samples(telemetry, "connector_last_seen_seconds")) == 2500
+    assert "otel_metric_overflow" not in generate_latest(telemetry.registry).decode()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gateway_fixtures import run
 from gateway_http_fixtures import ADMIN_KEY, http_gateway
 
+from gateway.fleet import Agent
 from gateway.settings import GatewaySettings
 from gateway.status_page import is_admin
 
@@ -17,9 +19,10 @@ def test_a_tenant_key_lists_only_that_tenants_agents(tmp_path: Path) -> None:
         async with http_gateway(tmp_path) as http:
             fleet = http.gateway.fleet
             now = fleet.clock()
-            fleet.see("acme", "connector", "billing", "b-1", "1.0", now=now - 5)
-            fleet.see("acme", "etl", "nightly", "n-1", "0.3", now=now - 600)
-            fleet.see("globex", "etl", "theirs", "t-1", "9")
+            fleet.see("acme", Agent("connector", "billing", "b-1", "1.0", "db-7", False), now - 5)
+            fleet.see("acme", Agent("etl", "nightly", "n-1", "0.3", "", False), now - 600)
+            fleet.see("acme", Agent("etl", "cron", "c-1", "0.3", "", True), now - 900)
+            fleet.see("globex", Agent("etl", "theirs", "t-1", "9", "", False))
             answer = await http.client.get("/api/fleet", headers=http.auth("acme"))
             assert answer.status_code == 200
             assert answer.headers["cache-control"] == "no-store"
@@ -29,15 +32,17 @@ def test_a_tenant_key_lists_only_that_tenants_agents(tmp_path: Path) -> None:
             (tenant,) = document["tenants"]
             assert tenant["tenant_id"] == "acme"
             by_instance = {agent["instance"]: agent for agent in tenant["agents"]}
-            assert set(by_instance) == {"b-1", "n-1"}
+            assert set(by_instance) == {"b-1", "n-1", "c-1"}
             up, silent = by_instance["b-1"], by_instance["n-1"]
-            assert (up["status"], up["type"], up["service"], up["version"]) == (
+            assert (up["status"], up["type"], up["service"], up["version"], up["host"]) == (
                 "up",
                 "connector",
                 "billing",
                 "1.0",
+                "db-7",
             )
             assert silent["status"] == "silent"
+            assert by_instance["c-1"]["status"] == "stopped"
             assert silent["seconds_since"] == pytest.approx(600, abs=2)
             assert silent["last_seen"].endswith("+00:00")
 
@@ -47,7 +52,7 @@ def test_a_tenant_key_lists_only_that_tenants_agents(tmp_path: Path) -> None:
 def test_an_admin_key_lists_every_tenant_even_without_agents(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with http_gateway(tmp_path) as http:
-            http.gateway.fleet.see("globex", "etl", "theirs", "t-1", "9")
+            http.gateway.fleet.see("globex", Agent("etl", "theirs", "t-1", "9", "", False))
             answer = await http.client.get(
                 "/api/fleet", headers={"authorization": f"Bearer {ADMIN_KEY}"}
             )
@@ -70,6 +75,47 @@ def test_no_or_a_wrong_key_is_401(tmp_path: Path, authorization: str | None) -> 
             assert answer.status_code == 401
             assert answer.headers["www-authenticate"] == "Bearer"
             assert answer.json()["error"] == "unauthenticated"
+
+    run(scenario())
+
+
+def test_an_admin_key_retires_agents_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            fleet = http.gateway.fleet
+            for instance in ("7f3a-one", "7f3b-two"):
+                fleet.see("acme", Agent("connector", "billing", instance, "1", "h", False))
+            admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+            async def forget(body: object, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+                answer = await http.client.post("/api/fleet/forget", json=body, headers=headers)
+                return answer.status_code, answer.json()
+
+            status, body = await forget({"tenant_id": "acme", "instances": ["7f3a"]}, admin)
+            assert status == 200, body
+            assert [(a["instance"], a["status"]) for a in body["retired"]] == [
+                ("7f3a-one", "retired")
+            ]
+            assert {r.instance: r.state for r in fleet.sightings()} == {
+                "7f3a-one": "retired",
+                "7f3b-two": "running",
+            }
+            # Saved at once: a gateway restart keeps it retired.
+            assert "retired" in fleet.state_file.read_text()
+            assert (await forget({"tenant_id": "acme", "instances": ["7f3"]}, admin))[0] == 409
+            status, body = await forget({"tenant_id": "acme", "instances": ["nope"]}, admin)
+            assert (status, body["error"]) == (404, "unknown_agent")
+            status, body = await forget({"tenant_id": "acme"}, admin)
+            assert (status, body["error"]) == (400, "invalid_request")
+            assert "instances" in body["message"]
+            # A tenant's key (an agent's credential) cannot retire anything.
+            status, body = await forget(
+                {"tenant_id": "acme", "instances": ["7f3b"]}, http.auth("acme")
+            )
+            assert (status, body["error"]) == (403, "forbidden")
+            assert "GATEWAY_ADMIN_KEY_SHA256" in body["message"]
+            assert (await forget({"tenant_id": "acme", "instances": ["7f3b"]}, {}))[0] == 401
+            assert fleet.sightings()[1].state == "running"
 
     run(scenario())
 
