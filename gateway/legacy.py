@@ -169,7 +169,7 @@ def to_otlp(report: LegacyReport, agent_id: str, now: float) -> ExportMetricsSer
             )
         else:
             if instrument.field == "last_flow_duration_seconds" and report.last_flow_name:
-                point.attributes.append(_string("flow_name", report.last_flow_name))
+                point.attributes.append(_string("flow", report.last_flow_name))
             metric.gauge.CopyFrom(Gauge(data_points=[point]))
         metrics.append(metric)
     resource_metrics = ResourceMetrics(scope_metrics=[ScopeMetrics(scope=SCOPE, metrics=metrics)])

@@ -1,6 +1,6 @@
-"""For the fault-injection tests: a TCP proxy that can be cut, agents that keep counting
-with their true totals, a memory sampler, direct probes of the gateway, and the
-figures each test records."""
+"""For the fault-injection tests: agents that keep counting with their true totals, a
+memory sampler, direct probes of the gateway, and the figures each test records (the
+TCP proxy that cuts links is bench/tcpproxy.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -28,154 +28,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 from scripts.localstack import http_get
-
-T = TypeVar("T")
-
-# -- a TCP proxy that can be cut ---------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Link:
-    """One client connection through the proxy and its upstream connection."""
-
-    client: asyncio.StreamWriter
-    flowing: asyncio.Event
-    upstream: asyncio.StreamWriter | None = None
-
-    def abort(self) -> None:
-        for writer in (self.client, self.upstream):
-            if writer is not None:
-                writer.transport.abort()
-
-
-class TcpProxy:
-    """A loopback TCP proxy to `upstream_port`, on a port of its own, that a test can cut.
-
-    - `refuse()`: every connection is closed and the port refuses new ones (a
-      component gone, a host answering with RST);
-    - `blackhole()`: connections stay open but nothing is forwarded either way, and
-      new ones are accepted and never forwarded (a partition: packets dropped);
-    - `restore()`: forwarding again; bytes held during a blackhole are delivered, as
-      TCP retransmission would after a partition heals. `restore(strand=True)` leaves
-      the connections that lived through the blackhole dead forever (a middlebox that
-      lost their state) and forwards only new ones.
-    """
-
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
-        self._upstream = (upstream_host, upstream_port)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._links: set[_Link] = set()
-        self._mode = "forward"
-        self.port = 0
-        self.connections = 0
-        """Connections accepted so far."""
-
-    @property
-    def address(self) -> str:
-        """host:port to give clients instead of the upstream's."""
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> TcpProxy:
-        """Listen on a free port; forward."""
-        self._thread.start()
-        self._call(self._listen())
-        return self
-
-    def refuse(self) -> None:
-        """Close every connection; refuse new ones."""
-        self._call(self._refuse())
-
-    def blackhole(self) -> None:
-        """Keep connections, forward nothing."""
-        self._call(self._set_mode("blackhole"))
-
-    def restore(self, *, strand: bool = False) -> None:
-        """Forward again (see the class docstring for `strand`)."""
-        self._call(self._restore(strand))
-
-    def close(self) -> None:
-        """Close everything and stop the proxy's thread."""
-        if self._thread.is_alive():
-            self._call(self._shutdown())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def _refuse(self) -> None:
-        self._mode = "refuse"
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for link in list(self._links):
-            link.abort()
-            link.flowing.set()  # let its tasks see the closed sockets and end
-        self._links.clear()
-
-    async def _shutdown(self) -> None:
-        await self._refuse()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _set_mode(self, mode: str) -> None:
-        self._mode = mode
-        for link in self._links:
-            link.flowing.clear()
-
-    async def _restore(self, strand: bool) -> None:
-        self._mode = "forward"
-        if self._server is None:
-            await self._listen()
-        for link in self._links:
-            if not strand:
-                link.flowing.set()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        link = _Link(writer, asyncio.Event())
-        if self._mode == "forward":
-            link.flowing.set()
-        self._links.add(link)
-        try:
-            await link.flowing.wait()
-            if self._mode == "refuse":
-                return
-            up_reader, link.upstream = await asyncio.open_connection(*self._upstream)
-            pumps = {
-                asyncio.ensure_future(self._pump(reader, link.upstream, link)),
-                asyncio.ensure_future(self._pump(up_reader, writer, link)),
-            }
-            _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-        except OSError:
-            pass
-        finally:
-            self._links.discard(link)
-            link.abort()
-
-    @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: _Link) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                await link.flowing.wait()  # while cut, bytes wait in the kernel's buffers
-                data = await src.read(65536)
-                if not data:
-                    return
-                await link.flowing.wait()
-                dst.write(data)
-                await dst.drain()
-
 
 # -- agents that keep counting -------------------------------------------------------------
 

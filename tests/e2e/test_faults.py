@@ -29,7 +29,6 @@ from fault_fixtures import (
     Flood,
     Probe,
     RssSampler,
-    TcpProxy,
     gateway_requests,
     outcome_total,
     pause_seconds,
@@ -38,6 +37,7 @@ from fault_fixtures import (
     wait_for_outcome_increase,
 )
 
+from bench.tcpproxy import TcpProxy
 from gateway import tenants
 from scripts.localstack import (
     LocalStack,

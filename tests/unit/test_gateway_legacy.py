@@ -73,6 +73,7 @@ def test_a_connector_report_becomes_the_otel_agents_instruments(tmp_path: Path) 
                 "service.instance.id": "conn-7",
                 "agent.type": "connector",
                 "service.version": "2.4.1",
+                "tenant_id": "acme",
             }
             assert resource.scope_metrics[0].scope.name == "otel_agents"
             assert _metrics(forwarded) == {
@@ -117,7 +118,7 @@ def test_an_etl_report_becomes_agent_instruments_with_the_flow_name(tmp_path: Pa
             assert attributes_of(resource.resource.attributes)["service.instance.id"] == "etl-1"
             (duration,) = [m for m in resource.scope_metrics[0].metrics if "duration" in m.name]
             assert attributes_of(duration.gauge.data_points[0].attributes) == {
-                "flow_name": "nightly-sync",
+                "flow": "nightly-sync",
                 "tenant_id": "acme",
             }
 
