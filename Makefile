@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit e2e bench collector loadgen system-deps clean
+.PHONY: setup demo test lint unit e2e bench collector thanos loadgen system-deps clean
 
 setup: $(VENV)/.installed collector loadgen system-deps
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 collector:
 	@scripts/build-collector.sh >/dev/null
+
+# Thanos Receive and Query for more than one Prometheus (thanos/, scripts/thanos.py).
+thanos:
+	@scripts/build-thanos.sh >/dev/null
 
 # The Go load generator of the overload test and the benchmarks (bench/loadgen).
 loadgen: $(VENV)/.installed

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -124,6 +125,9 @@ class FleetRun:
     prefect_env: dict[str, str]
     work_dir: Path
     export_interval_ms: int = 5000
+    start_gap_s: float = 0.0
+    """Pause before each agent starts: spread over an export interval, the kills fall
+    at every phase of the agents' export cycles."""
     scenarios: list[Scenario] = field(default_factory=list)
     proxies: list[TcpProxy] = field(default_factory=list)
     spare_keys: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -178,6 +182,7 @@ class FleetRun:
         argv = [sys.executable, "-m", "bench.fleet_agent", mode]
         agent = Agent(mode, tenant, service, name, argv, env)
         if mode != "cron":  # a cron script starts with its event
+            time.sleep(self.start_gap_s * random.random() * 2)
             agent.process = self.stack.start_process(name, argv, env)
         return agent
 
@@ -188,6 +193,7 @@ class FleetRun:
         deadline = started + timeout
         running = [a for s in self.scenarios for a in s.agents if a.process is not None]
         while time.monotonic() < deadline:
+            self.poll_alerts()  # a false page at start-up counts too
             for agent in running:
                 if not agent.instance and agent.process is not None:
                     agent.instance = _announced_instance(agent.process)

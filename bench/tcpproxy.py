@@ -104,6 +104,8 @@ class TcpProxy:
 
     async def _shutdown(self) -> None:
         await self._refuse()
+        # Connections cancelled here are expected: no "Exception in callback" noise.
+        self._loop.set_exception_handler(_quiet_cancellations)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -157,3 +159,8 @@ class TcpProxy:
                 await link.flowing.wait()
                 dst.write(data)
                 await dst.drain()
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)

@@ -1,9 +1,11 @@
-"""Stamp the authenticated tenant on every data point of a request.
+"""Stamp the authenticated tenant on every data point and every resource of a request.
 
 The tenant comes from the credential only. Anything the client wrote that
 Prometheus would turn into a `tenant_id` label (`tenant_id`, `tenant.id`,
 `Tenant-ID`, ...) is removed from the resource, the scope, every data point and
-every exemplar before `tenant_id` is set on each data point.
+every exemplar before `tenant_id` is set on each data point and each resource.
+The data point's is part of every series' identity; the resource's reaches
+`target_info`, so that it too says whose agent it describes.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _strip(attributes: RepeatedCompositeFieldContainer[KeyValue]) -> None:
 def stamp_tenant(
     request: ExportMetricsServiceRequest, tenant: Tenant, *, strip: bool = True
 ) -> int:
-    """Set `tenant_id` on every data point in place; return the number of data points.
+    """Set `tenant_id` on every data point and resource in place; return the data points.
 
     `strip=False` skips looking for claims: only for a request that
     `may_claim_tenant` has cleared.
@@ -57,6 +59,7 @@ def stamp_tenant(
     points_seen = 0
     for resource_metrics in request.resource_metrics:
         _strip(resource_metrics.resource.attributes)
+        resource_metrics.resource.attributes.append(stamp)
         for scope_metrics in resource_metrics.scope_metrics:
             _strip(scope_metrics.scope.attributes)
             for metric in scope_metrics.metrics:
@@ -75,6 +78,7 @@ def stamp_tenant(
 def _stamp_only(request: ExportMetricsServiceRequest, stamp: KeyValue) -> int:
     points_seen = 0
     for resource_metrics in request.resource_metrics:
+        resource_metrics.resource.attributes.append(stamp)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 kind = metric.WhichOneof("data")

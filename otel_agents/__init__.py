@@ -1,4 +1,4 @@
-"""Metrics for the platform's agents, exported over OTLP/gRPC to the tenant gateway.
+"""Metrics for the platform's agents, exported over OTLP (gRPC or HTTP) to the tenant gateway.
 
 Importing this package has no side effects; `setup_metrics` does the wiring.
 """

@@ -1,33 +1,47 @@
 """Agent settings, read once at start-up from the standard OTEL_* environment variables.
 
-Where this sits: agent code ──(otel_agents: *settings*)──▶ OTLP/gRPC ──▶ gateway.
+Where this sits: agent code ──(otel_agents: *settings*)──▶ OTLP/gRPC or OTLP/HTTP ──▶ gateway.
 
-The OTel exporter reads some of these variables itself, with pitfalls (timeouts read as
-seconds, a bare ``host:port`` silently meaning TLS, a bad compression value raising in the
-host). So everything is parsed and checked here, and the exporter is handed explicit values.
+The OTel SDK and its exporters read some of these variables themselves, with pitfalls
+(a bare ``host:port`` silently meaning TLS, some values raising in the host's start-up).
+So everything is parsed and checked here, as the specification says, and the exporter is
+handed explicit values. A value that cannot be used falls back to its default with one
+warning (`AgentConfig.warnings`); only a setting with no safe fallback (an endpoint or an
+API key that cannot be sent) is a `ConfigError`, which turns metrics off with one error.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
-DEFAULT_ENDPOINT = "http://localhost:4317"
+from otel_agents.endpoint import (
+    DEFAULT_GRPC_ENDPOINT,
+    DEFAULT_HTTP_ENDPOINT,
+    PROTOCOLS,
+    Endpoint,
+    EndpointError,
+    Protocol,
+    argument_endpoint,
+    grpc_endpoint,
+    http_endpoint,
+)
+from otel_agents.env import EnvReader
+
+DEFAULT_ENDPOINT = DEFAULT_GRPC_ENDPOINT
+"""Where metrics go when nothing is configured (OTLP/gRPC, the default protocol)."""
 
 Compression = Literal["gzip", "none"]
+HistogramAggregation = Literal["explicit_bucket_histogram", "base2_exponential_bucket_histogram"]
+ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
 
-# gRPC refuses other metadata keys, and `-bin` keys need bytes values.
-_HEADER_KEY = re.compile(r"[0-9a-z_.\-]+")
 # gRPC metadata values (and so an API key) must be printable ASCII.
-_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 _API_KEY = re.compile(r"[\x21-\x7e]+")
-# The spec reads OTEL_EXPORTER_OTLP_TIMEOUT in milliseconds; the Python SDK reads seconds.
-# A value this small is almost certainly seconds, and would make every export time out.
-_MIN_TIMEOUT_MS = 100.0
+
+_M = "OTEL_EXPORTER_OTLP_METRICS_"
+_G = "OTEL_EXPORTER_OTLP_"
 
 
 class ConfigError(ValueError):
@@ -36,69 +50,112 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """Validated agent settings; build with `AgentConfig.from_env(os.environ)`."""
+    """Validated agent settings; build with `AgentConfig.from_env(os.environ)`.
+
+    Every ``OTEL_EXPORTER_OTLP_*`` setting has a ``OTEL_EXPORTER_OTLP_METRICS_*`` form
+    that wins over it.
+    """
 
     endpoint: str = DEFAULT_ENDPOINT
-    """Always ``http://host:port`` (plaintext) or ``https://host:port`` (TLS)."""
+    """OTLP/gRPC: ``http://host:port`` (plaintext) or ``https://host:port`` (TLS);
+    OTLP/HTTP: the full URL, ``.../v1/metrics``."""
+    protocol: Protocol = "grpc"
+    """OTEL_EXPORTER_OTLP_PROTOCOL: ``grpc`` or ``http/protobuf``."""
+    endpoint_source: str = "default"
+    """The variable or argument the endpoint came from, for messages."""
+    tls_implied: bool = False
+    """True when TLS comes from a bare ``host:port`` rather than an https:// URL."""
     insecure: bool = False
-    """OTEL_EXPORTER_OTLP_INSECURE; decides plaintext only for a bare ``host:port``."""
+    """OTEL_EXPORTER_OTLP_INSECURE; decides plaintext only for a bare gRPC ``host:port``."""
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    """gRPC metadata from the headers variable, keys lower-cased (repr hidden: may hold keys)."""
+    """Headers from the headers variable, keys lower-cased (repr hidden: may hold keys)."""
     api_key: str | None = field(default=None, repr=False)
     certificate_file: str | None = None
+    """PEM file of the CA that signed the gateway's certificate (default: system roots)."""
+    client_certificate_file: str | None = None
+    """PEM certificate this agent presents (mutual TLS), with `client_key_file`."""
+    client_key_file: str | None = None
     compression: Compression = "gzip"
     timeout_s: float = 10.0
+    """OTEL_EXPORTER_OTLP_TIMEOUT: longest time one export (with its retries) may take."""
     export_interval_ms: float = 30_000.0
+    export_timeout_ms: float = 30_000.0
+    """OTEL_METRIC_EXPORT_TIMEOUT: longest time one collection and export may take."""
+    histogram_aggregation: HistogramAggregation = "explicit_bucket_histogram"
+    exemplar_filter: ExemplarFilter = "trace_based"
+    exporter_enabled: bool = True
+    """False when OTEL_METRICS_EXPORTER=none."""
     shutdown_timeout_s: float = 5.0
     service_name: str | None = None
     resource_attributes: tuple[tuple[str, str], ...] = ()
     sdk_disabled: bool = False
+    handle_sigterm: bool = True
+    """OTEL_AGENTS_HANDLE_SIGTERM: export the final values and say "stopped" on SIGTERM."""
+    warnings: tuple[str, ...] = ()
+    """Values that could not be used, each with the fallback taken and what to write."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AgentConfig:
-        """Read and validate every setting; raise `ConfigError` naming the bad variable."""
-        env = _Env(environ)
-        insecure = env.boolean("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE")
-        endpoint = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+        """Read every setting; raise `ConfigError` only where no fallback is safe."""
+        env = EnvReader(environ)
+        protocol = _protocol(env)
+        insecure = env.boolean(_M + "INSECURE", _G + "INSECURE")
+        target = _endpoint(env, protocol, insecure)
         api_key = env.get("OTEL_AGENTS_API_KEY")
-        return cls(
-            endpoint=normalize_endpoint(endpoint[1], endpoint[0], insecure=insecure)
-            if endpoint
-            else DEFAULT_ENDPOINT,
+        config = cls(
+            endpoint=target.url,
+            protocol=protocol,
+            endpoint_source=target.source,
+            tls_implied=target.tls_implied,
             insecure=insecure,
-            headers=env.pairs(
-                "OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", header=True
-            ),
+            headers=env.headers(_M + "HEADERS", _G + "HEADERS"),
             api_key=check_api_key(api_key[1], api_key[0]) if api_key else None,
-            certificate_file=env.value(
-                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"
+            certificate_file=env.value(_M + "CERTIFICATE", _G + "CERTIFICATE"),
+            client_certificate_file=env.value(_M + "CLIENT_CERTIFICATE", _G + "CLIENT_CERTIFICATE"),
+            client_key_file=env.value(_M + "CLIENT_KEY", _G + "CLIENT_KEY"),
+            compression=env.choice(
+                _M + "COMPRESSION", _G + "COMPRESSION", options=("gzip", "none"), default="gzip"
             ),
-            compression=env.compression(
-                "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"
-            ),
-            timeout_s=env.number(
-                "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-                default=10_000.0,
-                minimum=_MIN_TIMEOUT_MS,
-                unit="milliseconds, e.g. 10000 for 10 s (OTLP spec, not seconds)",
+            timeout_s=env.milliseconds(
+                _M + "TIMEOUT", _G + "TIMEOUT", default_ms=10_000.0, zero_is_no_limit=True
             )
             / 1000.0,
-            export_interval_ms=env.number(
-                "OTEL_METRIC_EXPORT_INTERVAL", default=30_000.0, unit="milliseconds, e.g. 30000"
+            export_interval_ms=env.milliseconds(
+                "OTEL_METRIC_EXPORT_INTERVAL", default_ms=30_000.0, zero_is_no_limit=False
             ),
-            shutdown_timeout_s=env.number(
-                "OTEL_AGENTS_SHUTDOWN_TIMEOUT", default=5.0, unit="seconds, e.g. 5"
+            export_timeout_ms=env.milliseconds(
+                "OTEL_METRIC_EXPORT_TIMEOUT", default_ms=30_000.0, zero_is_no_limit=True
             ),
+            histogram_aggregation=env.choice(
+                _M + "DEFAULT_HISTOGRAM_AGGREGATION",
+                options=("explicit_bucket_histogram", "base2_exponential_bucket_histogram"),
+                default="explicit_bucket_histogram",
+            ),
+            exemplar_filter=env.choice(
+                "OTEL_METRICS_EXEMPLAR_FILTER",
+                options=("trace_based", "always_on", "always_off"),
+                default="trace_based",
+            ),
+            exporter_enabled=_exporter_enabled(env),
+            shutdown_timeout_s=env.seconds("OTEL_AGENTS_SHUTDOWN_TIMEOUT", default_s=5.0),
             service_name=env.value("OTEL_SERVICE_NAME"),
-            resource_attributes=env.pairs("OTEL_RESOURCE_ATTRIBUTES", header=False),
+            resource_attributes=env.resource_attributes("OTEL_RESOURCE_ATTRIBUTES"),
             sdk_disabled=env.boolean("OTEL_SDK_DISABLED"),
+            handle_sigterm=env.boolean("OTEL_AGENTS_HANDLE_SIGTERM", default=True),
         )
+        _check_temporality(env)
+        _check_client_certificate(env, config)
+        return replace(config, warnings=tuple(env.warnings))
 
     @property
     def use_tls(self) -> bool:
-        """True when the channel to the gateway is encrypted."""
+        """True when the connection to the gateway is encrypted."""
         return self.endpoint.startswith("https://")
+
+    @property
+    def target(self) -> Endpoint:
+        """The endpoint with how it was configured."""
+        return Endpoint(self.endpoint, self.endpoint_source, self.endpoint, self.tls_implied)
 
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
         """Headers to send on every export; the API key, if set, is the authorization."""
@@ -108,48 +165,26 @@ class AgentConfig:
         return (("authorization", f"Bearer {self.api_key}"), *rest)
 
     def with_endpoint(self, endpoint: str) -> AgentConfig:
-        """A copy exporting to `endpoint` (same rules as the variable)."""
+        """A copy exporting to `endpoint` (same rules as the variable; for OTLP/HTTP,
+        ``/v1/metrics`` is appended to an endpoint with no path)."""
+        warnings: list[str] = []
+        try:
+            target = argument_endpoint(
+                endpoint, self.protocol, insecure=self.insecure, warn=warnings.append
+            )
+        except EndpointError as exc:
+            raise ConfigError(str(exc)) from exc
         return replace(
-            self, endpoint=normalize_endpoint(endpoint, "endpoint argument", insecure=self.insecure)
+            self,
+            endpoint=target.url,
+            endpoint_source=target.source,
+            tls_implied=target.tls_implied,
+            warnings=(*self.warnings, *warnings),
         )
 
     def with_api_key(self, api_key: str) -> AgentConfig:
         """A copy authenticating with `api_key`."""
         return replace(self, api_key=check_api_key(api_key, "api_key argument"))
-
-
-def normalize_endpoint(value: str, source: str, *, insecure: bool) -> str:
-    """Return ``http://host:port`` or ``https://host:port`` for a configured endpoint.
-
-    ``http://`` means plaintext and ``https://`` TLS whatever INSECURE says; a bare
-    ``host:port`` means TLS unless INSECURE is true (the OTLP spec's rule).
-    """
-    raw = value.strip()
-    scheme, sep, rest = raw.partition("://")
-    if not sep:
-        scheme, rest = ("http" if insecure else "https"), raw
-    scheme = scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ConfigError(
-            f"{source}={raw!r}: scheme {scheme!r} is not supported; "
-            "use http://host:port (plaintext) or https://host:port (TLS)"
-        )
-    parts = urlsplit(f"//{rest}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"{source}: credentials in the endpoint URL are not sent; "
-            "remove them and set OTEL_AGENTS_API_KEY instead"
-        )
-    if not parts.hostname or port == -1 or parts.path not in ("", "/") or parts.query:
-        raise ConfigError(
-            f"{source}={raw!r} is not a gRPC endpoint; use scheme://host:port with no path, "
-            "e.g. http://localhost:4317"
-        )
-    return f"{scheme}://{parts.netloc}"
 
 
 def check_api_key(value: str, source: str) -> str:
@@ -158,91 +193,97 @@ def check_api_key(value: str, source: str) -> str:
     if not _API_KEY.fullmatch(key):
         raise ConfigError(
             f"{source} is empty or contains spaces, control or non-ASCII characters, which a "
-            "gRPC header cannot carry; set it to the key exactly as issued"
+            "gRPC or HTTP header cannot carry; set it to the key exactly as issued"
         )
     return key
 
 
-class _Env:
-    """Typed reads of environment variables; an empty value counts as unset (OTel spec)."""
+def _protocol(env: EnvReader) -> Protocol:
+    found = env.get(_M + "PROTOCOL", _G + "PROTOCOL")
+    if found is not None and found[1].lower() == "http/json":
+        env.warn(
+            f"{found[0]}=http/json is not supported here; using http/protobuf, which the "
+            "gateway takes at the same URL: write http/protobuf"
+        )
+        return "http/protobuf"
+    return env.choice(_M + "PROTOCOL", _G + "PROTOCOL", options=PROTOCOLS, default="grpc")
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
 
-    def get(self, *names: str) -> tuple[str, str] | None:
-        """The first set variable among `names` (signal-specific first) as (name, value)."""
-        for name in names:
-            value = self._environ.get(name, "").strip()
-            if value:
-                return name, value
-        return None
+def _endpoint(env: EnvReader, protocol: Protocol, insecure: bool) -> Endpoint:
+    specific = env.get(_M + "ENDPOINT")
+    generic = env.get(_G + "ENDPOINT")
+    try:
+        if protocol == "grpc":
+            found = specific or generic
+            if found is None:
+                return Endpoint(DEFAULT_GRPC_ENDPOINT, "default", DEFAULT_GRPC_ENDPOINT)
+            return grpc_endpoint(found[1], found[0], insecure=insecure, warn=env.warn)
+        if specific is not None:
+            return http_endpoint(
+                specific[1], specific[0], append_path=False, insecure=insecure, warn=env.warn
+            )
+        if generic is not None:
+            return http_endpoint(
+                generic[1], generic[0], append_path=True, insecure=insecure, warn=env.warn
+            )
+        return Endpoint(DEFAULT_HTTP_ENDPOINT, "default", DEFAULT_HTTP_ENDPOINT)
+    except EndpointError as exc:
+        raise ConfigError(str(exc)) from exc
 
-    def value(self, *names: str) -> str | None:
-        found = self.get(*names)
-        return found[1] if found else None
 
-    def boolean(self, *names: str) -> bool:
-        found = self.get(*names)
-        if found is None:
-            return False
-        name, raw = found
-        if raw.lower() not in ("true", "false"):
-            raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
-        return raw.lower() == "true"
+def _exporter_enabled(env: EnvReader) -> bool:
+    found = env.get("OTEL_METRICS_EXPORTER")
+    if found is None:
+        return True
+    name, raw = found
+    chosen = {item.strip().lower() for item in raw.split(",") if item.strip()}
+    if chosen == {"none"}:
+        return False
+    if chosen != {"otlp"}:
+        env.warn(
+            f"{name}={raw!r}: this library exports OTLP to the gateway only; exporting OTLP. "
+            "Write otlp, or none to turn metrics off"
+        )
+    return True
 
-    def compression(self, *names: str) -> Compression:
-        found = self.get(*names)
-        if found is None:
-            return "gzip"
-        name, raw = found
-        if raw.lower() == "gzip":
-            return "gzip"
-        if raw.lower() == "none":
-            return "none"
-        raise ConfigError(f"{name}={raw!r} is not supported; use gzip or none")
 
-    def number(self, *names: str, default: float, unit: str, minimum: float = 0.0) -> float:
-        found = self.get(*names)
-        if found is None:
-            return default
-        name, raw = found
-        try:
-            number = float(raw)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number <= 0 or number < minimum:
-            floor = f"at least {minimum:g}" if minimum else "a positive number"
-            raise ConfigError(f"{name}={raw!r} is invalid; give {floor} in {unit}")
-        return number
+def _check_temporality(env: EnvReader) -> None:
+    """Counters stay cumulative whatever is asked: totals then survive a gateway outage."""
+    found = env.get(_M + "TEMPORALITY_PREFERENCE")
+    if found is None:
+        return
+    name, raw = found
+    if raw.lower() == "cumulative":
+        return
+    if raw.lower() in ("delta", "lowmemory"):
+        env.warn(
+            f"{name}={raw} is not used: these agents export cumulative totals, which survive a "
+            "gateway outage (with delta, a 2-minute outage lost 78 % of counts); unset it"
+        )
+    else:
+        env.warn(
+            f"{name}={raw!r} is not one of cumulative, delta, lowmemory; exporting cumulative "
+            "totals (the only temporality used here): unset it"
+        )
 
-    def pairs(self, *names: str, header: bool) -> tuple[tuple[str, str], ...]:
-        """Parse ``k1=v1,k2=v2`` with URL-decoded values; header keys are lower-cased."""
-        found = self.get(*names)
-        if found is None:
-            return ()
-        name, raw = found
-        result: dict[str, str] = {}
-        for position, item in enumerate(raw.split(","), start=1):
-            if not item.strip():
-                continue  # tolerate a trailing or doubled comma
-            key, sep, encoded = item.partition("=")
-            key = key.strip().lower() if header else key.strip()
-            value = unquote(encoded.strip())
-            # Messages show the key and position only: values may be secrets.
-            if not sep or not key:
-                raise ConfigError(
-                    f"{name}: item {position} is not key=value; write key1=value1,key2=value2 "
-                    "and URL-encode commas and other special characters in values"
-                )
-            if header and (not _HEADER_KEY.fullmatch(key) or key.endswith("-bin")):
-                raise ConfigError(
-                    f"{name}: header {key!r} is not a valid gRPC metadata key; "
-                    "use letters, digits, '-', '_' or '.', not ending in -bin"
-                )
-            if header and not _HEADER_VALUE.fullmatch(value):
-                raise ConfigError(
-                    f"{name}: the value of header {key!r} has non-ASCII or control characters; "
-                    "gRPC metadata values must be printable ASCII"
-                )
-            result[key] = value
-        return tuple(result.items())
+
+def _check_client_certificate(env: EnvReader, config: AgentConfig) -> None:
+    certificate, key = config.client_certificate_file, config.client_key_file
+    if bool(certificate) != bool(key):
+        given, missing = (
+            ("CLIENT_CERTIFICATE", "CLIENT_KEY")
+            if certificate
+            else (
+                "CLIENT_KEY",
+                "CLIENT_CERTIFICATE",
+            )
+        )
+        env.warn(
+            f"{_G}{given} is set but {_G}{missing} is not: no client certificate is sent; "
+            "set both (or their _METRICS_ forms) for mutual TLS"
+        )
+    elif certificate and not config.use_tls:
+        env.warn(
+            f"{_G}CLIENT_CERTIFICATE is set but the endpoint {config.endpoint} is plaintext, so "
+            "no client certificate is sent; use https:// for mutual TLS"
+        )

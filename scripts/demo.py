@@ -9,6 +9,8 @@ it started.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import shutil
 import signal
 import socket
@@ -182,8 +184,12 @@ def run() -> int:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     keys = make_tenants(RUN_DIR / "tenants.json")
+    # An admin key: the status page for every tenant, `otel-gateway agents list|forget`.
+    admin_key = secrets.token_urlsafe(24)
     keys_file = RUN_DIR / "keys.txt"
-    keys_file.write_text("".join(f"{tenant} {key}\n" for tenant, key in keys.items()))
+    keys_file.write_text(
+        "".join(f"{tenant} {key}\n" for tenant, key in keys.items()) + f"admin {admin_key}\n"
+    )
     keys_file.chmod(0o600)
     stack = LocalStack(RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS)
     # Each component is watched once it is ready: one that dies later is
@@ -197,7 +203,9 @@ def run() -> int:
             f"Collector ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{PORTS.collector_otlp}, "
             f"metrics http://127.0.0.1:{PORTS.collector_prometheus}/metrics"
         )
-        gateway = stack.start_gateway()
+        gateway = stack.start_gateway(
+            {"GATEWAY_ADMIN_KEY_SHA256": hashlib.sha256(admin_key.encode()).hexdigest()}
+        )
         seconds = stack.wait_ready(gateway)
         supervisor.watch(gateway)
         say(
@@ -218,7 +226,9 @@ def run() -> int:
         wait_for_tenants(stack, "agent_flows_executed_total", started)
         say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
         say(
-            f"fleet status page: {stack.gateway_http_url}/status (a tenant's key is in {keys_file})"
+            f"fleet status page: {stack.gateway_http_url}/status (tenant keys and an admin key "
+            f"are in {keys_file}); with OTEL_GATEWAY_ADMIN_KEY set to the admin key, "
+            f"`otel-gateway agents list --url {stack.gateway_http_url}` lists every agent"
         )
         say(f"alerts: {stack.prometheus_url}/alerts, Alertmanager {stack.alertmanager_url}")
         say(f"logs in {RUN_DIR}; a component that dies is restarted; press Ctrl-C to stop")

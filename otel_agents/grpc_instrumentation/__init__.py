@@ -19,12 +19,17 @@ What is counted, on each side of each call (unary and streaming alike):
   Records are `records_of(message)` when given (e.g. `otel_agents.arrow.ipc_row_count`
   for Arrow IPC payloads), else not counted.
 
+`instrument_channel(channel, metrics)` does all of it for a sync client channel in one
+call: the client interceptor, Arrow records (`otel_agents.arrow.ipc_row_count`) and the
+connectivity watch behind `connector_connected`.
+
 Calls behave exactly as without the interceptors: exceptions propagate unchanged,
 streams stay lazy (a message is counted when gRPC pulls it), and a failure while
 counting is logged once and never reaches the call.
 """
 
 from otel_agents.grpc_instrumentation._counting import Measure, message_size
+from otel_agents.grpc_instrumentation.channel import instrument_channel
 from otel_agents.grpc_instrumentation.client import ClientInterceptor, aio_client_interceptors
 from otel_agents.grpc_instrumentation.connectivity import watch_aio_connectivity, watch_connectivity
 from otel_agents.grpc_instrumentation.server import AioServerInterceptor, ServerInterceptor
@@ -35,6 +40,7 @@ __all__ = [
     "Measure",
     "ServerInterceptor",
     "aio_client_interceptors",
+    "instrument_channel",
     "message_size",
     "watch_aio_connectivity",
     "watch_connectivity",

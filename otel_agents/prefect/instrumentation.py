@@ -25,6 +25,7 @@ from typing import Literal
 from otel_agents.etl import EtlMetrics
 from otel_agents.prefect import engines
 from otel_agents.prefect.children import SpoolReader, resolve_from_api
+from otel_agents.prefect.naming import FALLBACK_SERVICE_NAME, AgentName, agent_name
 from otel_agents.prefect.probe import ApiProbe
 from otel_agents.prefect.sink import LazyMetrics, MetricsSink
 from otel_agents.prefect.spool import SPOOL_ENV, SpoolWriter, inherited_spool, new_spool_dir
@@ -33,8 +34,9 @@ from otel_agents.telemetry import AgentTelemetry
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_SERVICE_NAME = "prefect-agent"
-"""Service name when neither the caller nor OTEL_SERVICE_NAME gives one."""
+DEFAULT_SERVICE_NAME = FALLBACK_SERVICE_NAME
+"""Service name when nothing names the agent: no argument, no OTEL_SERVICE_NAME, no main
+script (see `otel_agents.prefect.naming`)."""
 FLOW_RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
 """Set by Prefect's runner and workers in the process of each flow run they start."""
 FLUSH_TIMEOUT_S = 2.0
@@ -117,7 +119,7 @@ class PrefectInstrumentation:
 def instrument(
     telemetry: AgentTelemetry | None = None,
     *,
-    service_name: str = DEFAULT_SERVICE_NAME,
+    service_name: str | None = None,
     version: str | None = None,
     children: bool = True,
     probe_interval_s: float | None = 30.0,
@@ -126,6 +128,9 @@ def instrument(
 
     Covers flows and tasks defined before the call too. `telemetry` defaults to
     `setup_metrics(service_name, "etl", service_version=version, set_global=False)`.
+    Name and version default to OTEL_SERVICE_NAME and `service.version` in
+    OTEL_RESOURCE_ATTRIBUTES; with neither, the name is the main script's and there is
+    no version (no `agent_info`), which one log line says.
     With `children`, flow-run processes started by `flow.serve()` or a process worker
     hand their runs to this process (they need the plugin: PREFECT_PLUGINS_ENABLED=true).
     `probe_interval_s` sets how often `agent_connected` checks the Prefect API (None:
@@ -147,7 +152,7 @@ def current() -> PrefectInstrumentation | None:
 
 def _install(
     telemetry: AgentTelemetry | None,
-    service_name: str,
+    service_name: str | None,
     version: str | None,
     children: bool,
     probe_interval_s: float | None,
@@ -164,15 +169,16 @@ def _install(
     # Outside the lock: the first `import prefect` runs the plugin, which installs too.
     import prefect  # noqa: F401
 
+    name = agent_name(service_name, version)
     with _lock:
         if _current is not None:
-            return _adopt(_current, telemetry, version, lazy)
+            return _adopt(_current, telemetry, name, lazy)
         _warn_if_untested_version()
         spool = inherited_spool(os.environ)
         if spool is not None:
             handle = _spool_writer(SpoolWriter(spool))
         else:
-            handle = _counting(telemetry, service_name, version, children, probe_interval_s, lazy)
+            handle = _counting(telemetry, name, children, probe_interval_s, lazy)
         if handle.enabled:
             _current = handle
         return handle
@@ -181,12 +187,12 @@ def _install(
 def _adopt(
     handle: PrefectInstrumentation,
     telemetry: AgentTelemetry | None,
-    version: str | None,
+    name: AgentName,
     lazy: bool,
 ) -> PrefectInstrumentation:
-    """A second call: the plugin's not-yet-built metrics take the caller's telemetry."""
+    """A second call: the plugin's not-yet-built metrics take the caller's telemetry and name."""
     lazy_metrics = handle._metrics
-    if lazy_metrics is not None and lazy_metrics.adopt(telemetry, version):
+    if lazy_metrics is not None and lazy_metrics.adopt(telemetry, name):
         if not lazy:
             lazy_metrics()
     elif telemetry is not None and telemetry is not handle.telemetry:
@@ -209,8 +215,7 @@ def _spool_writer(writer: SpoolWriter) -> PrefectInstrumentation:
 
 def _counting(
     telemetry: AgentTelemetry | None,
-    service_name: str,
-    version: str | None,
+    name: AgentName,
     children: bool,
     probe_interval_s: float | None,
     lazy: bool,
@@ -235,7 +240,7 @@ def _counting(
         if run_id == flow_run_id and lazy_metrics.telemetry is not None:
             lazy_metrics.telemetry.force_flush(timeout_s=FLUSH_TIMEOUT_S)
 
-    lazy_metrics = LazyMetrics(service_name, version, telemetry, on_build)
+    lazy_metrics = LazyMetrics(name, telemetry, on_build)
     handle = PrefectInstrumentation("counting", metrics=lazy_metrics)
     sink = MetricsSink(lazy_metrics, flush_after if flow_run_id else None)
     if not _installed(engines.install(RunTracker(sink))):
@@ -288,4 +293,4 @@ def _warn_if_untested_version() -> None:
 
 def install_for_plugin(*, eager: bool) -> PrefectInstrumentation:
     """The plugin's installation: default telemetry, built now if `eager`, else at first use."""
-    return _install(None, DEFAULT_SERVICE_NAME, None, True, 30.0, lazy=not eager)
+    return _install(None, None, None, True, 30.0, lazy=not eager)

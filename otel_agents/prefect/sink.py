@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from otel_agents.etl import EtlMetrics
+from otel_agents.prefect.naming import AgentName
 from otel_agents.setup import setup_metrics
 from otel_agents.telemetry import AgentTelemetry
 
@@ -24,14 +26,12 @@ class LazyMetrics:
 
     def __init__(
         self,
-        service_name: str,
-        version: str | None,
+        name: AgentName,
         telemetry: AgentTelemetry | None,
         on_build: Callable[[AgentTelemetry, EtlMetrics], None],
     ) -> None:
-        """Export through `telemetry`, or through `setup_metrics(service_name, "etl")`."""
-        self._service_name = service_name
-        self._version = version
+        """Export through `telemetry`, or through `setup_metrics(name.service_name, "etl")`."""
+        self._name = name
         self._given = telemetry
         self._on_build = on_build
         self._lock = threading.Lock()
@@ -39,13 +39,13 @@ class LazyMetrics:
         self.telemetry: AgentTelemetry | None = None
         self.metrics: EtlMetrics | None = None
 
-    def adopt(self, telemetry: AgentTelemetry | None, version: str | None) -> bool:
-        """Use this telemetry and version instead, unless the metrics exist already."""
+    def adopt(self, telemetry: AgentTelemetry | None, name: AgentName) -> bool:
+        """Use this telemetry and name instead, unless the metrics exist already."""
         with self._lock:
             if self.metrics is not None:
                 return False
             self._given = telemetry or self._given
-            self._version = version or self._version
+            self._name = name.over(self._name)
             return True
 
     def __call__(self) -> EtlMetrics | None:
@@ -55,11 +55,16 @@ class LazyMetrics:
         with self._lock:
             if self.metrics is None and not self._failed:
                 try:
+                    name = self._name
+                    if self._given is not None:  # the caller's telemetry names the agent
+                        name = replace(name, name_from="argument")
+                    if (note := name.note()) is not None:
+                        _logger.warning("%s", note)
                     # Not global: the host process may have, or later set, its own provider.
                     telemetry = self._given or setup_metrics(
-                        self._service_name, "etl", service_version=self._version, set_global=False
+                        name.service_name, "etl", service_version=name.version, set_global=False
                     )
-                    metrics = EtlMetrics(telemetry.meter, version=self._version or _version())
+                    metrics = EtlMetrics(telemetry.meter, version=name.version)
                     self.telemetry, self.metrics = telemetry, metrics
                     self._on_build(telemetry, metrics)
                 except Exception:
@@ -105,13 +110,3 @@ class MetricsSink:
         """See `RunSink`."""
         if (metrics := self._metrics()) is not None:
             metrics.record_task_finished(task_name, state, flow_name=flow_name, retries=retries)
-
-
-def _version() -> str | None:
-    """This library's version, reported as the agent's when the caller gives none."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("otel-agents-pipeline")
-    except PackageNotFoundError:
-        return None

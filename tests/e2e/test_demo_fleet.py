@@ -321,7 +321,7 @@ def test_a_killed_connector_is_reported_silent_within_the_target(
     _live(fleet)
     # It has been reporting: the gateway saw it and the rules know it.
     stack.wait_for(
-        f'tenant_service:connector_last_seen_age_seconds{{service="{service}"}} < 30',
+        f'tenant_service_instance:connector_last_seen_age_seconds{{service="{service}"}} < 30',
         lambda r: len(r) == 1,
     )
 
@@ -374,7 +374,7 @@ def test_a_killed_connector_is_reported_silent_within_the_target(
     assert since_last_export < TARGET_SECONDS
     for other in alive:
         age = stack.query(
-            f'tenant_service:connector_last_seen_age_seconds{{service="{connector_service(other)}"}}'
+            f'tenant_service_instance:connector_last_seen_age_seconds{{service="{connector_service(other)}"}}'
         )
         assert age, f"the connector of {other} is unknown to the rules"
         assert float(age[0]["value"][1]) < 30, f"the connector of {other} is silent: {age}"

@@ -96,7 +96,7 @@ def test_legacy_reports_have_the_otel_agents_prometheus_names(
             assert labels["tenant_id"] == "acme"
             assert labels["job"].startswith("legacy-")
     durations = stack.query(f'agent_last_flow_duration_seconds{{instance="{etl_id}"}}')
-    assert durations[0]["metric"]["flow_name"] == "nightly-sync"
+    assert durations[0]["metric"]["flow"] == "nightly-sync"
 
     # The gateway's own view of the agent, scraped under job="gateway".
     seen = stack.wait_for(

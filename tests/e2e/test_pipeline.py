@@ -102,8 +102,9 @@ def test_a_client_claiming_another_tenant_lands_as_its_key(
     result = stack.wait_for(f'spoof_probe_bytes_total{{job="{job}"}}', lambda r: len(r) > 0)
     assert [series["metric"]["tenant_id"] for series in result] == ["acme"]
     assert float(result[0]["value"][1]) == 31.0
-    info = stack.query(f'target_info{{job="{job}"}}')
-    assert all("tenant_id" not in series["metric"] for series in info)
+    # The resource's claim is replaced too: target_info says whose agent this is.
+    info = stack.wait_for(f'target_info{{job="{job}"}}', lambda r: len(r) > 0)
+    assert [series["metric"]["tenant_id"] for series in info] == ["acme"]
 
 
 def test_a_wrong_key_is_unauthenticated_and_nothing_reaches_prometheus(

@@ -141,7 +141,15 @@ def gateway(tmp_path: Path, collector_port: int) -> Iterator[Fleet]:
         "first_seen": an_hour_ago - 86400,
         "last_seen": an_hour_ago,
     }
-    state_file.write_text(json.dumps({"version": 1, "agents": [dead]}))
+    stopped = {
+        **dead,
+        "tenant_id": "acme",
+        "service": "cron-etl",
+        "instance": "cron-1",
+        "host": "batch-3",
+        "state": "stopped",
+    }
+    state_file.write_text(json.dumps({"version": 2, "agents": [dead, stopped]}))
     fleet = _start(tmp_path, collector_port, state_file, keys_file)
     fleet.keys = keys
     try:
@@ -308,7 +316,7 @@ class _Rows(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "tr" and self._cells is not None:
-            names = ("badge", "type", "service", "instance", "version", "seen")
+            names = ("badge", "type", "service", "instance", "host", "version", "seen")
             self.rows.append({**self._row, **dict(zip(names, self._cells, strict=True))})
             self._cells = None
 
@@ -329,8 +337,9 @@ def test_the_status_page_shows_every_tenants_agents_in_chromium(
     assert page.login_hidden
     assert page.tenants == ["acme", "globex"]
     rows = {row["instance"]: row for row in page.rows}
-    assert set(rows) == {"billing-7f3a", "etl-runner-1", "crm-01", "night-runner"}
+    assert set(rows) == {"billing-7f3a", "etl-runner-1", "crm-01", "night-runner", "cron-1"}
     expected = {
+        "cron-1": ("acme", "stopped", "⚪", "etl", "cron-etl", "0.9.0"),
         "billing-7f3a": ("acme", "up", "🟢", "connector", "billing-connector", "2.4.1"),
         "etl-runner-1": ("acme", "up", "🟢", "etl", "legacy-etl", "1.8.0"),
         "crm-01": ("globex", "up", "🟢", "connector", "crm-connector", "3.0.0-rc1"),
@@ -347,6 +356,7 @@ def test_the_status_page_shows_every_tenants_agents_in_chromium(
         )
         assert row["badge"].startswith(badge)
     assert rows["night-runner"]["seen"] == "60 min ago"
+    assert (rows["cron-1"]["host"], rows["night-runner"]["host"]) == ("batch-3", "—")
     assert rows["crm-01"]["seen"].endswith("s ago")
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -376,6 +386,11 @@ def test_an_agent_seen_before_a_restart_is_still_listed_after_it(
     try:
         document = restarted.fleet(gateway.keys["acme"])
         (acme,) = document["tenants"]
-        assert {agent["instance"] for agent in acme["agents"]} == {"billing-7f3a", "etl-runner-1"}
+        # Up before the restart: silence counts again from the restart, no page for them.
+        assert {agent["instance"]: agent["status"] for agent in acme["agents"]} == {
+            "billing-7f3a": "up",
+            "etl-runner-1": "up",
+            "cron-1": "stopped",
+        }
     finally:
         restarted.stack.stop_all()

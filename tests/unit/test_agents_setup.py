@@ -6,7 +6,6 @@ import logging
 import socket
 import threading
 import time
-import socket
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -143,7 +142,7 @@ def test_the_environment_overrides_service_name_and_instance_id_but_not_agent_ty
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [
-        ({"environ": {"OTEL_EXPORTER_OTLP_COMPRESSION": "brotli"}}, "COMPRESSION"),
+        ({"environ": {"OTEL_AGENTS_API_KEY": "caf\u00e9"}}, "OTEL_AGENTS_API_KEY"),
         ({"environ": {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://gw:21"}}, "ENDPOINT"),
         ({"environ": {}, "api_key": "top secret"}, "api_key"),
         ({"environ": {}, "agent_type": "prefect"}, "agent_type"),

@@ -9,6 +9,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from gateway.enrich import claims_tenant, stamp_tenant
 from gateway.tenants import Tenant
@@ -67,3 +68,30 @@ def test_every_point_type_gets_the_tenant_and_loses_client_claims() -> None:
         for point in getattr(metric, metric.WhichOneof("data")).data_points:
             assert attributes_of(point.attributes) == {"flow": "etl", "tenant_id": "acme"}
     assert attributes_of(stamped[1].sum.data_points[0].exemplars[0].filtered_attributes) == {}
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_every_resource_gets_the_tenant_too_for_target_info(strip: bool) -> None:
+    claim = [_kv("tenant_id", "other")] if strip else []
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[
+            m.ResourceMetrics(
+                resource=Resource(attributes=[_kv("service.name", name), *claim]),
+                scope_metrics=[
+                    m.ScopeMetrics(
+                        metrics=[
+                            m.Metric(name="g", gauge=m.Gauge(data_points=[m.NumberDataPoint()]))
+                        ]
+                    )
+                ],
+            )
+            for name in ("one", "two")
+        ]
+    )
+
+    assert stamp_tenant(request, Tenant("acme"), strip=strip) == 2
+
+    assert [attributes_of(r.resource.attributes) for r in request.resource_metrics] == [
+        {"service.name": "one", "tenant_id": "acme"},
+        {"service.name": "two", "tenant_id": "acme"},
+    ]

@@ -58,7 +58,10 @@ def test_a_client_claiming_another_tenant_lands_as_its_own(tmp_path: Path) -> No
                 await gw.export(spoofed.SerializeToString(), keys["acme"])
             [received] = collector.received
             resource_metrics = received.resource_metrics[0]
-            assert attributes_of(resource_metrics.resource.attributes) == {"service.name": "c"}
+            assert attributes_of(resource_metrics.resource.attributes) == {
+                "service.name": "c",
+                "tenant_id": "acme",
+            }
             assert attributes_of(resource_metrics.scope_metrics[0].scope.attributes) == {}
             point = resource_metrics.scope_metrics[0].metrics[0].sum.data_points[0]
             assert attributes_of(point.attributes) == {"kind": "x", "tenant_id": "acme"}

@@ -102,7 +102,10 @@ def test_otlp_json_with_camel_case_string_int64_hex_ids_and_unknown_fields(tmp_p
             assert answer.json() == {}
             (forwarded,) = http.collector.received
             resource = forwarded.resource_metrics[0]
-            assert attributes_of(resource.resource.attributes) == {"service.name": "json-connector"}
+            assert attributes_of(resource.resource.attributes) == {
+                "service.name": "json-connector",
+                "tenant_id": "acme",
+            }
             metric = resource.scope_metrics[0].metrics[0]
             assert metric.sum.is_monotonic
             assert metric.sum.aggregation_temporality == 2
