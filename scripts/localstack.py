@@ -119,20 +119,52 @@ class Ports:
         return Ports(**{k: v or free_port() for k, v in vars(self).items()})
 
 
+@dataclass(frozen=True)
+class CollectorPorts:
+    """The ports of one Collector."""
+
+    otlp: int
+    prometheus: int
+    health: int
+    telemetry: int
+
+
 @dataclass
 class LocalStack:
-    """Starts and stops the pipeline's processes under one run directory."""
+    """Starts and stops the pipeline's processes under one run directory.
+
+    `collectors` Collectors take the agents' data (the gateway spreads agents over
+    them); Collector 0 uses the `collector_*` ports, the others free ones.
+    """
 
     run_dir: Path
     tenants_file: Path
     ports: Ports = field(default_factory=Ports)
     processes: list[Process] = field(default_factory=list)
+    collectors: int = 1
 
     def __post_init__(self) -> None:
+        if self.collectors < 1:
+            raise StackError(f"collectors={self.collectors}: run at least one Collector")
         self.ports = self.ports.resolved()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        p = self.ports
+        self.collector_ports = [
+            CollectorPorts(
+                p.collector_otlp, p.collector_prometheus, p.collector_health, p.collector_telemetry
+            ),
+            *(
+                CollectorPorts(free_port(), free_port(), free_port(), free_port())
+                for _ in range(self.collectors - 1)
+            ),
+        ]
 
     # -- addresses ---------------------------------------------------------------
+
+    @property
+    def collector_endpoints(self) -> str:
+        """The Collectors' OTLP/gRPC addresses, comma-separated (GATEWAY_COLLECTOR_ENDPOINT)."""
+        return ",".join(f"127.0.0.1:{c.otlp}" for c in self.collector_ports)
 
     @property
     def gateway_grpc_endpoint(self) -> str:
@@ -156,21 +188,25 @@ class LocalStack:
 
     # -- components --------------------------------------------------------------
 
-    def start_collector(self, binary: Path) -> Process:
-        """The Collector with the repo's config.yaml."""
-        p = self.ports
+    def start_collector(self, binary: Path, index: int = 0) -> Process:
+        """Collector `index` (of `collectors`) with the repo's config.yaml."""
+        c = self.collector_ports[index]
         env = {
-            "COLLECTOR_OTLP_ENDPOINT": f"127.0.0.1:{p.collector_otlp}",
-            "COLLECTOR_PROMETHEUS_ENDPOINT": f"127.0.0.1:{p.collector_prometheus}",
-            "COLLECTOR_HEALTH_ENDPOINT": f"127.0.0.1:{p.collector_health}",
-            "COLLECTOR_TELEMETRY_PORT": str(p.collector_telemetry),
+            "COLLECTOR_OTLP_ENDPOINT": f"127.0.0.1:{c.otlp}",
+            "COLLECTOR_PROMETHEUS_ENDPOINT": f"127.0.0.1:{c.prometheus}",
+            "COLLECTOR_HEALTH_ENDPOINT": f"127.0.0.1:{c.health}",
+            "COLLECTOR_TELEMETRY_PORT": str(c.telemetry),
         }
         return self._start(
-            "collector",
+            "collector" if index == 0 else f"collector-{index}",
             [str(binary), f"--config={COLLECTOR_CONFIG}"],
             env,
-            ready_url=f"http://127.0.0.1:{p.collector_health}/",
+            ready_url=f"http://127.0.0.1:{c.health}/",
         )
+
+    def start_collectors(self, binary: Path) -> list[Process]:
+        """Every Collector of the stack (not waited for)."""
+        return [self.start_collector(binary, index) for index in range(self.collectors)]
 
     def start_prometheus(
         self, binary: Path, extra_targets: Mapping[str, str] | None = None
@@ -186,18 +222,19 @@ class LocalStack:
         rules = home / "rules"
         if (PROMETHEUS_CONFIG.parent / "rules").is_dir() and not rules.exists():
             rules.symlink_to(PROMETHEUS_CONFIG.parent / "rules")
-        targets = {
-            "collector": f"127.0.0.1:{p.collector_prometheus}",
+        targets: dict[str, str | list[str]] = {
+            "collector": [f"127.0.0.1:{c.prometheus}" for c in self.collector_ports],
             "gateway": f"127.0.0.1:{p.gateway_http}",
             "prometheus": f"127.0.0.1:{p.prometheus}",
-            "collector-telemetry": f"127.0.0.1:{p.collector_telemetry}",
+            "collector-telemetry": [f"127.0.0.1:{c.telemetry}" for c in self.collector_ports],
             # Where alerts go (the alerting section of prometheus.yml); nothing
             # listens there unless start_alertmanager runs too.
             "alertmanager": f"127.0.0.1:{p.alertmanager}",
             **(extra_targets or {}),
         }
         for name, address in targets.items():
-            document = [{"targets": [address], "labels": {"component": name}}]
+            addresses = address if isinstance(address, list) else [address]
+            document = [{"targets": addresses, "labels": {"component": name}}]
             (home / "targets" / f"{name}.json").write_text(json.dumps(document))
         return self._start(
             "prometheus",
@@ -239,7 +276,7 @@ class LocalStack:
             "GATEWAY_GRPC_PORT": str(p.gateway_grpc),
             "GATEWAY_HTTP_HOST": "127.0.0.1",
             "GATEWAY_HTTP_PORT": str(p.gateway_http),
-            "GATEWAY_COLLECTOR_ENDPOINT": f"127.0.0.1:{p.collector_otlp}",
+            "GATEWAY_COLLECTOR_ENDPOINT": self.collector_endpoints,
             "GATEWAY_TENANTS_FILE": str(self.tenants_file),
             **(extra_env or {}),
         }
