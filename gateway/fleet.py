@@ -40,8 +40,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from gateway.enrich import TENANT_LABEL, claims_tenant
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
 
@@ -95,6 +96,10 @@ class Sighting:
     state: RowState = "running"
     silence_from: float = 0.0
     """Silence counts from here: the last sighting, or a gateway restart after it."""
+    state_since: float = 0.0
+    resource: dict[str, str] = field(default_factory=dict)
+    """The agent's resource as last seen (string attributes, tenant_id set by the
+    gateway): its fleet series go out under it, next to its own series."""
 
     @property
     def family(self) -> str | None:
@@ -112,9 +117,10 @@ class Agent:
     version: str
     host: str
     stopped: bool
+    resource: Mapping[str, str] = field(default_factory=dict)
 
 
-def agent_of(attributes: dict[str, str]) -> Agent | None:
+def agent_of(attributes: Mapping[str, str]) -> Agent | None:
     """The agent a resource's string attributes describe; None when it names none."""
     service = attributes.get("service.name", "")[:MAX_VALUE_CHARS]
     instance = attributes.get("service.instance.id", "")[:MAX_VALUE_CHARS]
@@ -130,6 +136,7 @@ def agent_of(attributes: dict[str, str]) -> Agent | None:
         version=attributes.get("service.version", "")[:MAX_VALUE_CHARS],
         host=attributes.get("host.name", "")[:MAX_VALUE_CHARS],
         stopped=attributes.get(LIFECYCLE_KEY) == "stopped",
+        resource=attributes,
     )
 
 
@@ -178,6 +185,15 @@ class FleetTracker:
                 attributes.extend(kept)
             agent = agent_of(strings)
             if agent is not None:
+                # What the Collector will get: no tenant claims, the tenant stamped.
+                resource = {
+                    k: v[:MAX_VALUE_CHARS]
+                    for k, v in strings.items()
+                    if k != LIFECYCLE_KEY and not claims_tenant(k)
+                }
+                resource[TENANT_LABEL] = tenant.id
+                agent = replace(agent, resource=resource)
+            if agent is not None:
                 self.see(tenant.id, agent, now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
@@ -196,10 +212,14 @@ class FleetTracker:
                     tenant_id, agent.agent_type, agent.service, agent.instance, "", now, now
                 )
             row.agent_type, row.version, row.host = agent.agent_type, agent.version, agent.host
+            if agent.resource:
+                row.resource = dict(agent.resource)
             if now >= row.last_seen:
                 row.last_seen = now
                 row.silence_from = max(row.silence_from, now)
-                row.state = "stopped" if agent.stopped else "running"
+                state: RowState = "stopped" if agent.stopped else "running"
+                if state != row.state:
+                    row.state, row.state_since = state, now
             self._dirty = True
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
@@ -223,8 +243,9 @@ class FleetTracker:
                         "give more of the instance id"
                     )
                 chosen[matches[0]] = agents[matches[0]]
+            now = self.clock()
             for row in chosen.values():
-                row.state = "retired"
+                row.state, row.state_since = "retired", now
             self._dirty = True
             return [Sighting(**asdict(row)) for row in chosen.values()]
 
@@ -266,7 +287,7 @@ class FleetTracker:
                     and self.status(row, now) == "silent"
                     and newest_start[(row.agent_type, row.service, row.host)] > row.last_seen
                 ):
-                    row.state = "retired"  # replaced by a newer instance on its host
+                    row.state, row.state_since = "retired", now  # replaced on its host
                     self._dirty = True
             if not agents:
                 del self._tenants[tenant_id]
@@ -374,6 +395,9 @@ class FleetTracker:
                     continue
                 if row.state not in ("running", "stopped", "retired"):
                     row.state = "running"
+                row.state_since = float(row.state_since) or row.last_seen
+                if not isinstance(row.resource, dict):
+                    row.resource = {}
                 if row.state == "running" and saved_at - row.silence_from <= self.silent_after:
                     # Up when the gateway stopped: it could not hear the agent since.
                     row.silence_from = max(row.silence_from, now)

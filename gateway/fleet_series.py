@@ -1,0 +1,114 @@
+"""The fleet's per-agent series, sent to the Collectors beside each agent's own series.
+
+Where this sits: gateway fleet table ──(*fleet series*)──▶ Collector (the agent's shard)
+──▶ Prometheus.
+
+Every `interval` the gateway sends, for each connector and data agent it knows, two
+gauges under the agent's own resource, so that they land on the agent's Collector
+(gateway/shards.py) with the agent's `job` and `instance` labels:
+
+| OpenTelemetry name (unit s) | Prometheus name | value |
+|---|---|---|
+| `connector.last_seen` | `connector_last_seen_seconds` | seconds since last heard |
+| `connector.last_seen.timestamp` | `connector_last_seen_timestamp_seconds` | when (Unix time) |
+| `agent.last_seen` | `agent_last_seen_seconds` | the same, data agents |
+| `agent.last_seen.timestamp` | `agent_last_seen_timestamp_seconds` | |
+
+Their points carry `tenant_id`, `state` (running, stopped, retired), `host` and
+`version`. Serving them on the gateway's own /metrics took 2.3 s per scrape at
+10,000 agents on the event loop that serves exports; here they are a few small
+exports every `interval`, built in slices, and they scale with the Collectors.
+
+A series the gateway stops sending stays in the Collector for its
+`metric_expiration` (3 minutes). So the series of a stopped or retired agent are
+sent for `LINGER_SECONDS` after the change, longer than the running series it
+replaces can linger, and then no more: the alert rules ignore a running series
+when a newer non-running one of the same agent exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    Gauge,
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+
+from gateway.fleet import Sighting
+
+SCOPE = "otel_agents.gateway"
+"""Instrumentation scope of the fleet series (their `otel_scope_name` label)."""
+NAMES = {
+    "connector": ("connector.last_seen", "connector.last_seen.timestamp"),
+    "agent": ("agent.last_seen", "agent.last_seen.timestamp"),
+}
+"""Per family: (seconds since, timestamp), see the table above."""
+LINGER_SECONDS = 600.0
+"""How long a stopped or retired agent's series are still sent (> metric_expiration)."""
+SLICE = 500
+"""Agents per request."""
+
+
+def fleet_requests(rows: Iterable[Sighting], now: float) -> Iterator[ExportMetricsServiceRequest]:
+    """The fleet series of `rows` at Unix time `now`, `SLICE` agents per request."""
+    request = ExportMetricsServiceRequest()
+    for row in rows:
+        family = row.family
+        if family is None or (row.state != "running" and now - row.state_since > LINGER_SECONDS):
+            continue
+        request.resource_metrics.append(_agent_series(row, family, now))
+        if len(request.resource_metrics) >= SLICE:
+            yield request
+            request = ExportMetricsServiceRequest()
+    if request.resource_metrics:
+        yield request
+
+
+def _agent_series(row: Sighting, family: str, now: float) -> ResourceMetrics:
+    resource_metrics = ResourceMetrics()
+    resource_metrics.resource.attributes.extend(_attributes(row.resource or _fallback(row)))
+    attributes = _attributes(
+        {"tenant_id": row.tenant_id, "state": row.state, "host": row.host, "version": row.version}
+    )
+    time_ns = int(now * 1e9)
+    since, timestamp = NAMES[family]
+    metrics = [
+        Metric(
+            name=name,
+            unit="s",
+            gauge=Gauge(
+                data_points=[
+                    NumberDataPoint(as_double=value, time_unix_nano=time_ns, attributes=attributes)
+                ]
+            ),
+        )
+        for name, value in (
+            (since, max(0.0, now - row.silence_from)),
+            (timestamp, row.silence_from),
+        )
+    ]
+    resource_metrics.scope_metrics.append(
+        ScopeMetrics(scope=InstrumentationScope(name=SCOPE), metrics=metrics)
+    )
+    return resource_metrics
+
+
+def _fallback(row: Sighting) -> dict[str, str]:
+    """The resource of a row saved before resources were kept."""
+    return {
+        "service.name": row.service,
+        "service.instance.id": row.instance,
+        "tenant_id": row.tenant_id,
+    }
+
+
+def _attributes(values: dict[str, str]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in values.items()]
