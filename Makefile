@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit e2e bench collector thanos loadgen system-deps clean
+.PHONY: setup demo thanos-demo test lint unit e2e bench collector thanos loadgen system-deps clean
 
-setup: $(VENV)/.installed collector loadgen system-deps
+setup: $(VENV)/.installed collector thanos loadgen system-deps
 
 # The environment is rebuilt when the dependency list or the pins change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 collector:
 	@scripts/build-collector.sh >/dev/null
 
-# Thanos Receive and Query for more than one Prometheus (thanos/, scripts/thanos.py).
+# Thanos Receive, Query and Ruler past one Prometheus (thanos/, scripts/thanos.py);
+# the first build takes several minutes, then it is cached.
 thanos:
 	@scripts/build-thanos.sh >/dev/null
 
@@ -33,11 +34,16 @@ system-deps:
 demo: setup
 	@$(BIN)/python -m scripts.demo
 
+# The pipeline past one Prometheus: Prometheus shards and Thanos (docs/scaling.md).
+thanos-demo: setup
+	@$(BIN)/python -m scripts.thanos_demo
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	promtool check config prometheus/prometheus.yml
+	promtool check config prometheus/shard-*-of-*.yml
 	promtool check rules prometheus/rules/*.yml
 	promtool test rules prometheus/tests/*.yml
 	amtool check-config alertmanager/alertmanager.yml

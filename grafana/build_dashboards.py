@@ -551,19 +551,26 @@ def agents_overview() -> Json:
         ),
         timeseries(
             "Flow duration, 95th percentile (last hour)",
-            "From the agent_flow_duration_seconds histogram, per tenant and flow.",
+            "From the agent_flow_duration_seconds histogram, which holds every flow of a data "
+            "agent (buckets from 1 s to 6 h), per tenant and data agent. Each flow's own "
+            "duration: Last flow duration.",
             [
                 target(
-                    "histogram_quantile(0.95, sum by (tenant_id, flow, le) "
-                    f"(rate(agent_flow_duration_seconds_bucket{{{TENANT}}}[1h])))",
-                    "{{tenant_id}} {{flow}}",
+                    "histogram_quantile(0.95, "
+                    + _by_service(
+                        f"rate(agent_flow_duration_seconds_bucket{{{TENANT}}}[1h])",
+                        labels="tenant_id, service, le",
+                    )
+                    + ")",
+                    "{{tenant_id}} / {{service}}",
                 )
             ],
             unit="s",
         ),
         timeseries(
             "Tasks executed per minute",
-            "Prefect task runs per minute, per tenant.",
+            "Prefect task runs per minute, per tenant (agent_tasks_executed_total counts per "
+            "data agent; per flow and task with OTEL_AGENTS_TASK_DETAIL=true).",
             [
                 target(
                     "sum by (tenant_id) "

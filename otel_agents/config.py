@@ -91,6 +91,9 @@ class AgentConfig:
     sdk_disabled: bool = False
     handle_sigterm: bool = True
     """OTEL_AGENTS_HANDLE_SIGTERM: export the final values and say "stopped" on SIGTERM."""
+    task_detail: bool = False
+    """OTEL_AGENTS_TASK_DETAIL: task counters by `flow` and `task` (3 series per task of each
+    flow) instead of one series each per agent (see `otel_agents.etl`)."""
     warnings: tuple[str, ...] = ()
     """Values that could not be used, each with the fallback taken and what to write."""
 
@@ -142,6 +145,7 @@ class AgentConfig:
             resource_attributes=env.resource_attributes("OTEL_RESOURCE_ATTRIBUTES"),
             sdk_disabled=env.boolean("OTEL_SDK_DISABLED"),
             handle_sigterm=env.boolean("OTEL_AGENTS_HANDLE_SIGTERM", default=True),
+            task_detail=env.boolean("OTEL_AGENTS_TASK_DETAIL"),
         )
         _check_temporality(env)
         _check_client_certificate(env, config)

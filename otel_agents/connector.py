@@ -4,8 +4,12 @@ Where this sits: connector code ──(otel_agents: *instruments*)──▶ OTLP
 Through the Collector's prometheus exporter (UnderscoreEscapingWithSuffixes) these become
 `connector_bytes_sent_total`, `connector_records_sent_total`,
 `connector_queries_processed_total`, `connector_errors_total{error_type}`,
-`connector_uptime_seconds`, `connector_connected`, `connector_info{version}` and
+`connector_uptime_seconds`, `connector_connected` and
 `connector_certificate_expiry_days`; the gateway adds `tenant_id` to each.
+
+Series budget: at most 9 of these (3 of them `connector_errors_total`, one per
+`error_type` in `ERROR_TYPES`), plus `target_info` and the gateway's 2 last-seen series:
+12 per connector (docs/agents.md, "Series per agent").
 
 Counting is on the host's hot path, so it only adds to plain ints (~0.2 µs a batch
 instead of ~7 µs for two SDK `Counter.add`); observable counters read the totals at
@@ -43,22 +47,64 @@ ERRORS = "connector.errors"
 CERTIFICATE_EXPIRY = "connector.certificate_expiry"
 """Gauge, unit `d`, which the translator spells `days` (connector_certificate_expiry_days)."""
 
-MAX_ERROR_TYPES = 32
-"""Distinct `error_type` values kept; later new ones are counted as `other`."""
-OTHER_ERROR_TYPE = "other"
+ERROR_TYPES = ("unavailable", "rejected", "failed")
+"""The values of `error_type`, one series each (a fixed set keeps the budget):
+
+- `unavailable`: the upstream or the network is down or slow; retrying may work
+  (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, ABORTED, RESOURCE_EXHAUSTED, timeouts and
+  connection errors);
+- `rejected`: the upstream refused the request as it is; retrying will not help
+  (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+  FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED);
+- `failed`: anything else (INTERNAL, UNKNOWN, DATA_LOSS, other exceptions).
+
+The exact status code is in the connector's own log.
+"""
+_UNAVAILABLE = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "ABORTED", "RESOURCE_EXHAUSTED"}
+)
+_REJECTED = frozenset(
+    {
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+    }
+)
 
 
-def error_type_of(error: BaseException) -> str:
-    """A low-cardinality name for `error`: a gRPC status code name, else its class name."""
+def error_type_of(error: BaseException | str) -> str:
+    """The `error_type` of an error: a gRPC status code (its name or an exception that
+    carries one), an exception, or one of `ERROR_TYPES` itself."""
+    if isinstance(error, str):
+        name = error
+    else:
+        if isinstance(error, TimeoutError | ConnectionError):
+            return "unavailable"
+        name = _status_code_name(error) or ""
+    if name in ERROR_TYPES:
+        return name
+    if name in _UNAVAILABLE:
+        return "unavailable"
+    if name in _REJECTED:
+        return "rejected"
+    return "failed"
+
+
+def _status_code_name(error: BaseException) -> str | None:
     code = getattr(error, "code", None)
     if callable(code):
         try:
             name = getattr(code(), "name", None)
-        except Exception:  # an unrelated `code()` method: fall back to the class
+        except Exception:  # an unrelated `code()` method
             name = None
         if isinstance(name, str):
             return name
-    return type(error).__name__
+    return None
 
 
 class ConnectorMetrics:
@@ -77,11 +123,13 @@ class ConnectorMetrics:
     ) -> None:
         """Create the instruments on `meter` (usually `AgentTelemetry.meter`).
 
-        `version` adds `connector_info{version}`; `certificate_path` (a PEM file, read at
-        each collection) adds `connector_certificate_expiry_days`.
+        `certificate_path` (a PEM file, read at each collection) adds
+        `connector_certificate_expiry_days`. `version` is accepted so that existing calls
+        keep working, and not reported here: the version Prometheus shows is
+        `setup_metrics(service_version=)`, as `service_version` on `target_info`.
         """
         self.version = version
-        """The version given, reported as `connector_info{version}`."""
+        """The version given (not reported; see above)."""
         self.certificate: CertificateFile | None = None
         """The watched certificate file, if one was given."""
         self._lock = threading.Lock()
@@ -91,7 +139,6 @@ class ConnectorMetrics:
         self._queries = 0
         self._errors: dict[str, int] = {}
         self._rejected_logged = False
-        self._overflow_logged = False
         _track_for_fork(self)
 
         meter.create_observable_counter(
@@ -118,8 +165,8 @@ class ConnectorMetrics:
             unit="{error}",
             description="Failed queries and other errors, by error_type.",
         )
-        self.status = AgentStatus(meter, "connector", version=version)
-        """uptime, connected and info gauges (`AgentStatus`)."""
+        self.status = AgentStatus(meter, "connector")
+        """Uptime and connected gauges (`AgentStatus`)."""
         if certificate_path:
             self.certificate = CertificateFile(certificate_path)
             meter.create_observable_gauge(
@@ -152,27 +199,11 @@ class ConnectorMetrics:
             self._queries += 1
 
     def record_error(self, error_type: str | BaseException) -> None:
-        """Count one error of `error_type`: a short fixed name, or an exception to name.
-
-        Pass a gRPC status code name ("UNAVAILABLE") or an exception class name, never
-        a message or an id: each distinct value is a series. Beyond `MAX_ERROR_TYPES`
-        values, new ones are counted as "other".
-        """
-        name = error_type if isinstance(error_type, str) else error_type_of(error_type)
-        warn = False
+        """Count one error: a gRPC status code name ("UNAVAILABLE"), an exception, or one
+        of `ERROR_TYPES`; it is counted under its `error_type` (see `ERROR_TYPES`)."""
+        name = error_type_of(error_type)
         with self._lock:
-            errors = self._errors
-            if name not in errors and len(errors) >= MAX_ERROR_TYPES:
-                warn, self._overflow_logged = not self._overflow_logged, True
-                name = OTHER_ERROR_TYPE
-            errors[name] = errors.get(name, 0) + 1
-        if warn:
-            _logger.warning(
-                "otel_agents: more than %d distinct error types; new ones are counted as "
-                "%r. Pass short fixed names to record_error, never messages or ids",
-                MAX_ERROR_TYPES,
-                OTHER_ERROR_TYPE,
-            )
+            self._errors[name] = self._errors.get(name, 0) + 1
 
     def set_connected(self, connected: bool) -> None:
         """Record whether the connector is connected to its upstream (`connector_connected`)."""
@@ -242,9 +273,10 @@ def connector_metrics(
 ) -> ConnectorMetrics:
     """The connector instruments of `telemetry` (no-ops when metrics are disabled).
 
-    Every call with the same telemetry returns the same object; `version` and
-    `certificate_path` are taken from the first call (a later, different value is
-    ignored with a warning).
+    Every call with the same telemetry returns the same object; `certificate_path` is
+    taken from the first call (a later, different one is ignored with a warning).
+    `version` is accepted for existing callers and not reported: pass
+    `service_version` to `setup_metrics`.
     """
     with _by_meter_lock:
         existing = _by_meter.get(telemetry.meter)
@@ -256,9 +288,9 @@ def connector_metrics(
             return existing
     first_path = existing.certificate.path if existing.certificate else None
     asked_path = os.fspath(certificate_path) if certificate_path else None
-    if (version and version != existing.version) or (asked_path and asked_path != first_path):
+    if asked_path and asked_path != first_path:
         _logger.warning(
             "otel_agents: connector_metrics was already called for this telemetry; "
-            "version/certificate_path of later calls are ignored (pass them on the first)"
+            "the certificate_path of later calls is ignored (pass it on the first)"
         )
     return existing

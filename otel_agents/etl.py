@@ -8,15 +8,24 @@ Through the Collector's prometheus exporter (UnderscoreEscapingWithSuffixes):
 
 | instrument | Prometheus | attributes |
 |---|---|---|
-| `agent.flows_executed` (counter, `{flow}`) | `agent_flows_executed_total` | flow, state |
+| `agent.flows_executed` (counter, `{flow}`) | `agent_flows_executed_total` | flow |
 | `agent.flows_success` (counter, `{flow}`) | `agent_flows_success_total` | flow |
 | `agent.flows_failed` (counter, `{flow}`) | `agent_flows_failed_total` | flow |
-| `agent.tasks_executed` (counter, `{task}`) | `agent_tasks_executed_total` | task, flow, state |
-| `agent.tasks_failed` (counter, `{task}`) | `agent_tasks_failed_total` | task, flow |
-| `agent.task_retries` (counter, `{retry}`) | `agent_task_retries_total` | task, flow |
-| `agent.flow.duration` (histogram, `s`) | `agent_flow_duration_seconds_*` | flow, state |
 | `agent.last_flow_duration` (gauge, `s`) | `agent_last_flow_duration_seconds` | flow |
-| `AgentStatus(meter, "agent")` | `agent_uptime_seconds`, `agent_connected`, `agent_info` | |
+| `agent.flow.duration` (histogram, `s`) | `agent_flow_duration_seconds_*` | none: all flows |
+| `agent.tasks_executed` (counter, `{task}`) | `agent_tasks_executed_total` | none, or flow, task |
+| `agent.tasks_failed` (counter, `{task}`) | `agent_tasks_failed_total` | none, or flow, task |
+| `agent.task_retries` (counter, `{retry}`) | `agent_task_retries_total` | none, or flow, task |
+| `AgentStatus(meter, "agent")` | `agent_uptime_seconds`, `agent_connected` | |
+
+Series are what an agent costs downstream (the Collector keeps each one, Prometheus
+stores each one), so they are budgeted: per flow name 4 series, whatever the runs'
+states; the histogram is one per agent with 10 boundaries (13 series); task counters
+are per agent (3 series) unless `task_detail` (OTEL_AGENTS_TASK_DETAIL=true) asks for
+3 per task name in each flow. With `target_info` and the gateway's 2 last-seen series,
+a data agent with F flow names makes 4F + 21 series, or 4F + 3P + 18 with task detail
+(P = distinct (flow, task) pairs): 101 for 20 flows of 5 tasks, 398 with task detail.
+docs/agents.md ("Series per agent") has the breakdown.
 """
 
 from __future__ import annotations
@@ -33,11 +42,11 @@ from otel_agents.telemetry import AgentTelemetry
 _logger = logging.getLogger(__name__)
 
 FLOWS_EXECUTED = "agent.flows_executed"
-"""Counter: flow runs that reached a final state (subflows included), by flow and state."""
+"""Counter: flow runs that reached a final state (subflows included), by flow."""
 FLOWS_SUCCESS = "agent.flows_success"
-"""Counter: flow runs that completed."""
+"""Counter: flow runs that completed, by flow."""
 FLOWS_FAILED = "agent.flows_failed"
-"""Counter: flow runs that failed (timeouts included) or crashed."""
+"""Counter: flow runs that failed (timeouts included) or crashed, by flow."""
 TASKS_EXECUTED = "agent.tasks_executed"
 """Counter: task runs that reached a final state; a retried task counts once."""
 TASKS_FAILED = "agent.tasks_failed"
@@ -45,32 +54,18 @@ TASKS_FAILED = "agent.tasks_failed"
 TASK_RETRIES = "agent.task_retries"
 """Counter: retries of task runs (attempts after the first)."""
 FLOW_DURATION = "agent.flow.duration"
-"""Histogram, seconds: duration of finished flow runs."""
+"""Histogram, seconds: duration of finished flow runs, all flows of the agent together."""
 LAST_FLOW_DURATION = "agent.last_flow_duration"
 """Gauge, seconds: duration of each flow's last finished run."""
 
 STATES = ("completed", "failed", "crashed", "cancelled")
-"""Values of the `state` attribute: the final state types of a run."""
+"""The final state types of a run, as `record_*` take them. Not an attribute: a cancelled
+run is executed minus succeeded minus failed."""
 _FAILED = frozenset(("failed", "crashed"))
 
-FLOW_DURATION_BUCKETS = (
-    0.1,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    21600.0,
-)
-"""Histogram boundaries in seconds: sub-second tasks-only flows to six-hour batch jobs."""
+FLOW_DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0)
+"""Histogram boundaries in seconds, 1 s to 6 h: 10 boundaries, 13 series per agent
+(with +Inf, _sum and _count). Each flow's own duration is `agent.last_flow_duration`."""
 
 
 class EtlMetrics:
@@ -78,13 +73,20 @@ class EtlMetrics:
 
     Thread-safe. Attributes carry flow and task names only, never run ids, run names,
     parameters or tags (each would start new series per run). The gateway adds
-    `tenant_id`.
+    `tenant_id`. `task_detail` labels the task counters by `flow` and `task` (3 series
+    per task of each flow); without it they count the whole agent (3 series).
+    `version` is accepted for existing callers and not reported: the agent's version
+    is the resource's `service.version` (`setup_metrics(service_version=)`).
     """
 
-    def __init__(self, meter: Meter, version: str | None = None) -> None:
+    def __init__(
+        self, meter: Meter, version: str | None = None, *, task_detail: bool = False
+    ) -> None:
         """Create the instruments on `meter` (usually `AgentTelemetry.meter`)."""
-        self.status = AgentStatus(meter, "agent", version=version)
-        """Uptime, connection state and version gauges (`agent_*`)."""
+        self.status = AgentStatus(meter, "agent")
+        """Uptime and connection state gauges (`agent_*`)."""
+        self.task_detail = task_detail
+        """True when task counters are labelled by flow and task."""
         self._flows = meter.create_counter(
             FLOWS_EXECUTED, unit="{flow}", description="Flow runs that reached a final state."
         )
@@ -106,7 +108,7 @@ class EtlMetrics:
         self._duration = meter.create_histogram(
             FLOW_DURATION,
             unit="s",
-            description="Duration of finished flow runs.",
+            description="Duration of finished flow runs, all flows of the agent.",
             explicit_bucket_boundaries_advisory=FLOW_DURATION_BUCKETS,
         )
         meter.create_observable_gauge(
@@ -124,15 +126,15 @@ class EtlMetrics:
     def flow_started(self, flow_name: str) -> None:
         """Note that `flow_name` runs: its counters start at 0 the first time.
 
-        Without a 0, Prometheus' `increase()` misses the first count of a new series.
+        Without a 0, Prometheus' `increase()` misses the first count of a new series
+        (dashboards use it over their time range).
         """
         with self._lock:
             if flow_name in self._seen_flows:
                 return
             self._seen_flows.add(flow_name)
         attributes = {"flow": flow_name}
-        for state in STATES:
-            self._flows.add(0, {"flow": flow_name, "state": state})
+        self._flows.add(0, attributes)
         self._flows_success.add(0, attributes)
         self._flows_failed.add(0, attributes)
 
@@ -142,26 +144,25 @@ class EtlMetrics:
             return
         self.flow_started(flow_name)
         attributes = {"flow": flow_name}
-        self._flows.add(1, {"flow": flow_name, "state": state})
+        self._flows.add(1, attributes)
         if state == "completed":
             self._flows_success.add(1, attributes)
         elif state in _FAILED:
             self._flows_failed.add(1, attributes)
         if duration_s is not None and duration_s >= 0:
-            self._duration.record(duration_s, {"flow": flow_name, "state": state})
+            self._duration.record(duration_s)
             with self._lock:
                 self._last_duration[flow_name] = duration_s
 
     def task_started(self, task_name: str, flow_name: str | None = None) -> None:
         """Note that `task_name` runs (in `flow_name`): its counters start at 0."""
-        key = (task_name, flow_name)
+        attributes = self._task_attributes(task_name, flow_name)
+        key = (attributes.get("task", ""), attributes.get("flow"))
         with self._lock:
             if key in self._seen_tasks:
                 return
             self._seen_tasks.add(key)
-        attributes = _task_attributes(task_name, flow_name)
-        for state in STATES:
-            self._tasks.add(0, {**attributes, "state": state})
+        self._tasks.add(0, attributes)
         self._tasks_failed.add(0, attributes)
         self._retries.add(0, attributes)
 
@@ -175,12 +176,19 @@ class EtlMetrics:
         if not self._known(state):
             return
         self.task_started(task_name, flow_name)
-        attributes = _task_attributes(task_name, flow_name)
-        self._tasks.add(1, {**attributes, "state": state})
+        attributes = self._task_attributes(task_name, flow_name)
+        self._tasks.add(1, attributes)
         if state in _FAILED:
             self._tasks_failed.add(1, attributes)
         if retries > 0:
             self._retries.add(retries, attributes)
+
+    def _task_attributes(self, task_name: str, flow_name: str | None) -> dict[str, str]:
+        if not self.task_detail:
+            return {}
+        if flow_name is None:
+            return {"task": task_name}
+        return {"task": task_name, "flow": flow_name}
 
     def _known(self, state: str) -> bool:
         if state in STATES:
@@ -198,12 +206,7 @@ class EtlMetrics:
         return [Observation(seconds, {"flow": flow}) for flow, seconds in last]
 
 
-def _task_attributes(task_name: str, flow_name: str | None) -> dict[str, str]:
-    if flow_name is None:
-        return {"task": task_name}
-    return {"task": task_name, "flow": flow_name}
-
-
 def etl_metrics(telemetry: AgentTelemetry, version: str | None = None) -> EtlMetrics:
-    """The data agent instruments of `telemetry` (no-ops when metrics are disabled)."""
-    return EtlMetrics(telemetry.meter, version=version)
+    """The data agent instruments of `telemetry` (no-ops when metrics are disabled), with
+    its settings (OTEL_AGENTS_TASK_DETAIL)."""
+    return EtlMetrics(telemetry.meter, version=version, task_detail=telemetry.config.task_detail)

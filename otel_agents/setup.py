@@ -161,6 +161,8 @@ def _start(
         sdk_provider=provider,
         shutdown_timeout_s=config.shutdown_timeout_s,
         announce_stop=announcer.announce_stop if announcer is not None else None,
+        config=config,
+        service_version=_text(resource.attributes.get(SERVICE_VERSION)),
     )
     atexit.register(telemetry.at_exit)
     if announcer is not None and config.handle_sigterm:
@@ -189,3 +191,7 @@ def _install_global(provider: SdkMeterProvider) -> None:
 
 def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

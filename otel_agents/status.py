@@ -1,7 +1,10 @@
-"""Gauges every agent reports about itself: uptime, connection state, version.
+"""Gauges every agent reports about itself: uptime and connection state.
 
 Read at collection time by observable instruments, so the host pays nothing
-between exports.
+between exports. The agent's version is not a gauge of its own: it travels as
+`service.version` on the resource, which Prometheus shows as `service_version` on
+`target_info` and the gateway as `version` on its last-seen series; an info gauge
+would repeat it at the cost of one series per agent.
 """
 
 from __future__ import annotations
@@ -13,23 +16,21 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 
 class AgentStatus:
-    """`<prefix>.uptime` (s), `<prefix>.connected` (0/1) and `<prefix>.info` {version}.
+    """`<prefix>.uptime` (s) and `<prefix>.connected` (0/1).
 
-    With the prefix `connector` these become `connector_uptime_seconds`,
-    `connector_connected` and `connector_info` in Prometheus.
+    With the prefix `connector` these become `connector_uptime_seconds` and
+    `connector_connected` in Prometheus.
     """
 
     def __init__(
         self,
         meter: Meter,
         prefix: str,
-        version: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
         self._started = clock()
         self._connected: bool | None = None
-        self._version = version
         meter.create_observable_gauge(
             f"{prefix}.uptime",
             callbacks=[self._observe_uptime],
@@ -42,12 +43,6 @@ class AgentStatus:
             callbacks=[self._observe_connected],
             description=f"1 while the {prefix} is connected to its upstream, else 0.",
         )
-        if version:
-            meter.create_observable_gauge(
-                f"{prefix}.info",
-                callbacks=[self._observe_info],
-                description=f"Always 1; the {prefix}'s version in the `version` label.",
-            )
 
     def set_connected(self, connected: bool) -> None:
         """Record the connection state (reported from the next collection on)."""
@@ -61,6 +56,3 @@ class AgentStatus:
         if self._connected is None:
             return []
         return [Observation(1 if self._connected else 0)]
-
-    def _observe_info(self, options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(1, {"version": self._version or ""})]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
+from otel_agents.config import AgentConfig
 from otel_agents.lifecycle import exited_cleanly
 
 _logger = logging.getLogger(__name__)
@@ -40,12 +41,19 @@ class AgentTelemetry:
         sdk_provider: SdkMeterProvider | None,
         shutdown_timeout_s: float,
         announce_stop: Callable[[], None] | None = None,
+        config: AgentConfig | None = None,
+        service_version: str | None = None,
     ) -> None:
         """Wrap a provider; `sdk_provider` is None when metrics are disabled.
 
-        `announce_stop` makes the final export of a clean shutdown say "stopped".
+        `announce_stop` makes the final export of a clean shutdown say "stopped";
+        `config` is the settings the provider was built from (defaults if None).
         """
         self.meter_provider: MeterProvider = meter_provider
+        self.config: AgentConfig = config if config is not None else AgentConfig()
+        """The settings read at start-up; the library's instruments take theirs from here."""
+        self.service_version = service_version
+        """The resource's `service.version`: the agent's version as Prometheus shows it."""
         # No scope version on purpose: the Collector puts it on every series as a
         # label, so upgrading the library would start new series.
         self.meter: Meter = meter_provider.get_meter(METER_NAME)

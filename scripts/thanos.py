@@ -1,11 +1,13 @@
-"""Thanos Receive and Thanos Query as processes of a `LocalStack`, for more than one Prometheus.
+"""Thanos Receive, Query and Ruler as processes of a `LocalStack`, for more than one Prometheus.
 
 Prometheus servers remote-write to a Receive (`Receive.remote_write_url`); a Query
-reads every Receive over gRPC (StoreAPI) and answers the Prometheus HTTP API, with
-series that differ only in a replica label merged into one. The binary comes from
-scripts/build-thanos.sh. Each start function picks free ports on 127.0.0.1 and
-returns at once; wait with `stack.wait_ready(x.process)`, and `stack.stop_all()`
-stops these processes with the rest of the stack.
+reads every Receive (and the Ruler) over gRPC (StoreAPI) and answers the Prometheus
+HTTP API, with series that differ only in a replica label merged into one; a Ruler
+evaluates rule files against that Query and sends its alerts to Alertmanager. The
+binary comes from scripts/build-thanos.sh. Each start function picks free ports on
+127.0.0.1 and returns at once; wait with `stack.wait_ready(x.process)`, and
+`stack.stop_all()` stops these processes with the rest of the stack.
+scripts/thanos_stack.py puts them together with sharded Prometheus servers.
 """
 
 from __future__ import annotations
@@ -23,14 +25,27 @@ from scripts.localstack import REPO, LocalStack, Process, StackError, free_port,
 
 BUILD_THANOS = REPO / "scripts" / "build-thanos.sh"
 
-REPLICA_LABELS = ("replica", "receive_replica")
+REPLICA_LABELS = ("replica", "receive_replica", "prometheus_shard")
 """Labels that tell copies of one series apart, and that Query drops to merge them:
 `replica` in the external labels of each Prometheus of an HA pair,
-`receive_replica` in the `--label` of each Receive."""
+`receive_replica` in the `--label` of each Receive, `prometheus_shard` in the
+external labels of each shard (prometheus/shard-K-of-N.yml): every shard scrapes
+the gateway, so its series arrive once per shard."""
+
+RECEIVE_TENANT_LABEL = "receive_tenant"
+"""The label Receive puts its own tenant in (`default-tenant`: Prometheus sends no
+THANOS-TENANT header). Its default name, tenant_id, would replace the tenant_id of
+every agent's series with "default-tenant"."""
+
+ALERT_LABEL_DROP = (RECEIVE_TENANT_LABEL, *REPLICA_LABELS)
+"""Labels the Ruler removes from its alerts, so that they carry the labels a single
+Prometheus would send (Alertmanager groups by alertname and tenant_id, and
+inhibits on tenant_id, service and instance)."""
 
 # Thanos waits up to 2 minutes (its default) for open requests on SIGTERM;
 # LocalStack.stop sends SIGKILL after 10 s, so keep the wait below that.
 _GRACE = "5s"
+_ENDPOINTS_RELOAD = "2s"
 
 
 def thanos_binary() -> Path:
@@ -70,11 +85,18 @@ class Query:
     process: Process
     http_port: int
     grpc_port: int
+    endpoints_file: Path
+    """The --endpoint.sd-config-file it reads (`set_stores` rewrites it)."""
 
     @property
     def url(self) -> str:
         """Its web UI and Prometheus-compatible HTTP API."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    def set_stores(self, stores: Sequence[str]) -> None:
+        """Read these StoreAPI endpoints from now on (such as a Ruler started after
+        this Query); wait for them with `wait_stores`."""
+        _write_endpoints(self.endpoints_file, stores)
 
     def query(
         self, promql: str, at: float | None = None, *, dedup: bool = True
@@ -132,8 +154,8 @@ def start_receive(
     memory and on local disk only (no object storage).
 
     `labels` are its external labels; the default `receive_replica="0"` is one of
-    `REPLICA_LABELS`. Samples get a `tenant_id` label too (`default-tenant` when the
-    writer sends no THANOS-TENANT header).
+    `REPLICA_LABELS`. Samples get a `RECEIVE_TENANT_LABEL` label too (`default-tenant`
+    when the writer sends no THANOS-TENANT header).
     """
     http, grpc, remote_write, capnproto = (free_port() for _ in range(4))
     home = stack.run_dir / name
@@ -148,6 +170,7 @@ def start_receive(
         # (default 0.0.0.0:19391, which two receivers could not share).
         f"--receive.capnproto-address=127.0.0.1:{capnproto}",
         f"--tsdb.path={home / 'data'}",
+        f"--receive.tenant-label-name={RECEIVE_TENANT_LABEL}",
         f"--http-grace-period={_GRACE}",
         f"--grpc-grace-period={_GRACE}",
         *_label_flags(labels or {"receive_replica": "0"}),
@@ -171,22 +194,100 @@ def start_query(
     http, grpc = free_port(), free_port()
     home = stack.run_dir / name
     home.mkdir(parents=True, exist_ok=True)
-    # JSON is YAML: the endpoint file of --endpoint.sd-config-file, which Query
-    # re-reads when it changes (the --endpoint flag is deprecated).
     endpoints = home / "endpoints.yml"
-    endpoints.write_text(json.dumps({"endpoints": [{"address": a} for a in stores]}, indent=2))
+    _write_endpoints(endpoints, stores)
     argv = [
         str(binary),
         "query",
         f"--http-address=127.0.0.1:{http}",
         f"--grpc-address=127.0.0.1:{grpc}",
         f"--endpoint.sd-config-file={endpoints}",
+        # Query re-reads that file on this interval only (default 5m), not when it
+        # changes: `Query.set_stores` takes effect within it.
+        f"--endpoint.sd-config-reload-interval={_ENDPOINTS_RELOAD}",
         f"--http-grace-period={_GRACE}",
         f"--grpc-grace-period={_GRACE}",
         *(f"--query.replica-label={label}" for label in replica_labels),
     ]
     process = stack.start_process(name, argv, {}, ready_url=f"http://127.0.0.1:{http}/-/ready")
-    return Query(process, http, grpc)
+    return Query(process, http, grpc, endpoints)
+
+
+@dataclass
+class Ruler:
+    """A started `thanos rule`: rule files evaluated against a Query."""
+
+    process: Process
+    http_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        """Its web UI and API (`/api/v1/rules`, `/api/v1/alerts`)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def store_address(self) -> str:
+        """Its StoreAPI (gRPC, plaintext): the series its recording rules wrote, for
+        `Query.set_stores`. Rules that read other rules' results need it there."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every rule of every group, as `/api/v1/rules` describes it (health, lastError)."""
+        url = f"{self.url}/api/v1/rules"
+        status, body = http_get(url, timeout=5.0)
+        if status != 200:
+            raise StackError(f"{self.process.name} answered {status} to {url}: {body[:300]!r}")
+        groups = json.loads(body)["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
+
+def start_ruler(
+    stack: LocalStack,
+    binary: Path,
+    query: Query,
+    rule_files: Sequence[Path],
+    eval_interval: str,
+    alertmanager_url: str | None = None,
+    name: str = "thanos-rule",
+) -> Ruler:
+    """Start `thanos rule` evaluating `rule_files` every `eval_interval` against
+    `query`, with its TSDB under the run directory, sending alerts to
+    `alertmanager_url` without the labels of `ALERT_LABEL_DROP`.
+
+    Its recorded series live in its own TSDB: add `Ruler.store_address` to the
+    Query's stores, or rules that read other rules' results find nothing.
+    """
+    http, grpc = free_port(), free_port()
+    home = stack.run_dir / name
+    home.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(binary),
+        "rule",
+        f"--http-address=127.0.0.1:{http}",
+        f"--grpc-address=127.0.0.1:{grpc}",
+        f"--data-dir={home / 'data'}",
+        *(f"--rule-file={path}" for path in rule_files),
+        f"--query={query.url}",
+        # Its default is 1m; the rules' `for` and the alert delays of
+        # docs/operations.md assume Prometheus's 10 s.
+        f"--eval-interval={eval_interval}",
+        *(f"--alert.label-drop={label}" for label in ALERT_LABEL_DROP),
+        f"--alert.query-url={query.url}",
+        *([f"--alertmanagers.url={alertmanager_url}"] if alertmanager_url else []),
+        f"--http-grace-period={_GRACE}",
+        f"--grpc-grace-period={_GRACE}",
+    ]
+    process = stack.start_process(name, argv, {}, ready_url=f"http://127.0.0.1:{http}/-/ready")
+    return Ruler(process, http, grpc)
+
+
+def _write_endpoints(path: Path, stores: Sequence[str]) -> None:
+    # JSON is YAML: the endpoint file of --endpoint.sd-config-file (the --endpoint
+    # flag is deprecated). Renamed into place, so that Query never reads half a file.
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"endpoints": [{"address": a} for a in stores]}, indent=2))
+    partial.replace(path)
 
 
 def _label_flags(labels: Mapping[str, str]) -> list[str]:

@@ -7,7 +7,8 @@ What is counted, on each side of each call (unary and streaming alike):
 - `connector_queries_processed_total`: 1 when the call ends, whatever its status, so
   that errors / queries is a failure ratio.
 - `connector_errors_total{error_type}`: 1 when the call ends with a non-OK status;
-  `error_type` is the status code name (`UNAVAILABLE`, `CANCELLED`, ...). A server
+  `error_type` is the status code's kind (`unavailable`, `rejected` or `failed`,
+  `otel_agents.connector.ERROR_TYPES`). A server
   counts the status its handler produced (an exception without a code is `UNKNOWN`, a
   response stream abandoned by the client is `CANCELLED`); a client, the status it got.
 - `connector_bytes_sent_total`, `connector_records_sent_total`: the messages *this

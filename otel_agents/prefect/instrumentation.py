@@ -130,7 +130,7 @@ def instrument(
     `setup_metrics(service_name, "etl", service_version=version, set_global=False)`.
     Name and version default to OTEL_SERVICE_NAME and `service.version` in
     OTEL_RESOURCE_ATTRIBUTES; with neither, the name is the main script's and there is
-    no version (no `agent_info`), which one log line says.
+    no version (no `service_version` on `target_info`), which one log line says.
     With `children`, flow-run processes started by `flow.serve()` or a process worker
     hand their runs to this process (they need the plugin: PREFECT_PLUGINS_ENABLED=true).
     `probe_interval_s` sets how often `agent_connected` checks the Prefect API (None:

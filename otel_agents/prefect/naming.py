@@ -55,7 +55,7 @@ class AgentName:
         elif self.name_from == "nothing":
             parts.append(f"is named {self.service_name!r}, as nothing else names it")
         if self.version is None:
-            parts.append("has no version, so agent_info is not reported")
+            parts.append("has no version, so Prometheus shows none (service_version)")
         if not parts:
             return None
         return (

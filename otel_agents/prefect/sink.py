@@ -57,20 +57,37 @@ class LazyMetrics:
                 try:
                     name = self._name
                     if self._given is not None:  # the caller's telemetry names the agent
-                        name = replace(name, name_from="argument")
+                        name = _named_by(name, self._given)
                     if (note := name.note()) is not None:
                         _logger.warning("%s", note)
                     # Not global: the host process may have, or later set, its own provider.
                     telemetry = self._given or setup_metrics(
                         name.service_name, "etl", service_version=name.version, set_global=False
                     )
-                    metrics = EtlMetrics(telemetry.meter, version=name.version)
+                    metrics = EtlMetrics(telemetry.meter, task_detail=telemetry.config.task_detail)
                     self.telemetry, self.metrics = telemetry, metrics
                     self._on_build(telemetry, metrics)
                 except Exception:
                     self._failed = True
                     _logger.exception("otel_agents: Prefect run metrics disabled: setup failed")
         return self.metrics
+
+
+def _named_by(name: AgentName, telemetry: AgentTelemetry) -> AgentName:
+    """The name of an agent exporting through the caller's telemetry, whose resource's
+    `service.version` is the version Prometheus shows; a different one asked for is said."""
+    shown = telemetry.service_version
+    if name.version and telemetry.enabled and name.version != shown:
+        _logger.warning(
+            "otel_agents: version %r is not reported: the telemetry given to instrument() "
+            "has service.version %r; pass service_version=%r to setup_metrics",
+            name.version,
+            shown,
+            name.version,
+        )
+    if name.version is None and shown:
+        return replace(name, name_from="argument", version=shown, version_from="argument")
+    return replace(name, name_from="argument")
 
 
 class MetricsSink:

@@ -52,10 +52,11 @@ def test_otlp_http_from_the_environment_reaches_prometheus_exactly(
         endpoint_variable: stack.gateway_http_url + path,
         "OTEL_AGENTS_API_KEY": keys["globex"],
         "OTEL_SERVICE_NAME": job,
+        "OTEL_RESOURCE_ATTRIBUTES": "service.version=3.0.1",
     }
     telemetry = setup_metrics("in-code-name", "connector", environ=environ, set_global=False)
     assert telemetry.enabled
-    counters = connector_metrics(telemetry, version="3.0.1")
+    counters = connector_metrics(telemetry)
     for rows, nbytes in [(40, 4000), (2, 321)]:
         counters.record_batch(rows, nbytes)
     counters.record_query()
@@ -66,8 +67,7 @@ def test_otlp_http_from_the_environment_reaches_prometheus_exactly(
         f'connector_bytes_sent_total{{job="{job}"}}': 4321.0,
         f'connector_records_sent_total{{job="{job}"}}': 42.0,
         f'connector_queries_processed_total{{job="{job}"}}': 1.0,
-        f'connector_errors_total{{job="{job}", error_type="UNAVAILABLE"}}': 1.0,
-        f'connector_info{{job="{job}", version="3.0.1"}}': 1.0,
+        f'connector_errors_total{{job="{job}", error_type="unavailable"}}': 1.0,
     }
     for query, value in expected.items():
         result = stack.wait_for(query, lambda r: len(r) == 1)
@@ -75,4 +75,5 @@ def test_otlp_http_from_the_environment_reaches_prometheus_exactly(
     info = stack.wait_for(f'target_info{{job="{job}"}}', lambda r: len(r) == 1)
     assert info[0]["metric"]["tenant_id"] == "globex"
     assert info[0]["metric"]["agent_type"] == "connector"
+    assert info[0]["metric"]["service_version"] == "3.0.1"
     assert telemetry.shutdown(timeout_s=10)

@@ -112,7 +112,7 @@ def test_every_connector_metric_arrives_exact_typed_and_under_its_tenant(
         set_global=False,
     )
     metrics = connector_metrics(
-        telemetry, version="1.2.3", certificate_path=_certificate(tmp_path / "connector.pem")
+        telemetry, certificate_path=_certificate(tmp_path / "connector.pem")
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{upstream}")
     unwatch = watch_connectivity(channel, metrics)
@@ -141,14 +141,14 @@ def test_every_connector_metric_arrives_exact_typed_and_under_its_tenant(
         assert _one(stack, f"connector_records_sent_total{where}") == sent_rows
         assert _one(stack, f"connector_queries_processed_total{where}") == queries
         errors = (
-            f'connector_errors_total{{job="{job}", tenant_id="acme", error_type="UNAVAILABLE"}}'
+            f'connector_errors_total{{job="{job}", tenant_id="acme", error_type="unavailable"}}'
         )
         assert _one(stack, errors) == failures
         assert _one(stack, f"connector_connected{where}") == 1
         assert 0 < _one(stack, f"connector_uptime_seconds{where}") < 600
         days = _one(stack, f"connector_certificate_expiry_days{where}")
         assert CERT_DAYS - 0.1 < days <= CERT_DAYS
-        assert _one(stack, f'connector_info{{job="{job}", version="1.2.3"}}') == 1
+        assert _one(stack, f'target_info{{job="{job}", service_version="1.2.3"}}') == 1
         # Last seen comes from the gateway, not the agent.
         last_seen = _one(stack, f'connector_last_seen_seconds{{service="{job}", tenant_id="acme"}}')
         assert 0 <= last_seen < 120
@@ -167,6 +167,11 @@ def test_every_connector_metric_arrives_exact_typed_and_under_its_tenant(
         ):
             assert _type_of(stack, name) == "gauge", name
         assert stack.query(f'{{job="{job}", tenant_id=~".+", tenant_id!="acme"}}') == []
+        # The series budget (docs/agents.md): 9 + 1 per error type, target_info and the
+        # gateway's two last-seen series included; this connector saw one error type.
+        own = _one(stack, f'count({{job="{job}", tenant_id="acme"}})')
+        seen = _one(stack, f'count({{__name__=~"connector_last_seen.*", service="{job}"}})')
+        assert own + seen == 9 + 1
         print(
             f"\nPrometheus saw bytes={sent_bytes} records={sent_rows} queries={queries} "
             f"errors={failures} certificate_days={days:.3f} last_seen={last_seen:.1f}s"

@@ -76,27 +76,34 @@ def test_a_connector_that_sends_shows_in_the_agents_overview(
         set_global=False,
     )
     counters = connector_metrics(telemetry)
-    # A first export at 0, then the batch: Prometheus sees the counter rise, as
-    # it does for a connector that has been running.
-    assert telemetry.force_flush(10_000)
-    stack.wait_for(f'connector_bytes_sent_total{{job="{service}"}}', lambda r: len(r) == 1)
-    counters.record_batch(rows=10, nbytes=4096)
-    assert telemetry.shutdown(timeout_s=10)
-    stack.wait_for(f'connector_bytes_sent_total{{job="{service}"}} == 4096', lambda r: len(r) == 1)
+    try:
+        # A first export at 0, then the batch: Prometheus sees the counter rise, as
+        # it does for a connector that has been running.
+        assert telemetry.force_flush(10_000)
+        stack.wait_for(f'connector_bytes_sent_total{{job="{service}"}}', lambda r: len(r) == 1)
+        counters.record_batch(rows=10, nbytes=4096)
+        # Flushed, not shut down: a clean stop would show the row as stopped.
+        assert telemetry.force_flush(10_000)
+        stack.wait_for(
+            f'connector_bytes_sent_total{{job="{service}"}} == 4096', lambda r: len(r) == 1
+        )
 
-    panels = {panel["title"]: panel for panel in panels_of(dashboards()["agents-overview"])}
-    keys_of_row = {"tenant_id": "acme", "service": service}
-    deadline = time.monotonic() + 60
-    row = _table_row(stack, panels["Connectors"], keys_of_row)
-    while time.monotonic() < deadline and (
-        row["Last seen"] is None or not row["Bytes sent (range)"]
-    ):
-        time.sleep(1)
+        panels = {panel["title"]: panel for panel in panels_of(dashboards()["agents-overview"])}
+        keys_of_row = {"tenant_id": "acme", "service": service}
+        deadline = time.monotonic() + 60
         row = _table_row(stack, panels["Connectors"], keys_of_row)
-    assert row["Status"] == 1.0, row  # 🟢 reporting
-    assert row["Last seen"] is not None
-    assert 0 <= row["Last seen"] < 120, row
-    assert row["Bytes sent (range)"], row
+        # Status comes from a recording rule over last seen: one evaluation later.
+        while time.monotonic() < deadline and (
+            row["Status"] is None or row["Last seen"] is None or not row["Bytes sent (range)"]
+        ):
+            time.sleep(1)
+            row = _table_row(stack, panels["Connectors"], keys_of_row)
+        assert row["Status"] == 1.0, row  # 🟢 reporting
+        assert row["Last seen"] is not None
+        assert 0 <= row["Last seen"] < 120, row
+        assert row["Bytes sent (range)"], row
+    finally:
+        telemetry.shutdown(timeout_s=10)
 
     # Recording rules run every 10 s: the panel over them follows within one round.
     [traffic] = panels["Data sent per tenant"]["targets"]

@@ -70,6 +70,7 @@ def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(
         "etl",
         api_key=keys["acme"],
         endpoint=stack.gateway_grpc_endpoint,
+        service_version="7.1.0",
         environ={},
         set_global=False,
     )
@@ -93,24 +94,31 @@ def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(
 
     selector = f'job="{job}",tenant_id="acme"'
     flow_sel = f'{selector},flow="nightly"'
-    assert value(f'agent_flows_executed_total{{{flow_sel},state="completed"}}') == 1
-    assert value(f'agent_flows_executed_total{{{flow_sel},state="failed"}}') == 1
+    assert value(f"agent_flows_executed_total{{{flow_sel}}}") == 2
     assert value(f"agent_flows_success_total{{{flow_sel}}}") == 1
     assert value(f"agent_flows_failed_total{{{flow_sel}}}") == 1
-    task_sel = f'{flow_sel},task="extract"'
-    assert value(f'agent_tasks_executed_total{{{task_sel},state="completed"}}') == 2
-    assert value(f"agent_tasks_failed_total{{{task_sel}}}") == 0
-    assert value(f"agent_task_retries_total{{{task_sel}}}") == 1
-    assert value(f'agent_flow_duration_seconds_count{{{flow_sel},state="completed"}}') == 1
+    # Task counters count the whole agent by default (OTEL_AGENTS_TASK_DETAIL).
+    assert value(f"agent_tasks_executed_total{{{selector}}}") == 2
+    assert value(f"agent_tasks_failed_total{{{selector}}}") == 0
+    assert value(f"agent_task_retries_total{{{selector}}}") == 1
+    # One histogram for the agent's flows: both runs, 10 boundaries from 1 s to 6 h.
+    assert value(f"agent_flow_duration_seconds_count{{{selector}}}") == 2
     buckets = stack.wait_for(
-        f'agent_flow_duration_seconds_bucket{{{flow_sel},state="completed"}}',
-        lambda r: len(r) > 1,
+        f"agent_flow_duration_seconds_bucket{{{selector}}}", lambda r: len(r) == 11
     )
-    assert {b["metric"]["le"] for b in buckets} >= {"0.1", "1", "60", "3600", "+Inf"}
+    assert {b["metric"]["le"] for b in buckets} >= {"1", "60", "3600", "21600", "+Inf"}
     assert 0 < value(f"agent_last_flow_duration_seconds{{{flow_sel}}}") < 60
     assert value(f"agent_uptime_seconds{{{selector}}}") > 0
     assert value(f"agent_connected{{{selector}}}") == 1
-    assert value(f'agent_info{{{selector},version="7.1.0"}}') == 1
+    assert value(f'target_info{{{selector},service_version="7.1.0"}}') == 1
+    # The series budget (docs/agents.md): 4 per flow + 21, target_info and the
+    # gateway's two last-seen series included.
+    own = stack.query(f"count({{{selector}}})")
+    last_seen = stack.wait_for(
+        f'count({{__name__=~"agent_last_seen.*",service="{job}",tenant_id="acme"}})',
+        lambda r: len(r) == 1 and r[0]["value"][1] == "2",
+    )
+    assert int(own[0]["value"][1]) + int(last_seen[0]["value"][1]) == 4 * 1 + 21
     for name, kind in [
         ("agent_flows_executed_total", "counter"),
         ("agent_flows_success_total", "counter"),
@@ -133,9 +141,6 @@ def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(
         "instance",
         "tenant_id",
         "flow",
-        "task",
-        "state",
-        "version",
         "le",
         *_pipeline_labels(),
     }

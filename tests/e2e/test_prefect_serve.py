@@ -97,7 +97,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0) -> An
     raise AssertionError(f"after {timeout:.0f} s: {what} (last: {last!r})")
 
 
-def _agent_env(prefect_api: str, endpoint: str, tmp_path: Path) -> dict[str, str]:
+def _agent_env(prefect_api: str, endpoint: str, tmp_path: Path, **settings: str) -> dict[str, str]:
     """The runner/worker's environment: the plugin switched on, no metrics code anywhere."""
     return {
         **os.environ,
@@ -111,6 +111,7 @@ def _agent_env(prefect_api: str, endpoint: str, tmp_path: Path) -> dict[str, str
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "OTEL_SERVICE_NAME": "e2e-data-agent",
+        **settings,
     }
 
 
@@ -146,11 +147,12 @@ def test_serve_counts_each_run_once_from_one_identity(prefect_api: str, tmp_path
         temporary_settings({PREFECT_API_URL: prefect_api}),
         started(
             [sys.executable, "agent_flows.py"],
-            _agent_env(prefect_api, endpoint, tmp_path),
+            # The setting reaches the runner like any other: from its environment.
+            _agent_env(prefect_api, endpoint, tmp_path, OTEL_AGENTS_TASK_DETAIL="true"),
             tmp_path,
         ),
     ):
-        _run_scenarios(receiver, tmp_path)
+        _run_scenarios(receiver, tmp_path, task_detail=True)
 
 
 def test_process_worker_counts_each_run_once_from_one_identity(
@@ -178,10 +180,10 @@ def test_process_worker_counts_each_run_once_from_one_identity(
                 tmp_path,
             ),
         ):
-            _run_scenarios(receiver, tmp_path)
+            _run_scenarios(receiver, tmp_path, task_detail=False)
 
 
-def _run_scenarios(receiver: OtlpReceiver, tmp: Path) -> None:
+def _run_scenarios(receiver: OtlpReceiver, tmp: Path, *, task_detail: bool) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Cancelling
@@ -226,21 +228,18 @@ def _run_scenarios(receiver: OtlpReceiver, tmp: Path) -> None:
         "endless": "CANCELLED",
     }, (tmp / "agent.log").read_text()[-3000:]
 
-    expected_flows = {
-        ("nightly", "completed"): 2,
-        ("broken", "failed"): 1,
-        ("parent", "completed"): 1,
-        ("child", "completed"): 2,
-        ("killed", "crashed"): 1,
-        ("endless", "cancelled"): 1,
-    }
+    expected_flows = {"nightly": 2, "broken": 1, "parent": 1, "child": 2, "killed": 1, "endless": 1}
 
-    def flow_counts() -> dict[tuple[str, str], float]:
-        points = receiver.latest("agent.flows_executed")
+    def counts(name: str) -> dict[tuple[tuple[str, str], ...], float]:
         return {
-            (dict(labels)["flow"], dict(labels)["state"]): value
-            for (_, labels), value in points.items()
+            tuple(sorted(labels)): value
+            for (_, labels), value in receiver.latest(name).items()
             if value
+        }
+
+    def flow_counts() -> dict[str, float]:
+        return {
+            dict(labels)["flow"]: value for labels, value in counts("agent.flows_executed").items()
         }
 
     try:
@@ -250,29 +249,27 @@ def _run_scenarios(receiver: OtlpReceiver, tmp: Path) -> None:
             f"{flow_counts()} != {expected_flows}\n" + (tmp / "agent.log").read_text()[-3000:]
         ) from None
 
-    tasks = {
-        (dict(labels)["task"], dict(labels).get("flow"), dict(labels)["state"]): value
-        for (_, labels), value in receiver.latest("agent.tasks_executed").items()
-        if value
-    }
-    assert tasks == {
-        ("flaky", "nightly", "completed"): 2,
-        ("extract", "nightly", "completed"): 2,
-        ("extract", "child", "completed"): 2,
+    success = {dict(labels)["flow"]: v for labels, v in counts("agent.flows_success").items()}
+    assert success == {"nightly": 2, "parent": 1, "child": 2}
+    failed = {dict(labels)["flow"]: v for labels, v in counts("agent.flows_failed").items()}
+    assert failed == {"broken": 1, "killed": 1}  # failed, crashed; endless was cancelled
+    per_task = {
+        ("flaky", "nightly"): 2,
+        ("extract", "nightly"): 2,
+        ("extract", "child"): 2,
         # The killed run's task finished before the kill: it was written at once.
-        ("extract", "killed", "completed"): 1,
+        ("extract", "killed"): 1,
     }
-    retries = {
-        dict(labels)["task"]: v
-        for (_, labels), v in receiver.latest("agent.task_retries").items()
-        if v
-    }
-    assert retries == {"flaky": 2}
-    failed = {
-        dict(labels)["flow"]: v
-        for (_, labels), v in receiver.latest("agent.flows_failed").items()
-        if v
-    }
-    assert failed == {"broken": 1, "killed": 1}
+    retries = counts("agent.task_retries")
+    if task_detail:
+        tasks = {
+            (dict(labels)["task"], dict(labels).get("flow")): v
+            for labels, v in counts("agent.tasks_executed").items()
+        }
+        assert tasks == per_task
+        assert retries == {(("flow", "nightly"), ("task", "flaky")): 2}
+    else:  # one series per agent
+        assert counts("agent.tasks_executed") == {(): sum(per_task.values())}
+        assert retries == {(): 2}
     # Series do not multiply per run: one process, one identity, exported everything.
     assert len(receiver.instances()) == 1

@@ -25,7 +25,6 @@ CONTRACT = frozenset(
         "connector_uptime_seconds",
         "connector_connected",
         "connector_certificate_expiry_days",
-        "connector_info",
         # Data Agent
         "agent_flows_executed_total",
         "agent_flows_success_total",
@@ -37,7 +36,6 @@ CONTRACT = frozenset(
         "agent_flow_duration_seconds_count",
         "agent_uptime_seconds",
         "agent_connected",
-        "agent_info",
         # the gateway's own /metrics
         "connector_last_seen_seconds",
         "agent_last_seen_seconds",

@@ -76,7 +76,7 @@ def test_one_call_counts_queries_bytes_arrow_records_errors_and_connection(upstr
         "connector.bytes_sent": len(payload),
         "connector.records_sent": 25,
         "connector.queries_processed": 2,
-        "connector.errors": {"INVALID_ARGUMENT": 1},
+        "connector.errors": {"rejected": 1},
         "connector.connected": 1,
     }
     channel.close()

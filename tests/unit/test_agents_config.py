@@ -36,6 +36,7 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert (c.certificate_file, c.client_certificate_file, c.client_key_file) == (None, None, None)
     assert c.exporter_enabled
     assert not c.sdk_disabled
+    assert not c.task_detail
     assert c.warnings == ()
 
 
@@ -288,6 +289,7 @@ def test_an_unsendable_api_key_is_refused_without_echoing_it() -> None:
     [
         ("OTEL_EXPORTER_OTLP_INSECURE", "yes", "insecure", False, "true or false"),
         ("OTEL_SDK_DISABLED", "1", "sdk_disabled", False, "true or false"),
+        ("OTEL_AGENTS_TASK_DETAIL", "on", "task_detail", False, "true or false"),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli", "compression", "gzip", "gzip, none"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc", "timeout_s", 10.0, "milliseconds"),
         ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "-5", "timeout_s", 10.0, "milliseconds"),
@@ -340,6 +342,12 @@ def test_a_value_surely_meant_as_seconds_is_read_as_seconds_with_a_warning(
     [warning] = c.warnings
     assert warning.startswith(f"{variable}=5 is read as 5 seconds")
     assert "write 5000" in warning
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("TRUE", True), ("false", False)])
+def test_task_detail_is_a_boolean(value: str, expected: bool) -> None:
+    c = config(OTEL_AGENTS_TASK_DETAIL=value)
+    assert (c.task_detail, c.warnings) == (expected, ())
 
 
 def test_a_timeout_of_zero_means_no_limit() -> None:

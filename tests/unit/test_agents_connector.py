@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import grpc
 import pyarrow as pa  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
@@ -23,7 +24,7 @@ from opentelemetry.sdk.metrics.export import (
 
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 from otel_agents.arrow import count_record_batch, ipc_row_count
-from otel_agents.connector import MAX_ERROR_TYPES, ConnectorMetrics, error_type_of
+from otel_agents.connector import ERROR_TYPES, ConnectorMetrics, error_type_of
 
 Points = dict[str, dict[frozenset[tuple[str, object]], float]]
 
@@ -58,7 +59,7 @@ def test_every_instrument_with_its_unit_kind_and_no_attributes(
     telemetry: tuple[AgentTelemetry, InMemoryMetricReader],
 ) -> None:
     t, reader = telemetry
-    metrics = connector_metrics(t, version="2.4.1")
+    metrics = connector_metrics(t)
     metrics.record_batch(10, 2048)
     metrics.record_query()
     metrics.set_connected(True)
@@ -71,7 +72,6 @@ def test_every_instrument_with_its_unit_kind_and_no_attributes(
         "connector.queries_processed": ("{query}", "Sum"),
         "connector.uptime": ("s", "Gauge"),
         "connector.connected": ("", "Gauge"),
-        "connector.info": ("", "Gauge"),
     }
     for name, (_, data) in found.items():
         if isinstance(data, Sum):
@@ -80,7 +80,6 @@ def test_every_instrument_with_its_unit_kind_and_no_attributes(
     values = points(reader)
     assert values["connector.bytes_sent"] == {frozenset(): 2048}
     assert values["connector.connected"] == {frozenset(): 1}
-    assert values["connector.info"] == {frozenset({("version", "2.4.1")}): 1}
 
 
 def test_totals_are_exact_and_cumulative_across_collections(
@@ -104,10 +103,7 @@ def test_totals_are_exact_and_cumulative_across_collections(
     assert first["connector.records_sent"] == {frozenset(): 15}
     assert first["connector.bytes_sent"] == {frozenset(): 3048}
     assert first["connector.queries_processed"] == {frozenset(): 3}
-    assert first["connector.errors"] == {
-        frozenset({("error_type", "UNAVAILABLE")}): 2,
-        frozenset({("error_type", "TimeoutError")}): 1,
-    }
+    assert first["connector.errors"] == {frozenset({("error_type", "unavailable")}): 3}
     assert points(reader)["connector.records_sent"] == {frozenset(): 16}
 
 
@@ -139,10 +135,11 @@ def test_one_instance_per_telemetry_and_later_options_are_ignored_with_a_warning
     telemetry: tuple[AgentTelemetry, InMemoryMetricReader], caplog: pytest.LogCaptureFixture
 ) -> None:
     t, reader = telemetry
-    first = connector_metrics(t, version="1.0")
+    first = connector_metrics(t, certificate_path="/first.pem")
     assert connector_metrics(t) is first
+    assert connector_metrics(t, version="2.0") is first  # accepted, never a series
     assert not caplog.records
-    assert connector_metrics(t, version="2.0") is first
+    assert connector_metrics(t, certificate_path="/other.pem") is first
     assert "already called" in caplog.text
     first.record_batch(1, 10)
     connector_metrics(t).record_batch(1, 10)
@@ -176,22 +173,23 @@ def test_bad_values_are_ignored_with_one_warning(
     assert points(reader)["connector.bytes_sent"] == {frozenset(): 20}
 
 
-def test_error_types_beyond_the_cap_are_counted_as_other(
-    telemetry: tuple[AgentTelemetry, InMemoryMetricReader], caplog: pytest.LogCaptureFixture
+def test_every_error_is_one_of_three_kinds_whatever_its_code(
+    telemetry: tuple[AgentTelemetry, InMemoryMetricReader],
 ) -> None:
     t, reader = telemetry
     metrics = connector_metrics(t)
-    for i in range(MAX_ERROR_TYPES + 5):
-        metrics.record_error(f"type-{i}")
-    metrics.record_error("type-0")
-    errors = points(reader)["connector.errors"]
-    assert len(errors) == MAX_ERROR_TYPES + 1
-    assert errors[frozenset({("error_type", "other")})] == 5
-    assert errors[frozenset({("error_type", "type-0")})] == 2
-    assert len(caplog.records) == 1
+    codes = [code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK]
+    for name in [*codes, "SomethingElse", *ERROR_TYPES]:
+        metrics.record_error(name)
+    # Each error_type is a series of every connector: a fixed three keeps the budget.
+    assert points(reader)["connector.errors"] == {
+        frozenset({("error_type", "unavailable")}): 5 + 1,
+        frozenset({("error_type", "rejected")}): 8 + 1,
+        frozenset({("error_type", "failed")}): 3 + 1 + 1,
+    }
 
 
-def test_error_type_of_prefers_a_grpc_status_code_name() -> None:
+def test_error_type_of_reads_a_grpc_status_code_else_the_exception() -> None:
     class FakeRpcError(Exception):
         def code(self) -> object:
             return type("Code", (), {"name": "DEADLINE_EXCEEDED"})()
@@ -200,9 +198,11 @@ def test_error_type_of_prefers_a_grpc_status_code_name() -> None:
         def code(self) -> int:
             raise RuntimeError("not a status")
 
-    assert error_type_of(FakeRpcError()) == "DEADLINE_EXCEEDED"
-    assert error_type_of(OddCode()) == "OddCode"
-    assert error_type_of(ConnectionResetError()) == "ConnectionResetError"
+    assert error_type_of(FakeRpcError()) == "unavailable"
+    assert error_type_of(OddCode()) == "failed"
+    assert error_type_of(ConnectionResetError()) == "unavailable"
+    assert error_type_of(TimeoutError()) == "unavailable"
+    assert error_type_of(ValueError()) == "failed"
 
 
 def test_disabled_telemetry_accepts_every_call() -> None:

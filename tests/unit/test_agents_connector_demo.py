@@ -62,7 +62,7 @@ def test_refused_calls_are_counted_as_unavailable(upstream: tuple[Upstream, int]
     with pytest.raises(grpc.RpcError):
         channel.unary_unary(PUT, None, None)(payload, timeout=5)
     side.wait_ended(2)
-    assert side.values()["errors"] == {"UNAVAILABLE": 2}
+    assert side.values()["errors"] == {"unavailable": 2}
     assert handlers.rows == 0
     channel.close()
 

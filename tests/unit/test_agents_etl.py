@@ -25,7 +25,19 @@ from otel_agents.etl import FLOW_DURATION_BUCKETS, EtlMetrics, etl_metrics
 def etl() -> Iterator[tuple[EtlMetrics, InMemoryMetricReader]]:
     reader = InMemoryMetricReader()
     telemetry = setup_metrics("data-agent", "etl", environ={}, reader=reader, set_global=False)
-    yield etl_metrics(telemetry, version="2.0.1"), reader
+    yield etl_metrics(telemetry), reader
+    telemetry.shutdown()
+
+
+@pytest.fixture
+def detailed() -> Iterator[tuple[EtlMetrics, InMemoryMetricReader]]:
+    """With OTEL_AGENTS_TASK_DETAIL=true: task counters by flow and task."""
+    reader = InMemoryMetricReader()
+    environ = {"OTEL_AGENTS_TASK_DETAIL": "true"}
+    telemetry = setup_metrics("data-agent", "etl", environ=environ, reader=reader, set_global=False)
+    metrics = etl_metrics(telemetry)
+    assert metrics.task_detail
+    yield metrics, reader
     telemetry.shutdown()
 
 
@@ -81,7 +93,6 @@ def test_names_units_and_kinds_make_the_contracted_prometheus_names(
         "agent_last_flow_duration_seconds": "Gauge",
         "agent_uptime_seconds": "Gauge",
         "agent_connected": "Gauge",
-        "agent_info": "Gauge",
     }
     for metric in found.values():
         if isinstance(metric.data, Sum | Histogram):
@@ -94,38 +105,54 @@ def test_flow_outcomes(etl: tuple[EtlMetrics, InMemoryMetricReader]) -> None:
     metrics, reader = etl
     for state in ("completed", "completed", "failed", "crashed", "cancelled"):
         metrics.record_flow_finished("nightly", state, 3.0)
+    metrics.record_flow_finished("hourly", "completed", 40.0)
     found = metrics_by_name(reader)
-    assert values(found["agent.flows_executed"]) == {
-        frozenset({("flow", "nightly"), ("state", "completed")}): 2,
-        frozenset({("flow", "nightly"), ("state", "failed")}): 1,
-        frozenset({("flow", "nightly"), ("state", "crashed")}): 1,
-        frozenset({("flow", "nightly"), ("state", "cancelled")}): 1,
-    }
-    assert values(found["agent.flows_success"]) == {frozenset({("flow", "nightly")}): 2}
-    assert values(found["agent.flows_failed"]) == {frozenset({("flow", "nightly")}): 2}
-    assert values(found["agent.last_flow_duration"]) == {frozenset({("flow", "nightly")}): 3.0}
+    nightly, hourly = frozenset({("flow", "nightly")}), frozenset({("flow", "hourly")})
+    # One series per flow whatever the states: cancelled = executed - success - failed.
+    assert values(found["agent.flows_executed"]) == {nightly: 5, hourly: 1}
+    assert values(found["agent.flows_success"]) == {nightly: 2, hourly: 1}
+    assert values(found["agent.flows_failed"]) == {nightly: 2, hourly: 0}
+    assert values(found["agent.last_flow_duration"]) == {nightly: 3.0, hourly: 40.0}
+    # One histogram for the agent: every flow's runs, 10 boundaries from 1 s to 6 h.
     histogram = found["agent.flow.duration"].data
     assert isinstance(histogram, Histogram)
-    assert tuple(histogram.data_points[0].explicit_bounds) == FLOW_DURATION_BUCKETS
+    [point] = histogram.data_points
+    assert (point.attributes, point.count, point.sum) == ({}, 6, 55.0)
+    assert tuple(point.explicit_bounds) == FLOW_DURATION_BUCKETS
+    assert len(FLOW_DURATION_BUCKETS) == 10
+    assert (FLOW_DURATION_BUCKETS[0], FLOW_DURATION_BUCKETS[-1]) == (1.0, 6 * 3600.0)
 
 
-def test_tasks_retries_and_a_task_outside_any_flow(
+def _record_tasks(metrics: EtlMetrics) -> None:
+    metrics.record_task_finished("load", "completed", flow_name="nightly", retries=1)
+    metrics.record_task_finished("load", "crashed", flow_name="nightly")
+    metrics.record_task_finished("extract", "cancelled", flow_name="hourly")
+    metrics.record_task_finished("ping", "completed")
+
+
+def test_task_counters_count_the_whole_agent_by_default(
     etl: tuple[EtlMetrics, InMemoryMetricReader],
 ) -> None:
     metrics, reader = etl
-    metrics.record_task_finished("load", "completed", flow_name="nightly", retries=1)
-    metrics.record_task_finished("load", "crashed", flow_name="nightly")
-    metrics.record_task_finished("ping", "completed")
+    _record_tasks(metrics)
     found = metrics_by_name(reader)
-    in_flow = frozenset({("task", "load"), ("flow", "nightly")})
-    executed = {k: v for k, v in values(found["agent.tasks_executed"]).items() if v}
-    assert executed == {
-        in_flow | {("state", "completed")}: 1,
-        in_flow | {("state", "crashed")}: 1,
-        frozenset({("task", "ping"), ("state", "completed")}): 1,
-    }
-    assert values(found["agent.tasks_failed"])[in_flow] == 1
-    assert values(found["agent.task_retries"])[in_flow] == 1
+    assert values(found["agent.tasks_executed"]) == {frozenset(): 4}
+    assert values(found["agent.tasks_failed"]) == {frozenset(): 1}
+    assert values(found["agent.task_retries"]) == {frozenset(): 1}
+
+
+def test_task_detail_counts_each_task_of_each_flow_and_tasks_outside_any_flow(
+    detailed: tuple[EtlMetrics, InMemoryMetricReader],
+) -> None:
+    metrics, reader = detailed
+    _record_tasks(metrics)
+    found = metrics_by_name(reader)
+    load = frozenset({("task", "load"), ("flow", "nightly")})
+    extract = frozenset({("task", "extract"), ("flow", "hourly")})
+    ping = frozenset({("task", "ping")})
+    assert values(found["agent.tasks_executed"]) == {load: 2, extract: 1, ping: 1}
+    assert values(found["agent.tasks_failed"]) == {load: 1, extract: 0, ping: 0}
+    assert values(found["agent.task_retries"]) == {load: 1, extract: 0, ping: 0}
 
 
 def test_every_series_of_a_new_flow_starts_at_zero(
@@ -134,11 +161,12 @@ def test_every_series_of_a_new_flow_starts_at_zero(
     metrics, reader = etl
     metrics.flow_started("nightly")
     metrics.task_started("extract", "nightly")
+    metrics.task_started("load", "nightly")
     found = metrics_by_name(reader)
-    assert len(values(found["agent.flows_executed"])) == 4
-    assert set(values(found["agent.flows_failed"]).values()) == {0}
-    assert len(values(found["agent.tasks_executed"])) == 4
-    assert set(values(found["agent.task_retries"]).values()) == {0}
+    for name in ("agent.flows_executed", "agent.flows_success", "agent.flows_failed"):
+        assert values(found[name]) == {frozenset({("flow", "nightly")}): 0}, name
+    for name in ("agent.tasks_executed", "agent.tasks_failed", "agent.task_retries"):
+        assert values(found[name]) == {frozenset(): 0}, name
 
 
 def test_unknown_state_is_dropped_with_one_warning(
@@ -164,7 +192,7 @@ def test_no_run_ids_or_parameters_can_reach_a_label(
         for point in metric.data.data_points
         for key in (point.attributes or {})
     }
-    assert keys <= {"flow", "task", "state", "version"}
+    assert keys == {"flow"}
 
 
 def test_gauge_kinds(etl: tuple[EtlMetrics, InMemoryMetricReader]) -> None:

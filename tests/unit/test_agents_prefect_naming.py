@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics.export import Gauge, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from otel_agents import setup_metrics
 from otel_agents.prefect.naming import AgentName, agent_name, main_script_name
@@ -71,7 +70,7 @@ def test_nothing_names_an_interactive_agent_and_the_note_says_what_to_set() -> N
     note = name.note()
     assert note is not None
     assert "'prefect-agent', as nothing else names it" in note
-    assert "no version, so agent_info is not reported" in note
+    assert "has no version, so Prometheus shows none" in note
     for setting in ("service_name=", "version=", "OTEL_SERVICE_NAME", "service.version"):
         assert setting in note
 
@@ -89,36 +88,40 @@ def test_a_later_call_keeps_what_an_earlier_one_was_given() -> None:
     assert plugin.over(caller) == caller
 
 
-def _info(reader: InMemoryMetricReader) -> list[dict[str, Any]]:
+def _service_version(reader: InMemoryMetricReader) -> object:
     data = reader.get_metrics_data()
     assert data is not None
-    return [
-        dict(point.attributes or {})
-        for resource in data.resource_metrics
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == "agent.info" and isinstance(metric.data, Gauge)
-        for point in metric.data.data_points
-    ]
+    return data.resource_metrics[0].resource.attributes.get("service.version")
 
 
 @pytest.mark.parametrize(
-    ("name", "info", "logged"),
+    ("asked", "given", "shown", "logged"),
     [
-        (AgentName("etl", "1.4.0", "argument", "argument"), [{"version": "1.4.0"}], 0),
-        # Never this library's version: none is known, so no agent_info, and one line.
-        (AgentName("etl", None, "argument", "nothing"), [], 1),
+        ("1.4.0", "1.4.0", "1.4.0", []),
+        # The telemetry's version is the one Prometheus shows (target_info): said once.
+        ("1.4.0", None, None, ["version '1.4.0' is not reported"]),
+        (None, "1.4.0", "1.4.0", []),
+        # Never this library's version: none is known, so none is shown, and one line.
+        (None, None, None, ["has no version"]),
     ],
 )
 def test_the_agents_version_and_never_the_librarys_is_reported(
-    name: AgentName, info: list[dict[str, Any]], logged: int, caplog: pytest.LogCaptureFixture
+    asked: str | None,
+    given: str | None,
+    shown: str | None,
+    logged: list[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     reader = InMemoryMetricReader()
-    telemetry = setup_metrics("etl", "etl", environ={}, reader=reader, set_global=False)
+    telemetry = setup_metrics(
+        "etl", "etl", environ={}, reader=reader, service_version=given, set_global=False
+    )
+    name = AgentName("etl", asked, "argument", "argument" if asked else "nothing")
     lazy = LazyMetrics(name, telemetry, lambda *_: None)
     with caplog.at_level(logging.WARNING):
         assert lazy() is not None
-    assert _info(reader) == info
-    notes = [r.getMessage() for r in caplog.records if "Prefect agent" in r.getMessage()]
-    assert len(notes) == logged
+    assert _service_version(reader) == shown
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == len(logged), lines
+    assert all(part in line for part, line in zip(logged, lines, strict=True))
     assert telemetry.shutdown()

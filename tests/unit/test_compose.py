@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from gateway.settings import GatewaySettings
+from scripts.shards import GLOBAL_RULE_FILES, evaluation_interval, shard_config
+from scripts.thanos import ALERT_LABEL_DROP, RECEIVE_TENANT_LABEL, REPLICA_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -27,6 +29,7 @@ PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 COMPOSE_TARGETS = REPO / "prometheus" / "targets" / "compose"
 CONSTRAINTS = REPO / "constraints.txt"
 DEMO_DOCKERFILE = REPO / "Dockerfile.demo"
+THANOS_GO_MOD = REPO / "thanos" / "go.mod"
 
 COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
 # The Collector's stable modules (the confmap providers) are versioned v1.x in
@@ -46,6 +49,11 @@ DEMO_SERVICES = {
     "demo-data-agent-acme": "scripts.demo_data_agent",
     "demo-data-agent-globex": "scripts.demo_data_agent",
 }
+# Profile thanos: past one Prometheus (docs/scaling.md).
+SHARD_SERVICES = {"prometheus-shard-0": 0, "prometheus-shard-1": 1}
+THANOS_COMPONENTS = {"thanos-receive": "receive", "thanos-query": "query", "thanos-rule": "rule"}
+THANOS_SERVICES = set(SHARD_SERVICES) | set(THANOS_COMPONENTS)
+THANOS_IMAGE = "thanosio/thanos"
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +199,7 @@ def test_collector_image_is_the_release_of_the_builder_manifest(
 def test_every_service_restarts_and_has_a_health_check(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    assert set(services) == CORE_SERVICES | set(DEMO_SERVICES)
+    assert set(services) == CORE_SERVICES | set(DEMO_SERVICES) | THANOS_SERVICES
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
     for name, service in services.items():
         assert service.get("restart") == "unless-stopped", name
@@ -230,10 +238,15 @@ def test_gateway_variables_name_settings_and_mounted_files(
     assert environment["GATEWAY_COLLECTOR_ENDPOINT"].split(":")[0] in services
 
 
+@pytest.mark.parametrize(
+    "prometheus_config",
+    [PROMETHEUS_CONFIG, *(shard_config(i, len(SHARD_SERVICES)) for i in SHARD_SERVICES.values())],
+    ids=lambda path: path.name,
+)
 def test_prometheus_target_files_name_compose_services(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], prometheus_config: Path
 ) -> None:
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    config = yaml.safe_load(prometheus_config.read_text(encoding="utf-8"))
     sources = [*config["scrape_configs"], *config["alerting"]["alertmanagers"]]
     target_files = [
         path
@@ -292,6 +305,10 @@ def test_data_volumes_keep_each_stateful_service(services: dict[str, dict[str, A
         "grafana": "/var/lib/grafana",
         "prefect": "/var/lib/prefect",
         "gateway": "/var/lib/otel-gateway",
+        "prometheus-shard-0": "/prometheus",
+        "prometheus-shard-1": "/prometheus",
+        "thanos-receive": "/var/thanos/receive",
+        "thanos-rule": "/var/thanos/rule",
     }
     for name, path in data_paths.items():
         volumes = [v for v in services[name]["volumes"] if v.split(":")[1] == path]
@@ -324,7 +341,8 @@ def test_demo_agents_run_only_in_the_demo_profile_and_send_to_the_gateway(
 ) -> None:
     for name, service in services.items():
         if name not in DEMO_SERVICES:
-            assert "profiles" not in service, name
+            expected = ["thanos"] if name in THANOS_SERVICES else None
+            assert service.get("profiles") == expected, name
             continue
         assert service["profiles"] == ["demo"], name
         assert service["build"]["dockerfile"] == DEMO_DOCKERFILE.name, name
@@ -358,3 +376,76 @@ def test_demo_image_build_context_holds_what_it_copies() -> None:
     assert copied, "Dockerfile.demo copies nothing"
     assert set(copied) <= allowed, f"not in the build context: {set(copied) - allowed}"
     assert all((REPO / source).exists() for source in copied)
+
+
+# -- profile thanos ---------------------------------------------------------------------
+
+
+def _flags(service: dict[str, Any], name: str) -> list[str]:
+    """The values of every `--name=value` in a service's command."""
+    return [a.split("=", 1)[1] for a in service["command"] if a.startswith(f"--{name}=")]
+
+
+def _listen_port(service: dict[str, Any], flag: str) -> str:
+    [address] = _flags(service, flag)
+    return address.rpartition(":")[2]
+
+
+def test_thanos_image_is_the_release_thanos_go_mod_builds(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    requires = [line.split() for line in THANOS_GO_MOD.read_text(encoding="utf-8").splitlines()]
+    [version] = [words[1] for words in requires if words[:1] == ["github.com/thanos-io/thanos"]]
+    for name, command in THANOS_COMPONENTS.items():
+        assert services[name]["image"] == f"{THANOS_IMAGE}:{version}", name
+        assert services[name]["command"][0] == command, name
+
+
+def test_prometheus_shards_run_the_repo_shard_files_like_prometheus(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prometheus = services["prometheus"]
+    for name, index in SHARD_SERVICES.items():
+        shard = services[name]
+        assert shard["image"] == prometheus["image"], name
+        [config] = _flags(shard, "config.file")
+        assert config == f"/etc/prometheus/{shard_config(index, len(SHARD_SERVICES)).name}"
+        # The same mounts as prometheus (rules, compose targets), its own data volume.
+        assert shard["volumes"][:2] == prometheus["volumes"][:2], name
+
+
+def test_shards_remote_write_to_the_receive_service(services: dict[str, dict[str, Any]]) -> None:
+    receive = services["thanos-receive"]
+    for index in SHARD_SERVICES.values():
+        config = yaml.safe_load(shard_config(index, len(SHARD_SERVICES)).read_text())
+        [target] = config["remote_write"]
+        url = target["url"]
+        assert url == (
+            f"http://thanos-receive:{_listen_port(receive, 'remote-write.address')}/api/v1/receive"
+        )
+
+
+def test_thanos_runs_as_the_native_stack_does(services: dict[str, dict[str, Any]]) -> None:
+    receive, query, rule = (services[name] for name in THANOS_COMPONENTS)
+    grpc = {name: _listen_port(services[name], "grpc-address") for name in THANOS_COMPONENTS}
+    http = {name: _listen_port(services[name], "http-address") for name in THANOS_COMPONENTS}
+
+    assert _flags(receive, "receive.tenant-label-name") == [RECEIVE_TENANT_LABEL]
+    assert _flags(query, "query.replica-label") == list(REPLICA_LABELS)
+    [endpoints] = _flags(query, "endpoint.sd-config")
+    assert [e["address"] for e in yaml.safe_load(endpoints)["endpoints"]] == [
+        f"thanos-receive:{grpc['thanos-receive']}",
+        f"thanos-rule:{grpc['thanos-rule']}",
+    ]
+
+    mounts = dict(v.split(":")[:2] for v in rule["volumes"] if v.startswith("./"))
+    rules_dir = Path(mounts["./prometheus/rules"])
+    assert _flags(rule, "rule-file") == [str(rules_dir / name) for name in GLOBAL_RULE_FILES]
+    assert _flags(rule, "eval-interval") == [evaluation_interval()]
+    assert _flags(rule, "query") == [f"http://thanos-query:{http['thanos-query']}"]
+    assert _flags(rule, "alert.label-drop") == list(ALERT_LABEL_DROP)
+    [alertmanager] = _flags(rule, "alertmanagers.url")
+    assert alertmanager == "http://alertmanager:9093"
+    assert "alertmanager:9093" in (COMPOSE_TARGETS / "alertmanager.json").read_text()
+    for component in (receive, query, rule):
+        assert _flags(component, "http-grace-period") == ["5s"]
