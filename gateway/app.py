@@ -2,91 +2,108 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry.metrics import Observation
 
+from gateway import instruments
 from gateway.auth import Authenticator
-from gateway.errors import GatewayError, Unauthenticated
+from gateway.chain import Chain
 from gateway.fleet import FleetTracker, create_fleet
-from gateway.forwarder import CollectorForwarder
+from gateway.forwarder import Collectors
 from gateway.inflight import InFlight
-from gateway.ingest import Ingestor
-from gateway.limits import Limits
+from gateway.ingest import Forwarder, Ingestor
+from gateway.limits import Limits, TenantLimits
 from gateway.settings import GatewaySettings
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import TenantRegistry
+from gateway.watch import FileWatcher
+
+
+class Collector(Forwarder, Protocol):
+    """The Collector as the gateway sees it: where requests go, whether it answers."""
+
+    async def is_ready(self, timeout_seconds: float = 1.0) -> bool:
+        """True when it answers (an empty export) within the timeout."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the connection."""
+        ...
 
 
 @dataclass
 class Gateway:
-    """Everything a transport adapter needs: tenants, the ingest path, telemetry."""
+    """Everything a transport adapter and the server need, built by `create`."""
 
     settings: GatewaySettings
     tenants: TenantRegistry
     authenticator: Authenticator
-    forwarder: CollectorForwarder
+    forwarder: Collector
     telemetry: GatewayTelemetry
     ingestor: Ingestor
-    # The agents' last-seen table, wired in __post_init__.
-    fleet: FleetTracker = field(init=False, repr=False)
-    # The bound on requests being handled, counted on the in-flight gauge.
-    in_flight: InFlight = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        """Wire the fleet tracker (told of every accepted request, exported on /metrics)
-        and the in-flight bound."""
-        self.in_flight = InFlight(
-            self.settings.max_in_flight_requests, self.settings.max_in_flight_bytes
-        )
-        self.telemetry.provider.get_meter("gateway").create_observable_up_down_counter(
-            "gateway.requests.in_flight",
-            [self.in_flight.observe],
-            "{request}",
-            "Export requests being handled.",
-        )
-
-        self.fleet = create_fleet(self.settings, self.telemetry.provider.get_meter("gateway.fleet"))
-        self.ingestor.observers.append(self.fleet)
+    in_flight: InFlight
+    """The bound on requests being handled, counted on the in-flight gauge."""
+    fleet: FleetTracker
+    """The agents' last-seen table: told of every request that passed its limits."""
+    chain: Chain
+    """The one request chain every transport runs."""
+    watcher: FileWatcher
+    """Re-reads the tenants, limits and JWT key files when they change."""
 
     @classmethod
-    def create(cls, settings: GatewaySettings) -> Gateway:
-        """Build the gateway's parts (no sockets are opened yet)."""
+    def create(cls, settings: GatewaySettings, forwarder: Collector | None = None) -> Gateway:
+        """Build the gateway's parts (no sockets are opened yet). `forwarder`
+        replaces the Collector (tests, benchmarks of the request path)."""
         telemetry = GatewayTelemetry.create()
-        forwarder = CollectorForwarder(
-            settings.collector_endpoint,
-            settings.forward_timeout_seconds,
-            max_message_bytes=settings.max_request_bytes * 2,
-            linger_seconds=settings.forward_linger_seconds,
+        provider = telemetry.provider
+        in_flight = InFlight(settings.max_in_flight_requests, settings.max_in_flight_bytes)
+        if forwarder is None:
+            collector = Collectors.connect(
+                settings.collector_endpoints,
+                settings.forward_timeout_seconds,
+                max_message_bytes=settings.max_request_bytes * 2,
+                linger_seconds=settings.forward_linger_seconds,
+            )
+            exports = instruments.COLLECTOR_EXPORTS
+            exports.observe(
+                provider.get_meter(exports.scope), lambda _: [Observation(collector.exports)]
+            )
+            forwarder = collector
+        limits = Limits(
+            TenantLimits.of(settings),
+            settings.limits_file,
+            reload_seconds=settings.limits_reload_seconds,
+            series_window_seconds=settings.active_series_window_seconds,
+            max_request_bytes_cap=2 * settings.max_request_bytes,
         )
-        ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes)
-        # Per-tenant limits (settings and limits file); active series on /metrics.
-        ingestor.use_limits(Limits.from_settings(settings))
-        telemetry.provider.get_meter("gateway.limits").create_observable_gauge(
-            "gateway.active_series",
-            callbacks=[ingestor.observe_active_series],
-            unit="{series}",
-            description="Series per tenant seen within the active-series window.",
-        )
-        telemetry.provider.get_meter("gateway.forwarder").create_observable_counter(
-            "gateway.collector.exports",
-            callbacks=[lambda _: [Observation(forwarder.exports)]],
-            unit="{export}",
-            description="Exports sent to the Collector; each carries one or more requests.",
-        )
-        tenants = TenantRegistry(settings.tenants_file)
-        # API keys, JWTs, client certificates, failed-authentication throttling.
+        ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes, limits=limits)
+        series = instruments.ACTIVE_SERIES
+        series.observe(provider.get_meter(series.scope), ingestor.observe_active_series)
+        gauge = instruments.REQUESTS_IN_FLIGHT
+        gauge.observe(provider.get_meter(gauge.scope), in_flight.observe)
+        fleet = create_fleet(settings, provider.get_meter(instruments.FLEET_AGENTS.scope))
+        ingestor.observers.append(fleet)
+        tenants = TenantRegistry(settings.tenants_file, settings.tenants_reload_seconds)
+        # API keys, admin keys, JWTs, client certificates, failed-authentication throttling.
         authenticator = Authenticator.create(settings, tenants)
-        return cls(settings, tenants, authenticator, forwarder, telemetry, ingestor)
-
-    def count_outcome(self, transport: str, tenant_id: str, error: GatewayError | None) -> None:
-        """Count one finished request (and its rejection reason, if any)."""
-        metrics = self.telemetry.metrics
-        outcome = "accepted" if error is None else error.reason
-        metrics.requests.add(
-            1, {"tenant_id": tenant_id, "transport": transport, "outcome": outcome}
+        watcher = FileWatcher()
+        watcher.watch(tenants.file)
+        if limits.file is not None:
+            watcher.watch(limits.file)
+        if authenticator.jwt is not None:
+            watcher.watch(authenticator.jwt.file)
+        chain = Chain(authenticator, in_flight, ingestor, telemetry.metrics)
+        return cls(
+            settings,
+            tenants,
+            authenticator,
+            forwarder,
+            telemetry,
+            ingestor,
+            in_flight,
+            fleet,
+            chain,
+            watcher,
         )
-        if error is not None:
-            metrics.rejections.add(1, {"tenant_id": tenant_id, "reason": error.reason})
-        if isinstance(error, Unauthenticated):
-            metrics.auth_failures.add(1, {"transport": transport, "reason": error.cause})

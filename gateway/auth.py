@@ -1,8 +1,12 @@
-"""Authentication at the edge: credentials in, a Tenant out.
+"""Authentication at the edge: credentials in, a principal out (a Tenant or the Admin).
 
 Transport adapters (gRPC, HTTP) collect the request's credentials into a
-`Credentials` value and call `Authenticator.authenticate` once; everything after
-it is given the resulting `Tenant`. A credential is one of:
+`Credentials` value; `Authenticator.authenticate` turns them into the one
+principal everything after it is given. A credential is one of:
+
+- an admin key, `authorization: Bearer <key>` whose SHA-256 is in
+  GATEWAY_ADMIN_KEY_SHA256: the `Admin`, who reads every tenant's fleet and
+  retires agents but sends no data;
 
 - an API key, `authorization: Bearer oga_<id>_<secret>` (see gateway.tenants);
 - a JWT, `authorization: Bearer <header>.<claims>.<signature>` (gateway.jwt_auth);
@@ -15,9 +19,11 @@ An address that fails too often is refused before any of this (gateway.throttle)
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from gateway.errors import Unauthenticated
@@ -42,6 +48,17 @@ class Credentials:
     """PEM of the client certificate the TLS handshake verified (mTLS), else None."""
 
 
+@dataclass(frozen=True)
+class Admin:
+    """The operator, by an admin key: every tenant's fleet, retiring agents; no data."""
+
+
+ADMIN = Admin()
+
+Principal = Tenant | Admin
+"""Who a request is, once authenticated."""
+
+
 def authorization_from(values: Iterable[str | bytes]) -> str | None:
     """The authorization value to put in `Credentials` from all the values a
     request carries: several are joined with ', ' (as HTTP combines repeated
@@ -51,7 +68,7 @@ def authorization_from(values: Iterable[str | bytes]) -> str | None:
 
 
 class Authenticator:
-    """Turns credentials into a tenant, or raises Unauthenticated."""
+    """Turns credentials into a principal, or raises Unauthenticated."""
 
     def __init__(
         self,
@@ -60,12 +77,14 @@ class Authenticator:
         certificates: CertificateTenants | None = None,
         throttle: FailureThrottle | None = None,
         require_known_tenant: bool = True,
+        admin_digests: Collection[str] = (),
     ) -> None:
         self.tenants = tenants
         self.jwt = jwt
         self.certificates = certificates
         self.throttle = throttle if throttle is not None else FailureThrottle(0, 1.0, 1.0)
         self.require_known_tenant = require_known_tenant
+        self.admin_digests = tuple(d.lower() for d in admin_digests)
 
     @classmethod
     def create(cls, settings: GatewaySettings, tenants: TenantRegistry) -> Authenticator:
@@ -81,16 +100,11 @@ class Authenticator:
             certificates=CertificateTenants.from_settings(settings),
             throttle=throttle,
             require_known_tenant=settings.require_known_tenant,
+            admin_digests=settings.admin_key_digests,
         )
 
-    def reload(self) -> None:
-        """Re-read the tenants file and the JWT key file if they changed."""
-        self.tenants.reload()
-        if self.jwt is not None:
-            self.jwt.reload()
-
-    def authenticate(self, credentials: Credentials) -> Tenant:
-        """The tenant the credentials prove; raise Unauthenticated (with a cause)."""
+    def authenticate(self, credentials: Credentials) -> Principal:
+        """The principal the credentials prove; raise Unauthenticated (with a cause)."""
         address = peer_address(credentials.peer)
         wait = self.throttle.retry_after(address)
         if wait > 0:
@@ -105,7 +119,18 @@ class Authenticator:
             self.throttle.record_failure(address)
             raise
 
-    def _authenticate(self, credentials: Credentials) -> Tenant:
+    def tenant(self, credentials: Credentials) -> Tenant:
+        """The tenant the credentials prove: data can only be sent as a tenant."""
+        principal = self.authenticate(credentials)
+        if not isinstance(principal, Tenant):
+            raise Unauthenticated(
+                "an admin key cannot send data: use the tenant's API key", cause="admin_key"
+            )
+        return principal
+
+    def _authenticate(self, credentials: Credentials) -> Principal:
+        if self.admin_digests and self._is_admin(credentials.authorization):
+            return ADMIN
         if self.certificates is None or credentials.client_certificate is None:
             return self._bearer_tenant(credentials.authorization)
         try:
@@ -119,6 +144,15 @@ class Authenticator:
                 cause="conflict",
             )
         return tenant
+
+    def _is_admin(self, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not BEARER_TOKEN.fullmatch(token):
+            return False
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        # Every digest is compared, in constant time each.
+        return sum(hmac.compare_digest(digest, known) for known in self.admin_digests) > 0
 
     def _bearer_tenant(self, authorization: str | None) -> Tenant:
         if not authorization:

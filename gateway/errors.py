@@ -64,6 +64,15 @@ REASONS: dict[str, Reason] = {
         ),
         Reason("collector_unavailable", grpc.StatusCode.UNAVAILABLE, 503, "request"),
         Reason("internal", grpc.StatusCode.INTERNAL, 500, "request"),
+        # HTTP only: a body the gateway does not read, a legacy report it cannot use,
+        # a key of another tenant than the URL names.
+        Reason("unsupported_media_type", _INVALID, 415, "request"),
+        Reason("invalid_report", _INVALID, 422, "request"),
+        Reason("tenant_mismatch", grpc.StatusCode.PERMISSION_DENIED, 403, "request"),
+        # The fleet admin API (POST /api/fleet/forget).
+        Reason("forbidden", grpc.StatusCode.PERMISSION_DENIED, 403, "request", "admin_key_sha256"),
+        Reason("unknown_agent", grpc.StatusCode.NOT_FOUND, 404, "request"),
+        Reason("ambiguous_agent", grpc.StatusCode.FAILED_PRECONDITION, 409, "request"),
         # Single data points dropped (first failing check wins, in this order).
         Reason("metric_name_not_allowed", _OK, 200, "points", "metric_name_patterns"),
         Reason("invalid_value", _OK, 200, "points"),
@@ -82,7 +91,10 @@ REASONS: dict[str, Reason] = {
 
 
 class GatewayError(Exception):
-    """Base of all refusals of a whole request; subclasses fix the reason and statuses."""
+    """Base of all refusals of a whole request; subclasses fix the reason and statuses.
+
+    This base itself is the `internal` refusal (a bug, logged with its traceback).
+    """
 
     reason: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
@@ -123,6 +135,16 @@ class RateLimited(GatewayError, reason="rate_limited"):
 class RequestTooLarge(GatewayError, reason="request_too_large"):
     """The request is over the tenant's `max_request_bytes`."""
 
+    @classmethod
+    def over(cls, limit: int, size: int | None = None) -> RequestTooLarge:
+        """The refusal of a request of `size` bytes (None: still arriving) over `limit`."""
+        what = "the request" if size is None else f"the request of {size} bytes"
+        return cls(
+            f"{what} is over the limit of {limit} bytes (setting max_request_bytes: "
+            "GATEWAY_MAX_REQUEST_BYTES or the limits file; counted uncompressed); send "
+            "smaller batches (max_export_batch_size in the OpenTelemetry SDK)"
+        )
+
 
 class InvalidRequest(GatewayError, reason="invalid_request"):
     """The request cannot be decoded or is not OTLP metrics."""
@@ -142,3 +164,31 @@ class Overloaded(GatewayError, reason="overloaded"):
 
 class CollectorUnavailable(GatewayError, reason="collector_unavailable"):
     """The Collector could not take the data; the client should retry."""
+
+
+class UnsupportedMediaType(GatewayError, reason="unsupported_media_type"):
+    """The body's Content-Type or Content-Encoding is not one the gateway reads."""
+
+
+class InvalidReport(GatewayError, reason="invalid_report"):
+    """A legacy report that is JSON but not a valid report; `detail` names each field."""
+
+    def __init__(self, message: str, detail: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class TenantMismatch(GatewayError, reason="tenant_mismatch"):
+    """The URL names another tenant than the credential's."""
+
+
+class Forbidden(GatewayError, reason="forbidden"):
+    """The credential is valid but may not do this (a tenant's key on the admin API)."""
+
+
+class UnknownAgent(GatewayError, reason="unknown_agent"):
+    """The fleet has no such agent."""
+
+
+class AmbiguousPrefix(GatewayError, reason="ambiguous_agent"):
+    """An instance prefix that matches several agents."""

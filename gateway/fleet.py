@@ -50,6 +50,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from gateway import instruments
 from gateway.enrich import TENANT_LABEL, claims_tenant
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
@@ -306,53 +307,17 @@ class FleetTracker:
     # -- metrics -----------------------------------------------------------------------
 
     def register_metrics(self, meter: Meter) -> None:
-        """The per-agent last-seen gauges (connector_last_seen_seconds, ...) and the
-        fleet's counts by state (gateway_fleet_agents)."""
-        for family in sorted(set(PAGED_TYPES.values())):
-            meter.create_observable_gauge(
-                f"{family}.last_seen",
-                callbacks=[self._observer(family, since=True)],
-                unit="s",
-                description=f"Seconds since the gateway last accepted data from this {family}.",
-            )
-            meter.create_observable_gauge(
-                f"{family}.last_seen.timestamp",
-                callbacks=[self._observer(family, since=False)],
-                unit="s",
-                description=f"Unix time the gateway last accepted data from this {family} "
-                "(for one that was up, at the latest its own restart).",
-            )
-        meter.create_observable_gauge(
-            "gateway.fleet.agents",
-            callbacks=[self._observe_counts],
-            unit="{agent}",
-            description="Agents the gateway knows, by tenant, type and state.",
-        )
+        """The fleet's counts by state (gateway_fleet_agents). The per-agent last-seen
+        series go to the Collectors (gateway.fleet_series)."""
+        instruments.FLEET_AGENTS.observe(meter, self._observe_counts)
 
-    def _observer(
-        self, family: str, since: bool
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def observe(options: CallbackOptions) -> Iterable[Observation]:
-            now = self.clock()
-            return [
-                Observation(
-                    now - row.silence_from if since else row.silence_from,
-                    {
-                        "tenant_id": row.tenant_id,
-                        # Not `instance`: Prometheus would rename it exported_instance,
-                        # as the gateway's scrape job keeps its own instance label.
-                        "agent_instance": row.instance,
-                        "service": row.service,
-                        "version": row.version,
-                        "host": row.host,
-                        "state": row.state,
-                    },
-                )
-                for row in self.sightings()
-                if row.family == family and row.state != "retired"
-            ]
-
-        return observe
+    def rows(self) -> list[Sighting]:
+        """The rows themselves, not copies, for a reader on the event loop that only
+        reads them (gateway.fleet_series); forgotten ones are removed first."""
+        now = self.clock()
+        with self._lock:
+            self._prune(now)
+            return [row for agents in self._tenants.values() for row in agents.values()]
 
     def _observe_counts(self, options: CallbackOptions) -> Iterable[Observation]:
         now = self.clock()

@@ -28,6 +28,9 @@ when a newer non-running one of the same agent exists.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable, Iterator
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -42,15 +45,17 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ScopeMetrics,
 )
 
-from gateway.fleet import Sighting
+from gateway.errors import GatewayError
+from gateway.fleet import FleetTracker, Sighting
+from gateway.ingest import Forwarder
+from gateway.instruments import LAST_SEEN
 
-SCOPE = "otel_agents.gateway"
+logger = logging.getLogger(__name__)
+
+SCOPE = LAST_SEEN["connector"][0].scope
 """Instrumentation scope of the fleet series (their `otel_scope_name` label)."""
-NAMES = {
-    "connector": ("connector.last_seen", "connector.last_seen.timestamp"),
-    "agent": ("agent.last_seen", "agent.last_seen.timestamp"),
-}
-"""Per family: (seconds since, timestamp), see the table above."""
+NAMES = {family: (since.name, timestamp.name) for family, (since, timestamp) in LAST_SEEN.items()}
+"""Per family: (seconds since, timestamp), see the table above (gateway.instruments)."""
 LINGER_SECONDS = 600.0
 """How long a stopped or retired agent's series are still sent (> metric_expiration)."""
 SLICE = 500
@@ -70,6 +75,26 @@ def fleet_requests(rows: Iterable[Sighting], now: float) -> Iterator[ExportMetri
             request = ExportMetricsServiceRequest()
     if request.resource_metrics:
         yield request
+
+
+async def publish(fleet: FleetTracker, forwarder: Forwarder, interval: float) -> None:
+    """Send the fleet series every `interval` seconds until cancelled. Each slice is
+    built and handed to the forwarder in turn, the event loop free between them, so
+    that exports keep flowing while 10,000 agents' series are built."""
+    while True:
+        started = time.monotonic()
+        failed: GatewayError | None = None
+        for request in fleet_requests(fleet.rows(), time.time()):
+            try:
+                await forwarder.forward(request)
+            except GatewayError as exc:
+                failed = exc
+            await asyncio.sleep(0)
+        if failed is not None:
+            logger.warning(
+                "the fleet's last-seen series did not all reach the Collectors: %s", failed
+            )
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
 def _agent_series(row: Sighting, family: str, now: float) -> ResourceMetrics:

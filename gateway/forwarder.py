@@ -1,4 +1,8 @@
-"""The only module that talks to the Collector: OTLP/gRPC export with a deadline.
+"""The only module that talks to the Collectors: OTLP/gRPC export with a deadline.
+
+With several Collectors (`GATEWAY_COLLECTOR_ENDPOINT` lists them), `Collectors`
+sends each agent's resources to its own one (gateway/shards.py), through one
+`CollectorForwarder` per Collector.
 
 Forwards are coalesced: while the Collector is answering one export, requests
 that arrive queue up and leave together as one export. Serialized OTLP
@@ -25,6 +29,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway.errors import CollectorUnavailable, GatewayError, InvalidRequest
+from gateway.shards import ShardMap
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +266,79 @@ class CollectorForwarder:
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = self._export = None
+
+
+class Collectors:
+    """Several Collectors as one forwarder: each agent's resources go to the
+    Collector `ShardMap` picks for it, always the same one while the list is."""
+
+    def __init__(self, forwarders: dict[str, CollectorForwarder]) -> None:
+        """`forwarders` by Collector address."""
+        self.shards = ShardMap(list(forwarders))
+        self._forwarders = list(forwarders.values())
+
+    @classmethod
+    def connect(
+        cls,
+        endpoints: tuple[str, ...],
+        timeout_seconds: float,
+        max_message_bytes: int,
+        *,
+        linger_seconds: float = 0.003,
+    ) -> Collectors:
+        """One forwarder per address, with the same settings."""
+        return cls(
+            {
+                endpoint: CollectorForwarder(
+                    endpoint, timeout_seconds, max_message_bytes, linger_seconds=linger_seconds
+                )
+                for endpoint in endpoints
+            }
+        )
+
+    @property
+    def exports(self) -> int:
+        """Exports sent to the Collectors so far."""
+        return sum(forwarder.exports for forwarder in self._forwarders)
+
+    async def forward(self, request: ExportMetricsServiceRequest) -> ExportMetricsServiceResponse:
+        """Export each part of `request` to its Collector. When one part fails, the
+        request fails (the client retries all of it: cumulative values sent twice
+        are the same values)."""
+        parts = self.shards.split(request)
+        if len(parts) == 1:
+            [(shard, part)] = parts.items()
+            return await self._forwarders[shard].forward(part)
+        answers = await asyncio.gather(
+            *(self._forwarders[shard].forward(part) for shard, part in parts.items()),
+            return_exceptions=True,
+        )
+        merged = ExportMetricsServiceResponse()
+        messages = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            merged.partial_success.rejected_data_points += (
+                answer.partial_success.rejected_data_points
+            )
+            if answer.partial_success.error_message:
+                messages.append(answer.partial_success.error_message)
+        merged.partial_success.error_message = "; ".join(messages)
+        if not merged.partial_success.rejected_data_points and not messages:
+            merged.ClearField("partial_success")
+        return merged
+
+    async def is_ready(self, timeout_seconds: float = 1.0) -> bool:
+        """True when every Collector answers."""
+        answers = await asyncio.gather(
+            *(forwarder.is_ready(timeout_seconds) for forwarder in self._forwarders)
+        )
+        return all(answers)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for forwarder in self._forwarders:
+            await forwarder.close()
 
 
 def _settle(

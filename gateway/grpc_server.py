@@ -1,8 +1,10 @@
-"""OTLP/gRPC transport adapter: MetricsService/Export → authenticate → ingest."""
+"""OTLP/gRPC transport adapter: MetricsService/Export → the chain (gateway.chain) → a status.
+
+The adapter gathers the call's credentials and maps the outcome to gRPC: a status
+with RetryInfo when the refusal may be retried, the tenant in trailing metadata.
+"""
 
 from __future__ import annotations
-
-import logging
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -10,73 +12,60 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
 
 from gateway.app import Gateway
 from gateway.auth import Credentials, authorization_from
+from gateway.chain import TENANT_HEADER, BytesBody, Chain
 from gateway.errors import GatewayError
+from gateway.ingest import decode_protobuf
+from gateway.tenants import Tenant
 from gateway.tls import client_certificate_from_grpc, grpc_server_credentials
 
-logger = logging.getLogger(__name__)
-
 SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
-UNKNOWN_TENANT = "unknown"
-TENANT_HEADER = "x-otel-tenant"
-"""Response metadata (gRPC) and header (HTTP) naming the tenant the data was stored under."""
+TRANSPORT = "grpc"
 
 
 class MetricsExportHandler:
-    """Handles Export calls with the raw request bytes, so that a malformed body is
-    answered INVALID_ARGUMENT by the gateway rather than INTERNAL by grpcio."""
+    """Export calls with the raw request bytes (so that a malformed body is answered
+    INVALID_ARGUMENT by the gateway rather than INTERNAL by grpcio), run through the chain."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
+        self._certificates = chain.authenticator.certificates is not None
 
     async def export(
         self, body: bytes, context: grpc.aio.ServicerContext[bytes, ExportMetricsServiceResponse]
     ) -> ExportMetricsServiceResponse:
         """One Export call; refusals end the call with the error's gRPC status."""
-        gateway = self._gateway
-        tenant_id = UNKNOWN_TENANT
-        error: GatewayError | None = None
-        response = ExportMetricsServiceResponse()
-        entered = False  # taken into the in-flight bound
-        try:
-            tenant = gateway.authenticator.authenticate(
-                Credentials(
-                    authorization_from(_headers(context, "authorization")),
-                    peer=context.peer(),
-                    client_certificate=(
-                        None
-                        if gateway.authenticator.certificates is None
-                        else client_certificate_from_grpc(context.auth_context())
-                    ),
-                )
-            )
-            tenant_id = tenant.id
-            gateway.in_flight.enter(len(body))
-            entered = True
-            gateway.ingestor.admit(tenant, len(body))
-            request = gateway.ingestor.decode(body)
-            response = await gateway.ingestor.ingest(tenant, request, body)
-        except GatewayError as exc:
-            error = exc
-        except Exception:
-            logger.exception("unexpected error handling an export for tenant %s", tenant_id)
-            error = GatewayError("unexpected gateway error; the request was not stored")
-        finally:
-            if entered:
-                gateway.in_flight.exit(len(body))
-        gateway.count_outcome("grpc", tenant_id, error)
-        if error is not None:
-            code, details, trailers = grpc_status(error)
+        credentials = Credentials(
+            authorization_from(
+                value
+                for key, value in context.invocation_metadata() or ()
+                if key == "authorization"
+            ),
+            peer=context.peer(),
+            client_certificate=(
+                client_certificate_from_grpc(context.auth_context()) if self._certificates else None
+            ),
+        )
+        outcome = await self._chain.export(
+            TRANSPORT, credentials, BytesBody(body), _decode, protobuf=True
+        )
+        if outcome.error is not None:
+            code, details, trailers = grpc_status(outcome.error)
             await context.abort(code, details, trailing_metadata=trailers)
-        # Which tenant the data was stored under: `otel-agents check` shows it.
         # Trailing metadata travels with the status; initial metadata would
         # cost one more round of gRPC operations per call (~35 µs).
-        context.set_trailing_metadata(((TENANT_HEADER, tenant_id),))
-        return response
+        context.set_trailing_metadata(((TENANT_HEADER, outcome.tenant_id),))
+        return outcome.response
+
+
+def _decode(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+    del tenant
+    return decode_protobuf(body)
 
 
 Trailers = tuple[tuple[str, bytes], ...]
@@ -107,16 +96,10 @@ def grpc_status(error: GatewayError) -> tuple[grpc.StatusCode, str, Trailers]:
     )
 
 
-def _headers(
-    context: grpc.aio.ServicerContext[bytes, ExportMetricsServiceResponse], name: str
-) -> list[str | bytes]:
-    return [value for key, value in context.invocation_metadata() or () if key == name]
-
-
 def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
     """A server with the Export handler bound to the configured address; and its port."""
     settings = gateway.settings
-    handler = MetricsExportHandler(gateway)
+    handler = MetricsExportHandler(gateway.chain)
     server = grpc.aio.server(
         # The in-flight bound refuses politely (RetryInfo, counted); this is the
         # hard stop for calls that arrive faster than the handler can refuse them.

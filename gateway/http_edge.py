@@ -1,111 +1,218 @@
-"""What every HTTP route of the request path shares: credentials, a capped body,
-gzip, and the Retry-After header.
+"""What every HTTP route shares: credentials, a body read under the in-flight bound,
+gzip, and the one mapping of a refusal to an HTTP answer.
 
-Reading and decompressing are bounded by `max_request_bytes` so that neither a
-huge body nor a small gzip bomb can make the gateway hold more than that.
+Routes on the request path are plain ASGI (gateway.otlp_http, gateway.legacy):
+a body is read chunk by chunk only after the chain took its in-flight lease, and
+each chunk, compressed or decompressed, is counted in that lease before it is
+kept, so neither a huge body, a slow one nor a small gzip bomb can make the
+gateway hold more than its bounds, however many arrive at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import zlib
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from fastapi import Request
+from starlette.responses import Response
 
 from gateway.auth import Credentials, authorization_from
-from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
+from gateway.errors import GatewayError, InvalidReport, InvalidRequest, RequestTooLarge
+from gateway.errors import UnsupportedMediaType as UnsupportedMediaType
+from gateway.inflight import Lease
+from gateway.tls import client_certificate_from_asgi
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 RETRY_AFTER_DEFAULT_SECONDS = 2
 """Retry-After of a 429 or 503 whose error names no delay: short, as exporters
 drop a batch whose retry delay outruns their export timeout."""
+GUNZIP_STEP_BYTES = 256 * 1024
+"""Decompressed bytes produced per step; between steps other requests run."""
 
 _IDENTITY = frozenset({"", "identity"})
 _GZIP = frozenset({"gzip", "x-gzip"})
 
 
-class UnsupportedMediaType(GatewayError):
-    """The body's Content-Type or Content-Encoding is not one the gateway reads."""
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower-case) of an ASGI request, else None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
-    reason = "unsupported_media_type"
-    http_status = 415
-    grpc_status = InvalidRequest.grpc_status
 
-
-def credentials(request: Request) -> Credentials:
+def credentials(scope: Scope) -> Credentials:
     """The request's authorization header(s), client address and verified client
     certificate (mTLS: the server puts it in the ASGI scope's `tls` extension)."""
-    client = request.client
-    tls = (request.scope.get("extensions") or {}).get("tls") or {}
-    chain = tls.get("client_cert_chain") or ()
+    client = scope.get("client")
     return Credentials(
-        authorization_from(request.headers.getlist("authorization")),
-        peer=client.host if client else "",
-        client_certificate=chain[0] if chain else None,
+        authorization_from(value for key, value in scope["headers"] if key == b"authorization"),
+        peer=client[0] if client else "",
+        client_certificate=client_certificate_from_asgi(scope),
     )
 
 
-def _too_large(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(
-        f"the request is over the limit of {limit} bytes (GATEWAY_MAX_REQUEST_BYTES, "
-        "counted uncompressed); send smaller batches (max_export_batch_size in the "
-        "OpenTelemetry SDK)"
-    )
+def check_encoding(encoding: str | None) -> None:
+    """Refuse a Content-Encoding other than none or gzip (415)."""
+    if (encoding or "").strip().lower() not in _IDENTITY | _GZIP:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send gzip or no Content-Encoding"
+        )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with RequestTooLarge as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+class RequestBody:
+    """An ASGI request's body: read from `receive` and gunzipped within a lease."""
 
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self._receive = receive
+        declared = header(scope, b"content-length") or ""
+        self._declared = int(declared) if declared.isdigit() else 0
+        self._encoding = (header(scope, b"content-encoding") or "").strip().lower()
 
-def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body without its Content-Encoding (none or gzip), at most `limit` bytes."""
-    coding = (encoding or "").strip().lower()
-    if coding in _IDENTITY:
+    @property
+    def size_hint(self) -> int:
+        """Content-Length, or 0 when the client did not say."""
+        return self._declared
+
+    async def read(self, lease: Lease, limit: int) -> bytes:
+        """The body, decompressed, at most `limit` bytes either way."""
+        if self._declared > limit:
+            raise RequestTooLarge.over(limit)
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("the client closed the connection before the body ended")
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge.over(limit)
+            if size > lease.bytes:
+                lease.grow(size - lease.bytes)
+            chunks.append(chunk)
+        raw = _joined(chunks, size, lease)
+        if self._encoding in _IDENTITY:
+            return raw
+        check_encoding(self._encoding)
+        body = await gunzip(raw, limit, lease)
+        lease.shrink(len(raw))  # the compressed form is let go of now
         return body
-    if coding in _GZIP:
-        return gunzip(body, limit)
-    raise UnsupportedMediaType(
-        f"Content-Encoding {encoding!r} is not supported: send gzip or no Content-Encoding"
-    )
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress gzip (several members allowed) without ever producing over `limit` bytes."""
-    out = bytearray()
-    remaining = data
+async def gunzip(data: bytes, limit: int, lease: Lease | None = None) -> bytes:
+    """Decompress gzip (several members allowed) without ever producing over `limit`
+    bytes, each step counted in `lease` before it is kept."""
+    out: list[bytes] = []
+    produced = 0
+    pending = data
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     while True:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             # One byte over the limit is enough to know it is too large.
-            out += inflater.decompress(remaining, limit + 1 - len(out))
+            step = inflater.decompress(pending, min(GUNZIP_STEP_BYTES, limit + 1 - produced))
         except zlib.error as exc:
             raise InvalidRequest(
                 f"the body is not valid gzip ({exc}) although Content-Encoding says gzip"
             ) from exc
-        if len(out) > limit:
-            raise _too_large(limit)
-        if not inflater.eof:
+        produced += len(step)
+        if produced > limit:
+            raise RequestTooLarge.over(limit)
+        if lease is not None:
+            lease.grow(len(step))
+        out.append(step)
+        pending = inflater.unconsumed_tail
+        if inflater.eof:
+            pending = inflater.unused_data
+            if not pending:
+                return _joined(out, produced, lease)
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next member
+        elif not step and not pending:
             raise InvalidRequest("the gzip body is truncated")
-        remaining = inflater.unused_data
-        if not remaining:
-            return bytes(out)
+        elif len(step) == GUNZIP_STEP_BYTES:
+            await asyncio.sleep(0)  # a large body: let other requests run meanwhile
+
+
+def _joined(parts: list[bytes], size: int, lease: Lease | None) -> bytes:
+    if len(parts) == 1:
+        return parts[0]
+    if lease is not None:
+        lease.grow(size)  # for a moment the parts and the whole are both held
+    whole = b"".join(parts)
+    parts.clear()
+    if lease is not None:
+        lease.shrink(size)
+    return whole
 
 
 def retry_after(error: GatewayError) -> str | None:
     """The Retry-After value (whole seconds) for a retryable refusal, else None."""
-    delay = getattr(error, "retry_after_seconds", None)
+    delay = error.retry_after_seconds
     if delay is None:
         if error.http_status not in (429, 503):
             return None
         delay = RETRY_AFTER_DEFAULT_SECONDS
     return str(max(1, math.ceil(float(delay))))
+
+
+def refusal_headers(error: GatewayError) -> dict[str, str]:
+    """The headers every HTTP refusal carries: Retry-After when it may be retried,
+    WWW-Authenticate when a credential is missing or wrong."""
+    headers: dict[str, str] = {}
+    delay = retry_after(error)
+    if delay is not None:
+        headers["Retry-After"] = delay
+    if error.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
+@dataclass
+class Answer:
+    """An HTTP answer, sent by a plain ASGI route or returned by a FastAPI one."""
+
+    status: int
+    body: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, send: Send) -> None:
+        """Send it on an ASGI connection."""
+        headers = [
+            (b"content-type", self.media_type.encode()),
+            (b"content-length", str(len(self.body)).encode()),
+            *((k.lower().encode(), v.encode("latin-1")) for k, v in self.headers.items()),
+        ]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+    def response(self) -> Response:
+        """The same as a Starlette response."""
+        return Response(self.body, self.status, self.headers, self.media_type)
+
+
+def json_answer(
+    document: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None
+) -> Answer:
+    """A JSON answer."""
+    body = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Answer(status, body, "application/json", dict(headers or {}))
+
+
+def json_refusal(error: GatewayError, headers: Mapping[str, str] | None = None) -> Answer:
+    """A refusal as JSON: `{"error": reason, "message": ..., "detail": [...]}` (detail:
+    the fields of an invalid legacy report)."""
+    document: dict[str, Any] = {"error": error.reason, "message": error.message}
+    if isinstance(error, InvalidReport):
+        document["detail"] = error.detail
+    return json_answer(document, error.http_status, {**refusal_headers(error), **(headers or {})})

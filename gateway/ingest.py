@@ -1,7 +1,7 @@
-"""The middle of the request path: limits → validate → stamp the tenant → forward.
+"""The middle of the request path: limits → validate → observe → stamp the tenant → forward.
 
-Transport adapters (grpc_server, http_app) authenticate first and hand over a
-`Tenant` and the raw request; nothing here knows about gRPC servers or HTTP.
+The chain (gateway.chain) authenticates first and hands over a `Tenant` and the
+request; nothing here knows about gRPC servers or HTTP.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gateway.errors import (
     RequestTooLarge,
     TooManyDataPoints,
 )
-from gateway.limits import Limits, default_limits
+from gateway.limits import Limits, TenantLimits
 from gateway.ratelimit import RateLimiter
 from gateway.series import ActiveSeries
 from gateway.telemetry import GatewayMetrics
@@ -55,10 +55,10 @@ class RequestObserver(Protocol):
 class Ingestor:
     """Accepts one tenant's OTLP request and forwards what its limits allow.
 
-    Every transport calls, in order: `admit` (before decoding: rate and size),
-    its own decoding (`decode` for protobuf), then `ingest` (data points: count,
-    validity, attributes, series; the answer carries `partial_success` when
-    some points were dropped).
+    The chain calls, in order: `admit` (before the body is read: rate and declared
+    size), the transport's decoding (`decode_protobuf` for protobuf), then `ingest`
+    (data points: count, validity, attributes, series; the answer carries
+    `partial_success` when some points were dropped).
     """
 
     def __init__(
@@ -75,7 +75,9 @@ class Ingestor:
         self._metrics = metrics
         self._clock = clock
         self.observers = list(observers)
-        self.use_limits(limits or default_limits(max_request_bytes))
+        if limits is None:
+            limits = Limits(TenantLimits(max_request_bytes=max_request_bytes))
+        self.use_limits(limits)
 
     def use_limits(self, limits: Limits) -> None:
         """Enforce `limits` from now on (starting with full rate buckets, no series)."""
@@ -89,8 +91,9 @@ class Ingestor:
         counts = self.series.counts(self._clock())
         return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
 
-    def admit(self, tenant: Tenant, body_bytes: int) -> None:
-        """Refuse a request before it is decoded: its tenant's rate, then its size."""
+    def admit(self, tenant: Tenant, body_bytes: int) -> TenantLimits:
+        """Refuse a request before its body is read: its tenant's rate, then its size
+        (as far as it is known); the tenant's limits."""
         limits = self.limits.for_tenant(tenant.id)
         per_second, burst = limits.rate_limit_requests_per_second, limits.rate_limit_burst
         wait = self.rate.take(tenant.id, per_second, burst)
@@ -102,28 +105,14 @@ class Ingestor:
                 retry_after_seconds=wait,
             )
         if body_bytes > limits.max_request_bytes:
-            raise RequestTooLarge(
-                f"request of {body_bytes} bytes is over the limit of {limits.max_request_bytes} "
-                "(setting max_request_bytes); send smaller batches (max_export_batch_size "
-                "in the OpenTelemetry SDK)"
-            )
-
-    def decode(self, body: bytes) -> ExportMetricsServiceRequest:
-        """Parse a serialized ExportMetricsServiceRequest; raise a GatewayError if unusable."""
-        request = ExportMetricsServiceRequest()
-        try:
-            request.ParseFromString(body)
-        except DecodeError as exc:
-            # upb says what is wrong (bad UTF-8, truncated, nested too deep) after
-            # a prefix naming the message type.
-            detail = str(exc).rpartition("': ")[2] or "not protobuf"
-            raise InvalidRequest(
-                f"the body is not a valid OTLP ExportMetricsServiceRequest protobuf: {detail}"
-            ) from exc
-        return request
+            raise RequestTooLarge.over(limits.max_request_bytes, body_bytes)
+        return limits
 
     async def ingest(
-        self, tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
+        self,
+        tenant: Tenant,
+        request: ExportMetricsServiceRequest,
+        raw: bytes | None = None,
     ) -> ExportMetricsServiceResponse:
         """Drop what `tenant` may not send, stamp it on the rest, forward; the OTLP answer.
 
@@ -179,6 +168,21 @@ class Ingestor:
         if reason:
             labels["reason"] = reason
         self._metrics.data_points.add(points, labels)
+
+
+def decode_protobuf(body: bytes) -> ExportMetricsServiceRequest:
+    """Parse a serialized ExportMetricsServiceRequest; raise InvalidRequest if unusable."""
+    request = ExportMetricsServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as exc:
+        # upb says what is wrong (bad UTF-8, truncated, nested too deep) after
+        # a prefix naming the message type.
+        detail = str(exc).rpartition("': ")[2] or "not protobuf"
+        raise InvalidRequest(
+            f"the body is not a valid OTLP ExportMetricsServiceRequest protobuf: {detail}"
+        ) from exc
+    return request
 
 
 def _with_rejections(

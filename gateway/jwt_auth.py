@@ -3,7 +3,7 @@
 One key source is configured: an HS256 secret file, a PEM public key (RSA →
 RS256, EC P-256 → ES256) or a JSON Web Key Set file (keys chosen by `kid`).
 Each key accepts exactly one algorithm, so a token cannot pick a weaker one.
-The key file is re-read when it changes, like the tenants file.
+The key file is re-read when it changes, like the tenants file (gateway.watch).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway.errors import Unauthenticated
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant, validate_tenant_name
+from gateway.watch import WatchedFile
 
 logger = logging.getLogger(__name__)
 
@@ -131,29 +132,31 @@ class JwtVerifier:
         issuer: str | None = None,
         tenant_claim: str = "tenant_id",
         leeway_seconds: float = 30.0,
+        reload_seconds: float = 2.0,
     ) -> None:
-        self._path = path
-        self._loader = loader
         self.audience = audience
         self.issuer = issuer
         self.tenant_claim = tenant_claim
         self.leeway_seconds = leeway_seconds
-        self._stamp = self._file_stamp()
-        self.keys: KeySet = loader(path)  # a bad file at start-up stops the gateway
+
+        def load(key_file: Path) -> KeySet:
+            keys = loader(key_file)
+            logger.info("loaded %d JWT key(s) from %s", len(keys), key_file)
+            return keys
+
+        # No initial value: a bad key file at start-up stops the gateway.
+        self.file = WatchedFile(
+            path, load, what="JWT key file", logger=logger, every=reload_seconds
+        )
+
+    @property
+    def keys(self) -> KeySet:
+        """The keys in force."""
+        return self.file.value
 
     def reload(self) -> bool:
         """Re-read the key file if it changed; a bad file is logged and ignored."""
-        stamp = self._file_stamp()
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        try:
-            self.keys = self._loader(self._path)
-        except JwtConfigError as exc:
-            logger.error("JWT keys rejected, keeping the previous ones: %s", exc)
-            return False
-        logger.info("loaded %d JWT key(s) from %s", len(self.keys), self._path)
-        return True
+        return self.file.reload()
 
     def verify(self, token: str) -> Tenant:
         """The tenant of a valid token; Unauthenticated (cause = what failed) otherwise."""
@@ -224,13 +227,6 @@ class JwtVerifier:
             ) from exc
         return Tenant(value)
 
-    def _file_stamp(self) -> tuple[float, int, int] | None:
-        try:
-            stat = self._path.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime, stat.st_size, stat.st_ino)
-
 
 def jwt_verifier(settings: GatewaySettings) -> JwtVerifier | None:
     """The verifier the settings ask for; None when no JWT key source is set."""
@@ -248,5 +244,6 @@ def jwt_verifier(settings: GatewaySettings) -> JwtVerifier | None:
                 issuer=settings.jwt_issuer,
                 tenant_claim=settings.jwt_tenant_claim,
                 leeway_seconds=settings.jwt_leeway_seconds,
+                reload_seconds=settings.tenants_reload_seconds,
             )
     return None

@@ -3,8 +3,9 @@
 Old agents post one JSON report of their totals and gauges. Each report becomes
 an OTLP request with exactly the instrument names and units `otel_agents` uses,
 so Prometheus shows the same series (`connector_bytes_sent_total`, ...) whichever
-way an agent reports. The report then takes the road of every export:
-authenticate → admit → ingest (tenant stamped there).
+way an agent reports. The report then takes the road of every export, the
+chain of gateway.chain: decoding a report is parsing it and building that
+request.
 
 An agent's identity (`service.instance.id`) is the report's `agent_id` (or
 `instance_id`), else the `X-Agent-Id` header, else `<tenant>-<agent_type>`: one
@@ -18,11 +19,8 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import grpc
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -38,15 +36,26 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.app import Gateway
-from gateway.errors import GatewayError, InvalidRequest
-from gateway.http_edge import credentials, decode_content, read_body, retry_after
+from gateway.chain import Chain
+from gateway.errors import InvalidReport, InvalidRequest, TenantMismatch
+from gateway.http_edge import (
+    Receive,
+    RequestBody,
+    Scope,
+    Send,
+    check_encoding,
+    credentials,
+    header,
+    json_answer,
+    json_refusal,
+)
 from gateway.tenants import Tenant
+from otel_agents import connector, etl
 
 logger = logging.getLogger(__name__)
 
 TRANSPORT = "legacy"
-UNKNOWN_TENANT = "unknown"
+PATH_PREFIX = "/api/metrics/agent/"
 MAX_REPORT_BYTES = 64 * 1024
 """A report is a few hundred bytes; anything near this is not one."""
 SCOPE = InstrumentationScope(name="otel_agents")
@@ -55,24 +64,6 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 MAX_UPTIME_SECONDS = 100 * 365 * 86400.0
 Total = Annotated[int, Field(ge=0, le=2**63 - 1)]
 """A cumulative count: an OTLP int64."""
-
-
-class TenantMismatch(GatewayError):
-    """The URL names another tenant than the key's."""
-
-    reason = "tenant_mismatch"
-    http_status = 403
-    grpc_status = grpc.StatusCode.PERMISSION_DENIED
-
-
-class InvalidReport(InvalidRequest):
-    """A report that is JSON but not a valid legacy report (answered 422, field named)."""
-
-    http_status = 422
-
-    def __init__(self, message: str, detail: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.detail = detail
 
 
 class LegacyReport(BaseModel):
@@ -115,22 +106,26 @@ class Instrument:
     monotonic_sum: bool  # else a gauge
 
 
+# The agents' names come from otel_agents, their one home; `<prefix>.uptime` and
+# `<prefix>.connected` are otel_agents.status.AgentStatus's, with the prefix of each
+# agent type. tests/unit/gateway/test_legacy.py compares every row with what the
+# library's own instruments export.
 INSTRUMENTS: dict[str, tuple[Instrument, ...]] = {
     "connector": (
-        Instrument("bytes_sent_total", "connector.bytes_sent", "By", True),
-        Instrument("records_sent_total", "connector.records_sent", "{record}", True),
-        Instrument("queries_processed", "connector.queries_processed", "{query}", True),
-        Instrument("errors_total", "connector.errors", "{error}", True),
+        Instrument("bytes_sent_total", connector.BYTES_SENT, "By", True),
+        Instrument("records_sent_total", connector.RECORDS_SENT, "{record}", True),
+        Instrument("queries_processed", connector.QUERIES_PROCESSED, "{query}", True),
+        Instrument("errors_total", connector.ERRORS, "{error}", True),
         Instrument("uptime_seconds", "connector.uptime", "s", False),
         Instrument("connected", "connector.connected", "", False),
-        Instrument("certificate_expiry_days", "connector.certificate_expiry_days", "", False),
+        Instrument("certificate_expiry_days", connector.CERTIFICATE_EXPIRY, "d", False),
     ),
     "etl": (
-        Instrument("flows_executed_total", "agent.flows_executed", "{flow}", True),
-        Instrument("flows_success_total", "agent.flows_success", "{flow}", True),
-        Instrument("flows_failed_total", "agent.flows_failed", "{flow}", True),
-        Instrument("tasks_executed_total", "agent.tasks_executed", "{task}", True),
-        Instrument("last_flow_duration_seconds", "agent.last_flow_duration", "s", False),
+        Instrument("flows_executed_total", etl.FLOWS_EXECUTED, "{flow}", True),
+        Instrument("flows_success_total", etl.FLOWS_SUCCESS, "{flow}", True),
+        Instrument("flows_failed_total", etl.FLOWS_FAILED, "{flow}", True),
+        Instrument("tasks_executed_total", etl.TASKS_EXECUTED, "{task}", True),
+        Instrument("last_flow_duration_seconds", etl.LAST_FLOW_DURATION, "s", False),
         Instrument("uptime_seconds", "agent.uptime", "s", False),
         Instrument("connected", "agent.connected", "", False),
     ),
@@ -215,60 +210,39 @@ def agent_id_of(report: LegacyReport, header: str | None, tenant: Tenant) -> str
     return f"{tenant.id}-{report.agent_type}"
 
 
-def _error_response(error: GatewayError) -> JSONResponse:
-    content: dict[str, Any] = {"error": error.reason, "message": error.message}
-    if isinstance(error, InvalidReport):
-        content["detail"] = error.detail
-    response = JSONResponse(content, status_code=error.http_status)
-    delay = retry_after(error)
-    if delay is not None:
-        response.headers["Retry-After"] = delay
-    return response
+class LegacyReportRoute:
+    """POST /api/metrics/agent/{tenant_id}, a plain ASGI app: the chain, then a JSON answer."""
 
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
 
-async def report(gateway: Gateway, request: Request, tenant_id: str) -> JSONResponse:
-    """One legacy report: counted with transport="legacy", whatever its outcome."""
-    counted_tenant = UNKNOWN_TENANT
-    error: GatewayError | None = None
-    body = b""
-    entered = False  # taken into the in-flight bound
-    try:
-        tenant = gateway.authenticator.authenticate(credentials(request))
-        counted_tenant = tenant.id
-        if tenant.id != tenant_id:
-            raise TenantMismatch(
-                f"this key belongs to tenant {tenant.id!r} but the URL names {tenant_id!r}: "
-                f"post to /api/metrics/agent/{tenant.id} or use {tenant_id!r}'s key"
-            )
-        raw = await read_body(request, MAX_REPORT_BYTES)
-        body = decode_content(raw, request.headers.get("content-encoding"), MAX_REPORT_BYTES)
-        gateway.in_flight.enter(len(body))
-        entered = True
-        gateway.ingestor.admit(tenant, len(body))
-        parsed = parse_report(body)
-        agent_id = agent_id_of(parsed, request.headers.get("x-agent-id"), tenant)
-        await gateway.ingestor.ingest(tenant, to_otlp(parsed, agent_id, time.time()))
-    except GatewayError as exc:
-        error = exc
-    except Exception:
-        logger.exception("unexpected error handling a legacy report for tenant %s", counted_tenant)
-        error = GatewayError("unexpected gateway error; the report was not stored")
-    finally:
-        if entered:
-            gateway.in_flight.exit(len(body))
-    gateway.count_outcome(TRANSPORT, counted_tenant, error)
-    if error is not None:
-        return _error_response(error)
-    return JSONResponse({"status": "accepted"})
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, tenant_id: str) -> None:
+        """One legacy report for the tenant the URL names: counted with
+        transport="legacy", whatever its outcome."""
+        agent_header = header(scope, b"x-agent-id")
+        encoding = header(scope, b"content-encoding")
 
+        def vet(tenant: Tenant) -> None:
+            if tenant.id != tenant_id:
+                raise TenantMismatch(
+                    f"this key belongs to tenant {tenant.id!r} but the URL names "
+                    f"{tenant_id!r}: post to {PATH_PREFIX}{tenant.id} or use {tenant_id!r}'s key"
+                )
+            check_encoding(encoding)
 
-def legacy_router(gateway: Gateway) -> APIRouter:
-    """The legacy reporter's route of one gateway."""
-    router = APIRouter()
+        def decode(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+            report = parse_report(body)
+            return to_otlp(report, agent_id_of(report, agent_header, tenant), time.time())
 
-    @router.post("/api/metrics/agent/{tenant_id}")
-    async def post_report(tenant_id: str, request: Request) -> JSONResponse:
-        """A legacy agent's JSON report for `tenant_id` (the key's tenant)."""
-        return await report(gateway, request, tenant_id)
-
-    return router
+        outcome = await self._chain.export(
+            TRANSPORT,
+            credentials(scope),
+            RequestBody(scope, receive),
+            decode,
+            vet=vet,
+            max_body_bytes=MAX_REPORT_BYTES,
+        )
+        if outcome.error is not None:
+            await json_refusal(outcome.error).send(send)
+        else:
+            await json_answer({"status": "accepted"}).send(send)

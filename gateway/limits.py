@@ -1,6 +1,8 @@
-"""Each tenant's limits: defaults from the settings, overrides from the limits file.
+"""Each tenant's limits, declared once: defaults from GATEWAY_*, overrides from a file.
 
-The limits file (GATEWAY_LIMITS_FILE, YAML or JSON) looks like::
+`LimitValues` declares every limit, its default and its bounds; the settings
+inherit it (so each limit is also the variable GATEWAY_<NAME>), and the limits
+file (GATEWAY_LIMITS_FILE, YAML or JSON) overrides it::
 
     defaults:            # replaces GATEWAY_* defaults for every tenant
       max_active_series: 20000
@@ -8,8 +10,9 @@ The limits file (GATEWAY_LIMITS_FILE, YAML or JSON) looks like::
       acme:              # only what differs for this tenant
         rate_limit_requests_per_second: 100
 
-It is re-read when it changes; a file that does not load is logged and the
-limits in force stay, so a typo never lifts or tightens every limit at once.
+The file is re-read when it changes (gateway.watch); a file that does not load
+is logged and the limits in force stay, so a typo never lifts or tightens every
+limit at once.
 """
 
 from __future__ import annotations
@@ -17,15 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-if TYPE_CHECKING:
-    from gateway.settings import GatewaySettings
+from gateway.watch import WatchedFile
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +40,6 @@ def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
         except re.error as exc:
             raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
     return patterns
-
-
-_NEVER_LOADED = object()
 
 
 class LimitsFileError(ValueError):
@@ -56,56 +55,107 @@ Matcher = Callable[[str], "re.Match[str] | None"]
 """A compiled pattern's `fullmatch`."""
 
 
-class TenantLimits(BaseModel):
-    """The limits of one tenant; 0 turns a numeric limit off (see docs/gateway.md)."""
+class LimitValues(BaseModel):
+    """Every per-tenant limit with its default; 0 turns a numeric limit off.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    The one declaration: `GatewaySettings` inherits these fields (each is the
+    variable GATEWAY_<NAME>), and they are the keys of the limits file.
+    """
 
-    rate_limit_requests_per_second: float = Field(ge=0)
-    rate_limit_burst: int = Field(ge=1)
-    max_request_bytes: int = Field(gt=0)
-    max_data_points_per_request: int = Field(ge=0)
-    max_active_series: int = Field(ge=0)
-    max_attributes_per_point: int = Field(ge=0)
-    max_attribute_value_length: int = Field(ge=0)
-    metric_name_patterns: tuple[str, ...]
-    attribute_key_patterns: tuple[str, ...]
-
-    _metric_name: re.Pattern[str] = PrivateAttr()
-    _attribute_key: re.Pattern[str] = PrivateAttr()
+    rate_limit_requests_per_second: float = Field(
+        20.0, ge=0, description="Export requests per second per tenant (0 = no limit)."
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests a tenant may send at once above its rate."
+    )
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Largest accepted OTLP request (bytes, uncompressed)."
+    )
+    max_data_points_per_request: int = Field(
+        10_000, ge=0, description="Data points in one request; more refuses the request."
+    )
+    max_active_series: int = Field(
+        10_000, ge=0, description="Series per tenant seen within the window; new ones over it drop."
+    )
+    max_attributes_per_point: int = Field(
+        20, ge=0, description="Attributes (labels) per data point, scope attributes included."
+    )
+    max_attribute_value_length: int = Field(
+        256, ge=0, description="Characters in one attribute value."
+    )
+    metric_name_patterns: tuple[str, ...] = Field(
+        (r"[a-zA-Z][a-zA-Z0-9_.]{0,254}",),
+        description="Regular expressions; a metric name must match one of them whole.",
+    )
+    attribute_key_patterns: tuple[str, ...] = Field(
+        (r"[a-z][a-z0-9_.]{0,62}",),
+        description="Regular expressions; an attribute key must match one of them whole.",
+    )
 
     @field_validator("metric_name_patterns", "attribute_key_patterns")
     @classmethod
     def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """Refuse a pattern that is not a regular expression (at start-up, or in the file)."""
         return check_patterns(patterns)
+
+    def limit_values(self) -> dict[str, Any]:
+        """The limits alone, by name (for a `TenantLimits` from any `LimitValues`)."""
+        return {name: getattr(self, name) for name in LimitValues.model_fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """What the request path uses of one TenantLimits, as plain attributes: a
+    pydantic model's private attribute costs a microsecond per access."""
+
+    metric_name: Matcher
+    """Whole match of `metric_name_patterns`."""
+    attribute_key: Matcher
+    """Whole match of `attribute_key_patterns`."""
+    checked: dict[bytes, Any] = field(default_factory=dict)
+    """What gateway.validate learned about attribute lists under these limits."""
+
+
+class TenantLimits(LimitValues):
+    """The limits in force for one tenant, with its patterns compiled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    _compiled: Compiled = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
         """Compile the patterns once per limits, not once per request."""
-        self._metric_name = _any_of(self.metric_name_patterns)
-        self._attribute_key = _any_of(self.attribute_key_patterns)
+        self._compiled = Compiled(
+            _any_of(self.metric_name_patterns).fullmatch,
+            _any_of(self.attribute_key_patterns).fullmatch,
+        )
 
     @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> TenantLimits:
-        """The GATEWAY_* defaults."""
-        return cls.model_validate({name: getattr(settings, name) for name in cls.model_fields})
+    def of(cls, values: LimitValues) -> TenantLimits:
+        """The limits `values` (the settings, say) declare."""
+        return cls.model_validate(values.limit_values())
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> TenantLimits:
         """A copy with `overrides` applied and validated (ValidationError names the key)."""
-        return TenantLimits.model_validate({**self.model_dump(), **overrides})
+        return TenantLimits.model_validate({**self.limit_values(), **overrides})
+
+    def compiled(self) -> Compiled:
+        """The compiled patterns and what was learned under these limits, for the
+        request path: they depend on the limits only, so they live as long as they do."""
+        # Straight from pydantic's store of private attributes: `self._compiled`
+        # would go through BaseModel.__getattr__, which costs as much as the checks.
+        private = self.__pydantic_private__
+        assert private is not None
+        compiled: Compiled = private["_compiled"]
+        return compiled
 
     def metric_name_allowed(self, name: str) -> bool:
         """True when `name` matches one of `metric_name_patterns` whole."""
-        return self._metric_name.fullmatch(name) is not None
+        return self._compiled.metric_name(name) is not None
 
     def attribute_key_allowed(self, key: str) -> bool:
         """True when `key` matches one of `attribute_key_patterns` whole."""
-        return self._attribute_key.fullmatch(key) is not None
-
-    def matchers(self) -> tuple[Matcher, Matcher]:
-        """The whole-match functions of the metric name and attribute key patterns:
-        for the request path, which calls them many times (a private attribute of
-        a pydantic model costs a microsecond per access)."""
-        return self._metric_name.fullmatch, self._attribute_key.fullmatch
+        return self._compiled.attribute_key(key) is not None
 
 
 class LimitsTable:
@@ -160,16 +210,22 @@ def parse(document: Any, base: TenantLimits, max_request_bytes_cap: int) -> Limi
 
 
 def load(path: Path, base: TenantLimits, max_request_bytes_cap: int) -> LimitsTable:
-    """Read and validate the limits file (YAML, or JSON by its .json suffix)."""
+    """Read and validate the limits file (YAML, or JSON by its .json suffix); a
+    missing file means `base` for everyone."""
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        logger.warning("limits file %s does not exist: the GATEWAY_* defaults apply", path)
+        return LimitsTable(base)
     except OSError as exc:
         raise LimitsFileError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         document = _decode(path, text)
     except Exception as exc:  # JSONDecodeError or yaml.YAMLError: the parser's own message
         raise LimitsFileError(f"{path} does not parse: {exc}") from exc
-    return parse(document, base, max_request_bytes_cap)
+    table = parse(document, base, max_request_bytes_cap)
+    logger.info("loaded limits from %s (%d tenant override(s))", path, len(table.tenants))
+    return table
 
 
 def _decode(path: Path, text: str) -> Any:
@@ -181,81 +237,42 @@ def _decode(path: Path, text: str) -> Any:
 
 
 class Limits:
-    """The limits in force for every tenant, re-read when the limits file changes.
-
-    The file is checked from the request path at most every `reload_seconds`
-    (one stat), so no background task is needed.
-    """
+    """The limits in force for every tenant; the limits file, if any, is a WatchedFile
+    (re-read by the gateway's FileWatcher)."""
 
     def __init__(
         self,
-        base: TenantLimits,
+        base: TenantLimits | None = None,
         path: Path | None = None,
         *,
         reload_seconds: float = 2.0,
         series_window_seconds: float = 600.0,
         max_request_bytes_cap: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = path
+        self.base = base if base is not None else TenantLimits()
         self.series_window_seconds = series_window_seconds
-        self._base = base
-        self._cap = max_request_bytes_cap or 2 * base.max_request_bytes
-        self._reload_seconds = reload_seconds
-        self._clock = clock
-        self._stamp: object = _NEVER_LOADED
-        self._next_check = 0.0
-        self.table = LimitsTable(base)
-        self.reload()
+        cap = max_request_bytes_cap or 2 * self.base.max_request_bytes
+        self.file: WatchedFile[LimitsTable] | None = None
+        self._fixed = LimitsTable(self.base)
+        if path is not None:
+            self.file = WatchedFile(
+                path,
+                lambda p: load(p, self.base, cap),
+                what=f"limits file {path}",
+                logger=logger,
+                every=reload_seconds,
+                initial=lambda: self._fixed,
+            )
 
-    @classmethod
-    def from_settings(cls, settings: GatewaySettings) -> Limits:
-        """Limits from GATEWAY_* defaults and GATEWAY_LIMITS_FILE."""
-        return cls(
-            TenantLimits.from_settings(settings),
-            settings.limits_file,
-            reload_seconds=settings.limits_reload_seconds,
-            series_window_seconds=settings.active_series_window_seconds,
-            max_request_bytes_cap=2 * settings.max_request_bytes,
-        )
+    @property
+    def table(self) -> LimitsTable:
+        """The limits in force now."""
+        return self._fixed if self.file is None else self.file.value
 
     def for_tenant(self, tenant_id: str) -> TenantLimits:
-        """The limits of `tenant_id` now (re-reading the file if it is due and changed)."""
-        now = self._clock()
-        if now >= self._next_check:
-            self._next_check = now + self._reload_seconds
-            self.reload()
+        """The limits of `tenant_id` now."""
         return self.table.for_tenant(tenant_id)
 
     def reload(self) -> bool:
         """Re-read the file if it changed; True when new limits took effect."""
-        if self.path is None:
-            return False
-        try:
-            stat = self.path.stat()
-            stamp: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        if stamp is None:
-            logger.warning("limits file %s does not exist: the GATEWAY_* defaults apply", self.path)
-            self.table = LimitsTable(self._base)
-            return True
-        try:
-            table = load(self.path, self._base, self._cap)
-        except LimitsFileError as exc:
-            logger.error("limits file rejected, keeping the limits in force: %s", exc)
-            return False
-        self.table = table
-        logger.info("loaded limits from %s (%d tenant override(s))", self.path, len(table.tenants))
-        return True
-
-
-def default_limits(max_request_bytes: int) -> Limits:
-    """The GATEWAY_* defaults without reading the environment (for an Ingestor built alone)."""
-    from gateway.settings import GatewaySettings
-
-    defaults = GatewaySettings.model_construct(max_request_bytes=max_request_bytes)
-    return Limits.from_settings(defaults)
+        return self.file is not None and self.file.reload()

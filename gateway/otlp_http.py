@@ -1,6 +1,8 @@
-"""OTLP/HTTP transport adapter: POST /v1/metrics → authenticate → admit → decode → ingest.
+"""OTLP/HTTP transport adapter: POST /v1/metrics → the chain (gateway.chain) → the answer.
 
-Bodies are binary protobuf (`application/x-protobuf`) or OTLP/JSON
+The adapter gathers the credentials, says how the body is read and decoded, and
+writes the outcome in the request's encoding; the chain does the rest. Bodies
+are binary protobuf (`application/x-protobuf`) or OTLP/JSON
 (`application/json`), optionally gzip-compressed. The answer uses the request's
 encoding: an ExportMetricsServiceResponse on success, a google.rpc.Status with
 the error's HTTP status on refusal (OTLP/HTTP specification, "Failures").
@@ -16,31 +18,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
 )
 
-from gateway.app import Gateway
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.chain import TENANT_HEADER, Chain, Decode
+from gateway.errors import GatewayError, InvalidRequest, UnsupportedMediaType
 from gateway.http_edge import (
-    UnsupportedMediaType,
+    Answer,
+    Receive,
+    RequestBody,
+    Scope,
+    Send,
+    check_encoding,
     credentials,
-    decode_content,
-    read_body,
-    retry_after,
+    header,
+    refusal_headers,
 )
-
-TENANT_HEADER = "x-otel-tenant"
+from gateway.ingest import decode_protobuf
+from gateway.tenants import Tenant
 
 logger = logging.getLogger(__name__)
 
 TRANSPORT = "http"
-UNKNOWN_TENANT = "unknown"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 _ID_FIELDS = frozenset({"traceId", "trace_id", "spanId", "span_id"})
@@ -51,12 +54,14 @@ class Codec:
     """One OTLP/HTTP body encoding: how to read a request and write a message."""
 
     media_type: str
-    decode: Callable[[Gateway, bytes], ExportMetricsServiceRequest]
+    decode: Decode
     encode: Callable[[Message], bytes]
 
-    def answer(self, message: Message, status: int = 200) -> Response:
-        """`message` as a response body in this encoding."""
-        return Response(self.encode(message), status_code=status, media_type=self.media_type)
+    def answer(
+        self, message: Message, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Answer:
+        """`message` as an answer in this encoding."""
+        return Answer(status, self.encode(message), self.media_type, dict(headers or {}))
 
 
 def decode_json(body: bytes) -> ExportMetricsServiceRequest:
@@ -99,12 +104,13 @@ def _encode_json(message: Message) -> bytes:
     return json_format.MessageToJson(message, indent=None).encode()
 
 
-def _decode_protobuf(gateway: Gateway, body: bytes) -> ExportMetricsServiceRequest:
-    return gateway.ingestor.decode(body)
+def _decode_protobuf(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+    del tenant
+    return decode_protobuf(body)
 
 
-def _decode_json(gateway: Gateway, body: bytes) -> ExportMetricsServiceRequest:
-    del gateway
+def _decode_json(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+    del tenant
     return decode_json(body)
 
 
@@ -119,69 +125,50 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").partition(";")[0].strip().lower()
 
 
-def error_response(codec: Codec, error: GatewayError) -> Response:
-    """A google.rpc.Status body with the error's HTTP status (and Retry-After)."""
+def refusal(codec: Codec, error: GatewayError) -> Answer:
+    """A google.rpc.Status body in the request's encoding, with the HTTP mapping of
+    gateway.http_edge (status, Retry-After, WWW-Authenticate)."""
     status = Status(code=error.grpc_status.value[0], message=str(error))
-    response = codec.answer(status, error.http_status)
-    delay = retry_after(error)
-    if delay is not None:
-        response.headers["Retry-After"] = delay
-    return response
+    return codec.answer(status, error.http_status, refusal_headers(error))
 
 
-async def export(gateway: Gateway, request: Request) -> Response:
-    """One OTLP/HTTP export: counted with transport="http", whatever its outcome."""
-    content_type = media_type(request.headers.get("content-type"))
-    codec = CODECS.get(content_type)
-    tenant_id = UNKNOWN_TENANT
-    error: GatewayError | None = None
-    response = ExportMetricsServiceResponse()
-    body = b""
-    entered = False  # taken into the in-flight bound
-    try:
-        tenant = gateway.authenticator.authenticate(credentials(request))
-        tenant_id = tenant.id
-        if codec is None:
-            raise UnsupportedMediaType(
-                f"Content-Type {content_type or '(none)'!r} is not supported: "
-                f"send {PROTOBUF} or {JSON}"
-            )
-        limit = gateway.settings.max_request_bytes
-        raw = await read_body(request, limit)
-        body = decode_content(raw, request.headers.get("content-encoding"), limit)
-        gateway.in_flight.enter(len(body))
-        entered = True
-        gateway.ingestor.admit(tenant, len(body))
-        # ingest leaves partial_success unset on full success, as the spec wants.
-        # A protobuf body lets ingest skip the search for tenant claims; JSON may
-        # escape the letters it looks for.
-        protobuf = body if codec.media_type == PROTOBUF else None
-        response = await gateway.ingestor.ingest(tenant, codec.decode(gateway, body), protobuf)
-    except GatewayError as exc:
-        error = exc
-    except Exception:
-        logger.exception("unexpected error handling an HTTP export for tenant %s", tenant_id)
-        error = GatewayError("unexpected gateway error; the request was not stored")
-    finally:
-        if entered:
-            gateway.in_flight.exit(len(body))
-    gateway.count_outcome(TRANSPORT, tenant_id, error)
-    if error is not None:
-        # A body we cannot read is answered in JSON: readable with curl.
-        return error_response(codec or CODECS[JSON], error)
-    answer = (codec or CODECS[JSON]).answer(response)
-    # Which tenant the data was stored under: `otel-agents check` shows it.
-    answer.headers[TENANT_HEADER] = tenant_id
-    return answer
+class OtlpHttpExport:
+    """POST /v1/metrics, a plain ASGI app: the chain, then the answer in the request's
+    encoding (a body whose type the gateway does not read is answered in JSON)."""
 
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
 
-def otlp_router(gateway: Gateway) -> APIRouter:
-    """The OTLP/HTTP metrics route of one gateway."""
-    router = APIRouter()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One OTLP/HTTP export: counted with transport="http", whatever its outcome."""
+        content_type = media_type(header(scope, b"content-type"))
+        codec = CODECS.get(content_type)
+        encoding = header(scope, b"content-encoding")
 
-    @router.post("/v1/metrics")
-    async def post_metrics(request: Request) -> Response:
-        """OTLP/HTTP ExportMetricsServiceRequest (protobuf or JSON, optionally gzip)."""
-        return await export(gateway, request)
+        def vet(tenant: Tenant) -> None:
+            if codec is None:
+                raise UnsupportedMediaType(
+                    f"Content-Type {content_type or '(none)'!r} is not supported: "
+                    f"send {PROTOBUF} or {JSON}"
+                )
+            check_encoding(encoding)
 
-    return router
+        outcome = await self._chain.export(
+            TRANSPORT,
+            credentials(scope),
+            RequestBody(scope, receive),
+            # Unused when the type is unknown: vet refuses first.
+            (codec or CODECS[JSON]).decode,
+            # A protobuf body lets ingest skip the search for tenant claims; JSON
+            # may escape the letters it looks for.
+            protobuf=codec is not None and codec.media_type == PROTOBUF,
+            vet=vet,
+        )
+        if outcome.error is not None:
+            answer = refusal(codec or CODECS[JSON], outcome.error)
+        else:
+            # ingest leaves partial_success unset on full success, as the spec wants.
+            answer = (codec or CODECS[JSON]).answer(outcome.response)
+            # Which tenant the data was stored under: `otel-agents check` shows it.
+            answer.headers[TENANT_HEADER] = outcome.tenant_id
+        await answer.send(send)

@@ -17,16 +17,19 @@ from collections.abc import Iterable
 from operator import itemgetter
 
 
-def series_key(
-    metric_name: str, attributes: Iterable[tuple[str, object]], service: tuple[str, str]
-) -> int:
-    """A hash identifying one series from its (key, value) pairs, in any order.
+def attributes_hash(attributes: Iterable[tuple[str, object]]) -> int:
+    """A hash of a data point's (key, value) pairs, in any order.
 
     Python's str hash is keyed per process (SipHash), so a client cannot craft
     collisions; an accidental one merely lets one extra series through.
     """
     # Sorted by key only: values may be str or bytes, which do not compare.
-    return hash((metric_name, service, tuple(sorted(attributes, key=itemgetter(0)))))
+    return hash(tuple(sorted(attributes, key=itemgetter(0))))
+
+
+def series_key(metric_name: str, attributes: int, service: tuple[str, str]) -> int:
+    """A hash identifying one series: its metric, its `attributes_hash`, its agent."""
+    return hash((metric_name, service, attributes))
 
 
 class ActiveSeries:
@@ -35,6 +38,14 @@ class ActiveSeries:
     def __init__(self, window_seconds: float) -> None:
         self.window_seconds = window_seconds
         self._seen: dict[str, OrderedDict[int, float]] = {}
+
+    def of(self, tenant_id: str) -> OrderedDict[int, float]:
+        """The series of `tenant_id`, least recently seen first (the request path
+        refreshes a known one in place: `seen[key] = now; seen.move_to_end(key)`)."""
+        seen = self._seen.get(tenant_id)
+        if seen is None:
+            seen = self._seen[tenant_id] = OrderedDict()
+        return seen
 
     def admit(self, tenant_id: str, key: int, limit: int, now: float) -> bool:
         """Record that `key` was seen now; False when it is new and the tenant is at `limit`."""

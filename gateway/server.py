@@ -1,9 +1,10 @@
-"""Runs the gateway: the gRPC server, the HTTP server and the tenants reloader."""
+"""Runs the gateway: the gRPC server, the HTTP server and the file watcher."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -13,6 +14,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway import fleet_series
 from gateway.app import Gateway
 from gateway.grpc_server import create_grpc_server
 from gateway.http_app import create_app
@@ -95,14 +97,9 @@ def http_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         lifespan="off",
+        server_header=False,  # no "server: uvicorn" on every answer
         **uvicorn_tls_options(settings),
     )
-
-
-async def _reload_credentials(gateway: Gateway) -> None:
-    while True:
-        await asyncio.sleep(gateway.settings.tenants_reload_seconds)
-        gateway.authenticator.reload()
 
 
 def _request_exit(http_server: uvicorn.Server, sig: signal.Signals) -> None:
@@ -117,8 +114,19 @@ async def serve(settings: GatewaySettings) -> None:
     gateway = Gateway.create(settings)
     grpc_server, grpc_port = create_grpc_server(gateway)
     http_server = _HttpServer(http_config(settings, create_app(gateway)))
+    # What start-up built lives as long as the process: out of the collector's way,
+    # so that its full passes do not walk it again and again (pauses, not leaks).
+    gc.collect()
+    gc.freeze()
     await grpc_server.start()
-    reloader = asyncio.create_task(_reload_credentials(gateway))
+    # Tenants, limits and JWT keys: re-read when their files change.
+    reloader = asyncio.create_task(gateway.watcher.run())
+    # Each agent's last-seen series, to its Collector.
+    publisher = asyncio.create_task(
+        fleet_series.publish(
+            gateway.fleet, gateway.forwarder, settings.fleet_series_interval_seconds
+        )
+    )
     logger.info(
         "gateway listening: OTLP/gRPC on %s:%d, HTTP%s on %s:%d, forwarding to %s",
         settings.grpc_host,
@@ -135,9 +143,10 @@ async def serve(settings: GatewaySettings) -> None:
         await http_server.serve()  # returns once _request_exit has run
     finally:
         logger.info("gateway stopping")
-        reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloader
+        for task in (reloader, publisher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await gateway.forwarder.close()
         gateway.fleet.save()  # the last-seen table, for the next start

@@ -10,11 +10,14 @@ import pydantic
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.limits import check_patterns
+from gateway.limits import LimitValues
 
 
-class GatewaySettings(BaseSettings):
-    """Every setting of the gateway; each field is the variable GATEWAY_<FIELD>."""
+class GatewaySettings(BaseSettings, LimitValues):
+    """Every setting of the gateway; each field is the variable GATEWAY_<FIELD>.
+
+    The per-tenant limits come from `LimitValues` (gateway/limits.py), declared there once.
+    """
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
 
@@ -30,13 +33,19 @@ class GatewaySettings(BaseSettings):
         2.0, gt=0, description="How often the tenants file is checked for changes."
     )
     collector_endpoint: str = Field(
-        "127.0.0.1:14317", description="host:port of the Collector's OTLP/gRPC receiver."
+        "127.0.0.1:14317",
+        description=(
+            "host:port of the Collector's OTLP/gRPC receiver; several, comma-separated, "
+            "share the agents between them (docs/scaling.md)."
+        ),
+    )
+    fleet_series_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often each agent's last-seen series are sent to its Collector.",
     )
     forward_timeout_seconds: float = Field(
         5.0, gt=0, description="Deadline of one forward to the Collector."
-    )
-    max_request_bytes: int = Field(
-        8 * 1024 * 1024, gt=0, description="Largest accepted OTLP request (bytes, uncompressed)."
     )
     forward_linger_seconds: float = Field(
         0.003,
@@ -96,43 +105,17 @@ class GatewaySettings(BaseSettings):
         60.0, gt=0, description="How long a blocked address is refused without checking."
     )
 
-    # Each tenant's limits (docs/gateway.md, "Limits"). These are the
-    # defaults; the limits file may change them for all tenants or for one.
-    # 0 turns a limit off.
+    # Each tenant's limits (docs/gateway.md, "Limits") are the fields of
+    # LimitValues, inherited: GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND, ... are
+    # the defaults; the limits file may change them for all tenants or for one.
     limits_file: Path | None = Field(
         None, description="YAML or JSON file: `defaults:` and `tenants: {name: {...}}` limits."
     )
     limits_reload_seconds: float = Field(
         2.0, gt=0, description="How often the limits file is checked for changes."
     )
-    rate_limit_requests_per_second: float = Field(
-        20.0, ge=0, description="Export requests per second per tenant (0 = no limit)."
-    )
-    rate_limit_burst: int = Field(
-        100, ge=1, description="Requests a tenant may send at once above its rate."
-    )
-    max_data_points_per_request: int = Field(
-        10_000, ge=0, description="Data points in one request; more refuses the request."
-    )
-    max_active_series: int = Field(
-        10_000, ge=0, description="Series per tenant seen within the window; new ones over it drop."
-    )
     active_series_window_seconds: float = Field(
         600.0, gt=0, description="A series not seen for this long stops counting as active."
-    )
-    max_attributes_per_point: int = Field(
-        20, ge=0, description="Attributes (labels) per data point, scope attributes included."
-    )
-    max_attribute_value_length: int = Field(
-        256, ge=0, description="Characters in one attribute value."
-    )
-    metric_name_patterns: tuple[str, ...] = Field(
-        (r"[a-zA-Z][a-zA-Z0-9_.]{0,254}",),
-        description="Regular expressions; a metric name must match one of them whole.",
-    )
-    attribute_key_patterns: tuple[str, ...] = Field(
-        (r"[a-z][a-z0-9_.]{0,62}",),
-        description="Regular expressions; an attribute key must match one of them whole.",
     )
 
     # Fleet status (docs/gateway.md, "Fleet status")
@@ -177,15 +160,14 @@ class GatewaySettings(BaseSettings):
         return tuple(d.strip().lower() for d in self.admin_key_sha256.split(",") if d.strip())
 
     @property
+    def collector_endpoints(self) -> tuple[str, ...]:
+        """The Collectors' addresses, in the order given."""
+        return tuple(e.strip() for e in self.collector_endpoint.split(",") if e.strip())
+
+    @property
     def fleet_state_path(self) -> Path:
         """The fleet state file in force."""
         return self.fleet_state_file or self.tenants_file.with_name("fleet-state.json")
-
-    @pydantic.field_validator("metric_name_patterns", "attribute_key_patterns")
-    @classmethod
-    def _check_patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
-        """Refuse at start-up a pattern that is not a regular expression."""
-        return check_patterns(patterns)
 
     @model_validator(mode="after")
     def _check_credentials(self) -> Self:
@@ -195,6 +177,12 @@ class GatewaySettings(BaseSettings):
             raise ValueError(
                 "set only one of GATEWAY_JWT_SECRET_FILE, GATEWAY_JWT_PUBLIC_KEY_FILE "
                 "and GATEWAY_JWT_JWKS_FILE"
+            )
+        endpoints = self.collector_endpoints
+        if not endpoints or len(set(endpoints)) != len(endpoints):
+            raise ValueError(
+                "GATEWAY_COLLECTOR_ENDPOINT takes host:port of each Collector, comma-separated, "
+                f"each once; got {self.collector_endpoint!r}"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")

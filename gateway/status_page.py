@@ -1,19 +1,18 @@
 """Fleet status over HTTP: GET /api/fleet (JSON) and the /status page that shows it.
 
-/api/fleet takes the same `authorization: Bearer <key>` as exports: a tenant's
-key lists that tenant's agents, an admin key (its SHA-256 in
-GATEWAY_ADMIN_KEY_SHA256) lists every tenant. The page itself holds no data: it
-asks for a key in a form, keeps it in the tab's sessionStorage (gone when the
-tab closes, never in a URL or a cookie) and calls /api/fleet with it. A strict
-Content-Security-Policy allows only the gateway's own script, and the script
-writes every value with textContent, so an agent's service name or version can
-never run as code in an admin's browser.
+/api/fleet takes the same `authorization: Bearer <key>` as exports, and the same
+authentication (gateway.auth): a tenant's key lists that tenant's agents, an
+admin key (its SHA-256 in GATEWAY_ADMIN_KEY_SHA256) lists every tenant and alone
+may retire agents. The page itself holds no data: it asks for a key in a form,
+keeps it in the tab's sessionStorage (gone when the tab closes, never in a URL or
+a cookie) and calls /api/fleet with it. A strict Content-Security-Policy allows only
+the gateway's own script, and the script writes every value with textContent, so an
+agent's service name or version can never run as code in an admin's browser.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import json
 import logging
 from collections.abc import Collection
 from datetime import UTC, datetime
@@ -21,13 +20,18 @@ from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from gateway.app import Gateway
-from gateway.auth import authorization_from
-from gateway.errors import GatewayError
+from gateway.auth import Admin, Principal
+from gateway.errors import (
+    AmbiguousPrefix,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    UnknownAgent,
+)
 from gateway.fleet import AmbiguousAgent, FleetLookupError, FleetTracker, Sighting
-from gateway.http_edge import credentials, retry_after
+from gateway.http_edge import credentials, json_answer, json_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +49,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-def is_admin(authorization: str | None, digests: Collection[str]) -> bool:
-    """True when the bearer key's SHA-256 is one of the admin digests."""
-    scheme, _, key = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not key.strip() or not digests:
-        return False
-    digest = hashlib.sha256(key.strip().encode()).hexdigest()
-    # Every digest is compared, in constant time each.
-    return sum(hmac.compare_digest(digest, known) for known in digests) > 0
 
 
 def _iso(unix: float) -> str:
@@ -94,11 +88,11 @@ def agent_document(fleet: FleetTracker, row: Sighting, now: float) -> dict[str, 
     }
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    headers = {"Cache-Control": "no-store"}
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _refused(error: GatewayError) -> Response:
+    return json_refusal(error, NO_STORE).response()
 
 
 def _load_static() -> dict[str, bytes]:
@@ -118,79 +112,74 @@ def _load_static() -> dict[str, bytes]:
     return static
 
 
+def _forget_request(body: bytes) -> tuple[str, list[str]]:
+    """The tenant and instances of a forget request; InvalidRequest saying the form."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    tenant_id = document.get("tenant_id") if isinstance(document, dict) else None
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if (
+        not isinstance(tenant_id, str)
+        or not isinstance(instances, list)
+        or not instances
+        or not all(isinstance(name, str) and name for name in instances)
+    ):
+        raise InvalidRequest(
+            'send JSON {"tenant_id": "<tenant>", "instances": ["<instance id or prefix>"]}'
+        )
+    return tenant_id, instances
+
+
 def status_router(gateway: Gateway) -> APIRouter:
     """/api/fleet, /status and the page's script and style sheet."""
     router = APIRouter()
     static = _load_static()
 
+    def principal(request: Request) -> Principal:
+        return gateway.authenticator.authenticate(credentials(request.scope))
+
     @router.get("/api/fleet")
-    async def fleet(request: Request) -> JSONResponse:
+    async def fleet(request: Request) -> Response:
         """The caller's agents (a tenant key) or every tenant's (an admin key)."""
-        authorization = authorization_from(request.headers.getlist("authorization"))
-        admin = is_admin(authorization, gateway.settings.admin_key_digests)
-        if admin:
-            tenant_ids: Collection[str] = set(gateway.tenants.table.tenants)
-        else:
-            try:
-                tenant_ids = {gateway.authenticator.authenticate(credentials(request)).id}
-            except GatewayError as exc:
-                headers = {"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"}
-                delay = retry_after(exc)
-                if delay is not None:
-                    headers["Retry-After"] = delay
-                return JSONResponse(
-                    {"error": exc.reason, "message": exc.message},
-                    status_code=exc.http_status,
-                    headers=headers,
-                )
+        try:
+            caller = principal(request)
+        except GatewayError as exc:
+            return _refused(exc)
+        admin = isinstance(caller, Admin)
+        tenant_ids: Collection[str] = (
+            set(gateway.tenants.table.tenants) if isinstance(caller, Admin) else {caller.id}
+        )
         document = fleet_document(gateway.fleet, tenant_ids, gateway.fleet.clock(), admin)
-        return JSONResponse(document, headers={"Cache-Control": "no-store"})
+        return json_answer(document, headers=NO_STORE).response()
 
     @router.post("/api/fleet/forget")
-    async def forget(request: Request) -> JSONResponse:
+    async def forget(request: Request) -> Response:
         """Retire agents at once (admin key): {"tenant_id": ..., "instances": [...]}."""
-        authorization = authorization_from(request.headers.getlist("authorization"))
-        if not is_admin(authorization, gateway.settings.admin_key_digests):
-            if not authorization:
-                return _error(401, "unauthenticated", "send an admin key as 'Bearer <key>'")
-            return _error(
-                403,
-                "forbidden",
-                "retiring agents takes an admin key (its SHA-256 in GATEWAY_ADMIN_KEY_SHA256)",
-            )
         try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        tenant_id = body.get("tenant_id") if isinstance(body, dict) else None
-        instances = body.get("instances") if isinstance(body, dict) else None
-        if (
-            not isinstance(tenant_id, str)
-            or not isinstance(instances, list)
-            or not instances
-            or not all(isinstance(name, str) and name for name in instances)
-        ):
-            return _error(
-                400,
-                "invalid_request",
-                'send JSON {"tenant_id": "<tenant>", "instances": ["<instance id or prefix>"]}',
-            )
-        try:
-            retired = gateway.fleet.forget(tenant_id, instances)
-        except AmbiguousAgent as exc:
-            return _error(409, "ambiguous_agent", str(exc))
-        except FleetLookupError as exc:
-            return _error(404, "unknown_agent", str(exc))
+            if not isinstance(principal(request), Admin):
+                raise Forbidden(
+                    "retiring agents takes an admin key (its SHA-256 in "
+                    "GATEWAY_ADMIN_KEY_SHA256), not a tenant's"
+                )
+            tenant_id, instances = _forget_request(await request.body())
+            try:
+                retired = gateway.fleet.forget(tenant_id, instances)
+            except AmbiguousAgent as exc:
+                raise AmbiguousPrefix(str(exc)) from exc
+            except FleetLookupError as exc:
+                raise UnknownAgent(str(exc)) from exc
+        except GatewayError as exc:
+            return _refused(exc)
         gateway.fleet.save()
         now = gateway.fleet.clock()
         logger.info("retired %d agent(s) of tenant %s", len(retired), tenant_id)
-        return JSONResponse(
-            {
-                "tenant_id": tenant_id,
-                "retired": [agent_document(gateway.fleet, r, now) for r in retired],
-            },
-            headers={"Cache-Control": "no-store"},
-        )
+        document = {
+            "tenant_id": tenant_id,
+            "retired": [agent_document(gateway.fleet, r, now) for r in retired],
+        }
+        return json_answer(document, headers=NO_STORE).response()
 
     @router.get("/status")
     async def page() -> Response:

@@ -17,6 +17,9 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
+from gateway import instruments
+from gateway.instruments import Instrument
+
 # Forwarding to a local Collector takes about a millisecond; the tail reaches
 # the forward deadline (5 s by default).
 MAX_LABEL_SETS = 1_000_000
@@ -50,7 +53,7 @@ class Tally:
 
 @dataclass(frozen=True)
 class GatewayMetrics:
-    """Instruments of the request path; each name is its Prometheus name less suffixes."""
+    """The request path's instruments (their names: gateway.instruments)."""
 
     requests: Tally
     rejections: Tally
@@ -62,34 +65,20 @@ class GatewayMetrics:
     def create(cls, meter: Meter) -> GatewayMetrics:
         """Create the instruments on `meter`."""
 
-        def counter(name: str, unit: str, description: str) -> Tally:
+        def counter(instrument: Instrument) -> Tally:
             tally = Tally()
-            meter.create_observable_counter(name, [tally.observe], unit, description)
+            instrument.observe(meter, tally.observe)
             return tally
 
         return cls(
-            requests=counter(
-                "gateway.requests",
-                "{request}",
-                "Export requests by tenant, transport and outcome.",
-            ),
-            rejections=counter(
-                "gateway.rejections", "{request}", "Refused requests by tenant and reason."
-            ),
-            data_points=counter(
-                "gateway.data_points",
-                "{data_point}",
-                "Data points by tenant and outcome (forwarded, rejected).",
-            ),
-            auth_failures=counter(
-                "gateway.auth_failures",
-                "{request}",
-                "Requests without a valid credential, by reason.",
-            ),
+            requests=counter(instruments.REQUESTS),
+            rejections=counter(instruments.REJECTIONS),
+            data_points=counter(instruments.DATA_POINTS),
+            auth_failures=counter(instruments.AUTH_FAILURES),
             forward_duration=meter.create_histogram(
-                "gateway.forward.duration",
-                unit="s",
-                description="Time to forward one request to the Collector.",
+                instruments.FORWARD_DURATION.name,
+                unit=instruments.FORWARD_DURATION.unit,
+                description=instruments.FORWARD_DURATION.description,
                 explicit_bucket_boundaries_advisory=FORWARD_BUCKETS,
             ),
         )
@@ -125,5 +114,5 @@ class GatewayTelemetry:
             resource=Resource.create({"service.name": "otel-gateway"}),
             shutdown_on_exit=False,
         )
-        metrics = GatewayMetrics.create(provider.get_meter("gateway"))
+        metrics = GatewayMetrics.create(provider.get_meter(instruments.REQUESTS.scope))
         return cls(registry, provider, metrics)

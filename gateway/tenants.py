@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.watch import WatchedFile
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "oga"
 TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 FILE_VERSION = 1
-_NEVER_LOADED = object()
 
 
 class TenantsFileError(ValueError):
@@ -253,51 +254,48 @@ def remove_tenant(table: TenantTable, tenant_id: str) -> TenantTable:
 
 
 class TenantRegistry:
-    """The tenants in force, re-read when the file changes.
+    """The tenants in force: the tenants file, re-read when it changes (gateway.watch).
 
     A file that fails to load is logged and ignored: the previous table stays
     in force, so a typo never locks every tenant out.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._stamp: object = _NEVER_LOADED
-        self.table = TenantTable()
-        self.reload()
+    def __init__(self, path: Path, reload_seconds: float = 2.0) -> None:
+        self.file = WatchedFile(
+            path,
+            _load_logged,
+            what=f"tenants file {path}",
+            logger=logger,
+            every=reload_seconds,
+            initial=TenantTable,
+        )
+
+    @property
+    def table(self) -> TenantTable:
+        """The table in force."""
+        return self.file.value
 
     def reload(self) -> bool:
         """Re-read the file if it changed; True when a new table took effect."""
-        try:
-            stat = self._path.stat()
-            # `save` replaces the file, so the inode changes even when the
-            # mtime (coarse on some file systems) and the size do not.
-            stamp: tuple[float, int, int] | None = (stat.st_mtime, stat.st_size, stat.st_ino)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp:
-            return False
-        try:
-            table = load(self._path)
-        except TenantsFileError as exc:
-            logger.error("tenants file rejected, keeping the previous one: %s", exc)
-            self._stamp = stamp
-            return False
-        if stamp is None:
-            logger.warning(
-                "tenants file %s does not exist: every request is refused until "
-                "`otel-gateway tenants add NAME --file %s` creates it",
-                self._path,
-                self._path,
-            )
-        self._stamp = stamp
-        self.table = table
-        logger.info("loaded %d tenant(s) from %s", len(table.tenants), self._path)
-        return True
+        return self.file.reload()
 
     def authenticate(self, key: str) -> Tenant | None:
         """The tenant owning `key` in the table in force."""
-        return self.table.authenticate(key)
+        return self.file.value.authenticate(key)
 
     def knows(self, tenant_id: str) -> bool:
         """Whether `tenant_id` is listed in the table in force."""
-        return self.table.knows(tenant_id)
+        return self.file.value.knows(tenant_id)
+
+
+def _load_logged(path: Path) -> TenantTable:
+    table = load(path)
+    if not path.exists():
+        logger.warning(
+            "tenants file %s does not exist: every request is refused until "
+            "`otel-gateway tenants add NAME --file %s` creates it",
+            path,
+            path,
+        )
+    logger.info("loaded %d tenant(s) from %s", len(table.tenants), path)
+    return table

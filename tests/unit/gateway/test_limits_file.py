@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.limits import Limits, TenantLimits
+from gateway.app import Gateway
+from gateway.limits import Limits, LimitValues, TenantLimits
 from gateway.settings import GatewaySettings
+from gateway.watch import FileWatcher
 
-BASE = TenantLimits.from_settings(GatewaySettings.model_construct())
+BASE = TenantLimits()
 
 
 class Clock:
@@ -56,13 +58,18 @@ def test_a_changed_file_is_reloaded_when_due_and_a_broken_one_keeps_the_last(
     path = tmp_path / "limits.yaml"
     _write(path, "defaults:\n  max_active_series: 10\n", mtime=1000)
     clock = Clock()
-    limits = Limits(BASE, path, reload_seconds=2, clock=clock)
+    limits = Limits(BASE, path, reload_seconds=2)
+    assert limits.file is not None
+    watcher = FileWatcher(clock)
+    watcher.watch(limits.file)
     assert limits.for_tenant("acme").max_active_series == 10
 
     _write(path, "defaults:\n  max_active_series: 20\n", mtime=2000)
     clock.now = 1.0  # not due yet
+    watcher.poll()
     assert limits.for_tenant("acme").max_active_series == 10
     clock.now = 2.5
+    watcher.poll()
     assert limits.for_tenant("acme").max_active_series == 20
 
     caplog.set_level(logging.ERROR, logger="gateway.limits")
@@ -76,6 +83,7 @@ def test_a_changed_file_is_reloaded_when_due_and_a_broken_one_keeps_the_last(
     ):
         _write(path, broken, mtime=path.stat().st_mtime + 10)
         clock.now += 3
+        watcher.poll()
         assert limits.for_tenant("acme").max_active_series == 20
     assert len(caplog.records) == 6
     assert "max_actve_series" in caplog.records[1].getMessage()
@@ -92,10 +100,23 @@ def test_a_bad_pattern_in_the_settings_stops_the_start() -> None:
         GatewaySettings(metric_name_patterns=("(",))
 
 
-def test_the_settings_are_the_defaults_of_every_limit() -> None:
-    settings = GatewaySettings(max_active_series=7, rate_limit_requests_per_second=0)
-    limits = Limits.from_settings(settings).for_tenant("anyone")
+def test_the_settings_are_the_defaults_of_every_limit(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        max_active_series=7,
+        rate_limit_requests_per_second=0,
+        tenants_file=tmp_path / "tenants.json",
+        fleet_state_file=tmp_path / "fleet.json",
+    )
+    limits = Gateway.create(settings).ingestor.limits.for_tenant("anyone")
     assert limits.max_active_series == 7
     assert limits.rate_limit_requests_per_second == 0
     assert limits.metric_name_allowed("connector.bytes_sent")
     assert not limits.attribute_key_allowed("Customer-Name")
+
+
+def test_each_limit_is_declared_once_and_is_a_setting() -> None:
+    """The settings inherit every limit (GATEWAY_<NAME>) from the one declaration."""
+    assert issubclass(GatewaySettings, LimitValues)
+    assert set(LimitValues.model_fields) == set(TenantLimits.model_fields)
+    for name, declared in LimitValues.model_fields.items():
+        assert GatewaySettings.model_fields[name].default == declared.default

@@ -11,13 +11,13 @@ import pytest
 from gateway_fixtures import counter_request, fake_collector, make_tenants, running_gateway
 from google.rpc.error_details_pb2 import RetryInfo
 from google.rpc.status_pb2 import Status
+from middle import sample
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
-from test_gateway_export import sample
 
 
 def _points_request(points: int, name: str = "app.count") -> ExportMetricsServiceRequest:
@@ -68,6 +68,7 @@ def test_over_the_rate_is_resource_exhausted_with_retry_info_in_both_trailers(
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_the_python_otlp_exporter_waits_the_given_delay_and_then_succeeds(
     tmp_path: Path,
 ) -> None:

@@ -273,40 +273,7 @@ def _samples(telemetry: GatewayTelemetry, prefix: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(prefix + "{")]
 
 
-def test_the_gauges_have_the_exact_prometheus_names_and_labels(tmp_path: Path) -> None:
-    clock = Clock()
-    telemetry = GatewayTelemetry.create()
-    fleet = _tracker(tmp_path, clock)
-    fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
-    fleet.see("acme", agent("connector", "billing", "b-1", "1.0", host="db-7"))
-    fleet.see("acme", agent("etl", "nightly", "n-1", "0.3"))
-    clock.now += 42
-    names = {
-        "connector_last_seen_seconds",
-        "connector_last_seen_timestamp_seconds",
-        "agent_last_seen_seconds",
-        "agent_last_seen_timestamp_seconds",
-    }
-    samples = {name: _samples(telemetry, name) for name in names}
-    assert all(len(lines) == 1 for lines in samples.values())
-    (connector,) = samples["connector_last_seen_seconds"]
-    for label in (
-        'tenant_id="acme"',
-        'agent_instance="b-1"',
-        'service="billing"',
-        'version="1.0"',
-        'host="db-7"',
-        'state="running"',
-    ):
-        assert label in connector
-    assert ' instance="' not in connector
-    assert "{instance=" not in connector
-    assert connector.endswith(" 42.0")
-    (timestamp,) = samples["agent_last_seen_timestamp_seconds"]
-    assert float(timestamp.split()[-1]) == clock.now - 42
-
-
-def test_only_connectors_and_data_agents_get_series_retired_ones_lose_them(
+def test_the_gateways_metrics_count_agents_by_state_and_hold_no_per_agent_series(
     tmp_path: Path,
 ) -> None:
     clock = Clock()
@@ -320,13 +287,8 @@ def test_only_connectors_and_data_agents_get_series_retired_ones_lose_them(
     clock.now += 200
     fleet.see("acme", agent("connector", "billing", "up-1"))
     fleet.forget("acme", ["gone"])
-    lines = _samples(telemetry, "connector_last_seen_timestamp_seconds")
-    assert sorted(line.split('agent_instance="')[1].split('"')[0] for line in lines) == [
-        "done",
-        "up-1",
-    ]
-    assert next(line for line in lines if 'state="stopped"' in line).count("done") == 1
-    assert not _samples(telemetry, "agent_last_seen_timestamp_seconds")
+    # Per-agent series go to the Collectors (gateway.fleet_series), not here.
+    assert "last_seen" not in generate_latest(telemetry.registry).decode()
     counts = {}
     for line in _samples(telemetry, "gateway_fleet_agents"):
         labels = dict(
@@ -374,15 +336,3 @@ def test_grpc_exports_reach_the_fleet_through_the_ingestors_observers(tmp_path: 
             assert resource["service.instance.id"] == "i-9"
 
     run(scenario())
-
-
-def test_every_agent_has_its_own_series_past_the_sdks_default_of_2000(tmp_path: Path) -> None:
-    clock = Clock()
-    telemetry = GatewayTelemetry.create()
-    fleet = _tracker(tmp_path, clock)
-    fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
-    for tenant in range(5):
-        for index in range(500):
-            fleet.see(f"t{tenant}", agent("connector", "billing", f"b-{index}", "1.0"))
-    assert len(_samples(telemetry, "connector_last_seen_seconds")) == 2500
-    assert "otel_metric_overflow" not in generate_latest(telemetry.registry).decode()

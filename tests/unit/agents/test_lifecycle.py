@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics.export import (
 from otel_agents.lifecycle import STATE_KEY, StopAnnouncingExporter
 from tests.e2e.prefect_fixtures import OtlpReceiver, otlp_receiver
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Counts 5 records, says it is ready, then ends as argv[1] asks.
 AGENT = textwrap.dedent(

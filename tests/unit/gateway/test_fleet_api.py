@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 from gateway_fixtures import run
-from gateway_http_fixtures import ADMIN_KEY, http_gateway
+from gateway_http_fixtures import ADMIN_DIGEST, ADMIN_KEY, http_gateway
 
+from gateway.auth import ADMIN, Authenticator, Credentials
+from gateway.errors import Unauthenticated
 from gateway.fleet import Agent
 from gateway.settings import GatewaySettings
-from gateway.status_page import is_admin
+from gateway.tenants import TenantRegistry
 
 
 def test_a_tenant_key_lists_only_that_tenants_agents(tmp_path: Path) -> None:
@@ -120,13 +122,36 @@ def test_an_admin_key_retires_agents_at_once(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_admin_keys_are_checked_by_digest_only() -> None:
-    settings = GatewaySettings(admin_key_sha256=f"{'a' * 64}, {'B' * 64}")
-    assert settings.admin_key_digests == ("a" * 64, "b" * 64)
-    assert not is_admin(f"Bearer {'a' * 64}", settings.admin_key_digests)
-    assert not is_admin(f"Bearer {ADMIN_KEY}", ())
+def test_admin_keys_are_checked_by_digest_only(tmp_path: Path) -> None:
+    settings = GatewaySettings(admin_key_sha256=f"{'a' * 64}, {ADMIN_DIGEST.upper()}")
+    assert settings.admin_key_digests == ("a" * 64, ADMIN_DIGEST)
+    registry = TenantRegistry(tmp_path / "tenants.json")
+    admins = Authenticator(registry, admin_digests=settings.admin_key_digests)
+    assert admins.authenticate(Credentials(f"Bearer {ADMIN_KEY}")) is ADMIN
+    # The digest itself is not a key; without digests no key is an admin's.
+    for authenticator, key in ((admins, "a" * 64), (Authenticator(registry), ADMIN_KEY)):
+        with pytest.raises(Unauthenticated):
+            authenticator.authenticate(Credentials(f"Bearer {key}"))
     with pytest.raises(ValueError, match="digests of admin keys"):
         GatewaySettings(admin_key_sha256="my-plain-admin-key")
+
+
+def test_an_admin_key_sends_no_data(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            answer = await http.client.post(
+                "/v1/metrics",
+                content=b"",
+                headers={
+                    "content-type": "application/x-protobuf",
+                    "authorization": f"Bearer {ADMIN_KEY}",
+                },
+            )
+            assert answer.status_code == 401
+            assert "admin key cannot send data" in answer.text
+            assert http.collector.received == []
+
+    run(scenario())
 
 
 def test_the_status_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:

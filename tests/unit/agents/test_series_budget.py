@@ -9,7 +9,7 @@ as the Collector's prometheus exporter exposes them (`prometheus_series`), with
 - a data agent: the run tracker that `otel_agents.prefect` installs into Prefect's
   engines, fed the state changes the engines report for F flows of T tasks, each flow
   completed, failed, crashed and cancelled (every series a flow can have);
-  tests/unit/test_agents_prefect.py counts real Prefect flows the same way.
+  tests/unit/agents/test_prefect.py counts real Prefect flows the same way.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from otel_agents.identity import SERVICE_INSTANCE_NAMESPACE, machine_id, slot_instance_id
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Prints its instance id, then holds it until stdin closes.
 HOLDER = (

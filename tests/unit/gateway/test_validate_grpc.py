@@ -10,8 +10,8 @@ import grpc
 import pytest
 from gateway_fixtures import attributes_of, counter_request, fake_collector, make_tenants
 from gateway_fixtures import running_gateway as gateway
+from middle import sample
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
-from test_gateway_export import sample
 
 
 def _bad_utf8_body() -> bytes:

@@ -1,10 +1,11 @@
-"""Hypothesis strategies for hostile OTLP metrics requests (used by test_gateway_hostile)."""
+"""Hypothesis strategies for hostile OTLP metrics requests (used by test_hostile, test_validate)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -183,6 +184,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     return body
 
 
+@pytest.mark.slow
 @settings(max_examples=50, database=None, derandomize=True)
 @given(requests())
 def test_generated_requests_serialize_and_count(request: ExportMetricsServiceRequest) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from test_agents_prefect_support import key, nonzero, points
+from test_prefect_support import key, nonzero, points
 
 from otel_agents import setup_metrics
 from otel_agents.etl import EtlMetrics

@@ -11,9 +11,14 @@ from gateway_http_fixtures import HttpGateway, http_gateway, metrics_lines
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pki_fixtures import Authority
 
 from gateway.legacy import INSTRUMENTS, LegacyReport, to_otlp
 from otel_agents import connector as agent_connector
+from otel_agents.connector import ConnectorMetrics
+from otel_agents.etl import EtlMetrics
 
 CONNECTOR_REPORT = {
     "agent_type": "connector",
@@ -83,7 +88,7 @@ def test_a_connector_report_becomes_the_otel_agents_instruments(tmp_path: Path) 
                 "connector.errors": ("sum", "{error}", 2),
                 "connector.uptime": ("gauge", "s", 3600.5),
                 "connector.connected": ("gauge", "", 1),
-                "connector.certificate_expiry_days": ("gauge", "", 41.5),
+                "connector.certificate_expiry": ("gauge", "d", 41.5),
             }
             for metric in resource.scope_metrics[0].metrics:
                 if metric.HasField("sum"):
@@ -125,12 +130,45 @@ def test_an_etl_report_becomes_agent_instruments_with_the_flow_name(tmp_path: Pa
     run(scenario())
 
 
-def test_names_and_units_are_those_of_the_otel_agents_library() -> None:
-    connector = {i.name: i.unit for i in INSTRUMENTS["connector"]}
-    assert connector[agent_connector.BYTES_SENT] == "By"
-    assert connector[agent_connector.RECORDS_SENT] == "{record}"
-    # No unit "1" anywhere: it would add _ratio to the Prometheus name of a gauge.
-    assert all(i.unit != "1" for kind in INSTRUMENTS.values() for i in kind)
+def _library_instruments(tmp_path: Path) -> set[tuple[str, str, str]]:
+    """(name, unit, kind) of everything the otel_agents library's own instruments export."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    certificate = Authority(tmp_path).issue("connector", "connector.example")
+    connector = ConnectorMetrics(
+        provider.get_meter("connector"), version="1", certificate_path=certificate.cert
+    )
+    connector.set_connected(True)
+    connector.record_batch(10, 1000)
+    connector.record_query()
+    connector.record_error("UNAVAILABLE")
+    etl = EtlMetrics(provider.get_meter("etl"), version="1")
+    etl.status.set_connected(True)
+    etl.record_task_finished("load", "completed", flow_name="nightly")
+    etl.record_flow_finished("nightly", "completed", 1.5)
+    etl.record_flow_finished("nightly", "failed", 2.5)
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = set()
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                monotonic = getattr(metric.data, "is_monotonic", False)
+                kind = "counter" if monotonic else type(metric.data).__name__.lower()
+                found.add((metric.name, metric.unit or "", kind))
+    return found
+
+
+def test_names_units_and_kinds_are_those_of_the_otel_agents_library(tmp_path: Path) -> None:
+    library = _library_instruments(tmp_path)
+    legacy = {
+        (i.name, i.unit, "counter" if i.monotonic_sum else "gauge")
+        for kind in INSTRUMENTS.values()
+        for i in kind
+    }
+    assert legacy <= library, legacy - library
+    assert ("connector.certificate_expiry", "d", "gauge") in legacy
+    assert dict((name, unit) for name, unit, _ in legacy)[agent_connector.BYTES_SENT] == "By"
 
 
 @pytest.mark.parametrize(

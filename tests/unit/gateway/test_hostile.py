@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
-from test_gateway_hostile_strategies import bodies
+from test_hostile_strategies import bodies
 
 from gateway.validate import count_points
 
@@ -42,6 +42,9 @@ LIMITS = {
 }
 DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 REFUSED_TOO_BIG = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+# Hundreds of generated requests through a real gRPC server: about 30 s.
+pytestmark = pytest.mark.slow
 
 
 @dataclass

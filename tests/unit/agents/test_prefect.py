@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_series import collected_series, data_agent_formula
-from test_agents_prefect_support import (
+from test_prefect_support import (
     drain_prefect_workers,
     histogram_counts,
     key,

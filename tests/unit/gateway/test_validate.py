@@ -7,20 +7,21 @@ from collections.abc import Callable
 
 import pytest
 from gateway_fixtures import counter_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
+from test_hostile_strategies import requests
 
-from gateway.limits import TenantLimits, default_limits
+from gateway.limits import TenantLimits
 from gateway.series import ActiveSeries
 from gateway.validate import Rejections, count_points, enforce
 
-LIMITS = (
-    default_limits(1 << 20)
-    .for_tenant("any")
-    .with_overrides({"max_attributes_per_point": 4, "max_attribute_value_length": 20})
+LIMITS = TenantLimits(
+    max_request_bytes=1 << 20, max_attributes_per_point=4, max_attribute_value_length=20
 )
 
 
@@ -204,3 +205,68 @@ def test_a_pattern_list_can_widen_what_is_allowed() -> None:
 def test_counter_request_fixture_passes_the_defaults() -> None:
     request = counter_request(point_attributes={"kind": "x"})
     assert _enforce(request).total == 0
+
+
+@st.composite
+def _number_requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
+    """Gauges and sums with every field a point may carry: times, exemplars, flags,
+    odd doubles, long attribute values (multi-byte lengths)."""
+    doubles = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([-0.0, 5e-324, -5e-324, 1.7976931348623157e308]),
+    )
+    metrics = []
+    for name in draw(st.lists(st.sampled_from(["a.count", "a.level", "b.count"]), max_size=4)):
+        points = []
+        for _ in range(draw(st.integers(0, 6))):
+            point = m.NumberDataPoint(
+                start_time_unix_nano=draw(st.sampled_from([0, 1, 2**63])),
+                time_unix_nano=draw(st.sampled_from([0, 1_700_000_000_000_000_000])),
+                flags=draw(st.sampled_from([0, 0, 1])),
+                attributes=[
+                    _kv(k, v)
+                    for k, v in draw(
+                        st.dictionaries(
+                            st.sampled_from(["flow", "kind", "Bad", "tenant_id", "le"]),
+                            st.one_of(st.sampled_from(["x", "etl"]), st.text(max_size=300)),
+                            max_size=4,
+                        )
+                    ).items()
+                ],
+            )
+            value = draw(st.sampled_from(["int", "double", "none"]))
+            if value == "int":
+                point.as_int = draw(st.integers(-(2**63), 2**63 - 1))
+            elif value == "double":
+                point.as_double = draw(doubles)
+            if draw(st.integers(0, 4)) == 0:
+                point.exemplars.add(as_double=1.0, filtered_attributes=[_kv("tenant_id", "x")])
+            points.append(point)
+        if draw(st.booleans()):
+            monotonic = draw(st.booleans())
+            data = m.Sum(data_points=points, aggregation_temporality=2, is_monotonic=monotonic)
+            metrics.append(m.Metric(name=name, sum=data))
+        else:
+            metrics.append(m.Metric(name=name, gauge=m.Gauge(data_points=points)))
+    return _request(*metrics)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, database=None, derandomize=True, deadline=None)
+@given(request=st.one_of(requests(), _number_requests()))
+def test_reading_points_serialized_decides_as_reading_them_as_objects(
+    request: ExportMetricsServiceRequest,
+) -> None:
+    """Gauges' and sums' points are read from their bytes, their attribute checks
+    remembered: every decision is the one the protobuf objects give, remembered or not."""
+    limits = TenantLimits(
+        max_attributes_per_point=3, max_active_series=15, max_attribute_value_length=200
+    )
+    body = request.SerializeToString()
+    decided = []
+    for serialized in (False, True, True):  # the second serialized run meets what the first kept
+        copy = ExportMetricsServiceRequest.FromString(body)
+        rejections = enforce(copy, "acme", limits, ActiveSeries(600), 0.0, serialized=serialized)
+        decided.append((rejections.counts, rejections.examples, copy.SerializeToString()))
+    assert decided[1] == decided[0]
+    assert decided[2] == decided[0]

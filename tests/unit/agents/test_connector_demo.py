@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_agents_grpc_sync import Side, counts
+from test_grpc_sync import Side, counts
 
 from otel_agents.arrow import ipc_row_count
 from otel_agents.certificate import CertificateFile

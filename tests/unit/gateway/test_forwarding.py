@@ -19,11 +19,11 @@ from gateway_fixtures import (
 )
 from gateway_http_fixtures import http_gateway
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
+from middle import sample
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from test_gateway_export import sample
 
 from gateway.enrich import may_claim_tenant
 

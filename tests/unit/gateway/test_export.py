@@ -14,16 +14,8 @@ from gateway_fixtures import (
     make_tenants,
     running_gateway,
 )
+from middle import sample
 from prometheus_client import generate_latest
-
-
-def sample(gateway_registry: object, name: str, **labels: str) -> float | None:
-    """One sample of the gateway's own metrics, or None."""
-    for family in gateway_registry.collect():  # type: ignore[attr-defined]
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return None
 
 
 def test_a_valid_key_forwards_every_point_stamped_with_its_tenant(tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_the_key_file_is_reloaded_and_a_bad_one_is_ignored(
     secret_file.write_bytes(b"short")
     with caplog.at_level(logging.ERROR, logger="gateway.jwt_auth"):
         assert not verifier.reload()
-    assert "keeping the previous ones" in caplog.text
+    assert "keeping the previous one" in caplog.text
     assert "short" not in caplog.text
     assert verifier.verify(_token(b"n" * 48)) == Tenant("acme")
 

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from test_agents_grpc_sync import Side, counts, records_of
+from test_grpc_sync import Side, counts, records_of
 
 from otel_agents.connector import error_type_of
 from otel_agents.grpc_instrumentation import (
