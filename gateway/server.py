@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -124,7 +125,10 @@ async def serve(settings: GatewaySettings) -> None:
     # Each agent's last-seen series, to its Collector.
     publisher = asyncio.create_task(
         fleet_series.publish(
-            gateway.fleet, gateway.forwarder, settings.fleet_series_interval_seconds
+            gateway.fleet,
+            gateway.forwarder,
+            settings.fleet_series_interval_seconds,
+            f"{socket.gethostname()}:{grpc_port}",
         )
     )
     logger.info(

@@ -29,10 +29,7 @@ TENANT = 'tenant_id=~"$tenant"'
 """The label matcher of the tenant selector."""
 SERVICE_FROM_JOB = '"service", "$1", "job", "(.*)"'
 """label_replace arguments: an agent's job (its service.name) as `service`, the
-label of the gateway's last-seen metrics and of the recording rules."""
-INSTANCE_FROM_AGENT = '"instance", "$1", "agent_instance", "(.*)"'
-"""label_replace arguments: the gateway's `agent_instance` as `instance`, the label
-of an agent's own series (its service.instance.id)."""
+label of the recording rules."""
 INSTANCE_KEY = "tenant_id, service, instance"
 """The labels that name one agent in tables and alerts."""
 
@@ -311,11 +308,12 @@ def _agents_status_table(
         "Status": (
             f"max by ({INSTANCE_KEY}) ({age} <= bool on () group_left () {threshold})"
             f" or max by ({INSTANCE_KEY}) "
-            f'(label_replace({seen[:-1]}, state="stopped"}}, {INSTANCE_FROM_AGENT}) * 0 + 2)',
+            f'(label_replace({seen[:-1]}, state="stopped"}}, {SERVICE_FROM_JOB}) * 0 + 2)',
             "none",
         ),
         "Last seen": (
-            f"max by ({INSTANCE_KEY}) (label_replace({seen}, {INSTANCE_FROM_AGENT}))",
+            f'max by ({INSTANCE_KEY}) (label_replace({seen[:-1]}, state!="retired"}}, '
+            f"{SERVICE_FROM_JOB}))",
             "s",
         ),
         **extra,

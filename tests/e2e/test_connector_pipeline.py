@@ -149,8 +149,12 @@ def test_every_connector_metric_arrives_exact_typed_and_under_its_tenant(
         days = _one(stack, f"connector_certificate_expiry_days{where}")
         assert CERT_DAYS - 0.1 < days <= CERT_DAYS
         assert _one(stack, f'target_info{{job="{job}", service_version="1.2.3"}}') == 1
-        # Last seen comes from the gateway, not the agent.
-        last_seen = _one(stack, f'connector_last_seen_seconds{{service="{job}", tenant_id="acme"}}')
+        # Last seen comes from the gateway, sent beside the agent's own series.
+        last_seen = _one(
+            stack,
+            f'connector_last_seen_seconds{{job="{job}", tenant_id="acme", '
+            'otel_scope_name="otel_agents.gateway"}',
+        )
         assert 0 <= last_seen < 120
         for name in (
             "connector_bytes_sent_total",
@@ -168,10 +172,10 @@ def test_every_connector_metric_arrives_exact_typed_and_under_its_tenant(
             assert _type_of(stack, name) == "gauge", name
         assert stack.query(f'{{job="{job}", tenant_id=~".+", tenant_id!="acme"}}') == []
         # The series budget (docs/agents.md): 9 + 1 per error type, target_info and the
-        # gateway's two last-seen series included; this connector saw one error type.
+        # gateway's two last-seen series included (they carry the agent's job and
+        # instance); this connector saw one error type.
         own = _one(stack, f'count({{job="{job}", tenant_id="acme"}})')
-        seen = _one(stack, f'count({{__name__=~"connector_last_seen.*", service="{job}"}})')
-        assert own + seen == 9 + 1
+        assert own == 9 + 1
         print(
             f"\nPrometheus saw bytes={sent_bytes} records={sent_rows} queries={queries} "
             f"errors={failures} certificate_days={days:.3f} last_seen={last_seen:.1f}s"

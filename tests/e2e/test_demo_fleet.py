@@ -13,6 +13,7 @@ authentication failure).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from dashboard_queries import dashboards, panels_of, prometheus_api, run_panel_query, substitute
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -37,7 +39,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ResourceMetrics,
     ScopeMetrics,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.demo import wait_for_port
 from scripts.demo_connector import CERT_ENV, make_certificate
@@ -285,17 +286,18 @@ def _get_json(url: str) -> Any:
     return json.loads(body)
 
 
-def _last_seen(stack: LocalStack, tenant: str) -> float:
-    """The gateway's newest connector_last_seen_timestamp_seconds of `tenant`'s connector."""
-    status, body = http_get(f"{stack.gateway_http_url}/metrics", timeout=5)
-    assert status == 200, body[:300]
+def _last_seen(stack: LocalStack, tenant: str, key: str) -> float:
+    """When the gateway last heard from `tenant`'s connector (its /api/fleet)."""
+    answer = httpx.get(
+        f"{stack.gateway_http_url}/api/fleet", headers={"authorization": f"Bearer {key}"}
+    )
+    answer.raise_for_status()
     seen = [
-        sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-        if sample.name == "connector_last_seen_timestamp_seconds"
-        and sample.labels.get("tenant_id") == tenant
-        and sample.labels.get("service") == connector_service(tenant)
+        datetime.datetime.fromisoformat(agent["last_seen"]).timestamp()
+        for document in answer.json()["tenants"]
+        if document["tenant_id"] == tenant
+        for agent in document["agents"]
+        if agent["service"] == connector_service(tenant)
     ]
     assert seen, f"the gateway has never seen the connector of {tenant}"
     return max(seen)
@@ -313,7 +315,7 @@ def _poll(what: str, probe: Callable[[], Any], deadline: float) -> Any:
 
 
 def test_a_killed_connector_is_reported_silent_within_the_target(
-    stack: LocalStack, fleet: Fleet, alertmanager: str
+    stack: LocalStack, fleet: Fleet, alertmanager: str, tenant_keys: Keys
 ) -> None:
     killed = fleet.connectors[KILLED_TENANT]
     service = connector_service(KILLED_TENANT)
@@ -328,7 +330,7 @@ def test_a_killed_connector_is_reported_silent_within_the_target(
     killed.popen.kill()  # SIGKILL: no last export on the way out
     killed.popen.wait()
     killed_at, killed_wall = time.monotonic(), time.time()
-    last_export = _last_seen(stack, KILLED_TENANT)
+    last_export = _last_seen(stack, KILLED_TENANT, tenant_keys[1][KILLED_TENANT])
     assert killed_wall - last_export < 15, "the connector was not exporting before the kill"
     deadline = killed_at + TARGET_SECONDS - (killed_wall - last_export)
 

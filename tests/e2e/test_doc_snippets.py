@@ -159,6 +159,8 @@ class Scenario:
     work: str
     tenant: str
     job: str
+    resource: str = ""
+    """OTEL_RESOURCE_ATTRIBUTES of the process, when it needs any."""
 
 
 SCENARIOS = {
@@ -201,6 +203,10 @@ SCENARIOS = {
         CONNECTOR_WORK,
         "globex",
         "billing-connector",
+        # The README's connector has the same service name on this machine, hence by
+        # default the same instance id, for another tenant; the Collector keys
+        # target_info by job and instance, so that would be one target_info for two.
+        "service.instance.id=billing-connector-of-globex",
     ),
     "agents.md Prefect": Scenario(
         "etl_agent.py",
@@ -271,6 +277,7 @@ def run_scenario(
         "OTEL_EXPORTER_OTLP_ENDPOINT": stack.gateway_grpc_endpoint,
         "OTEL_AGENTS_API_KEY": key,
         "PYTHONPATH": str(REPO),
+        **({"OTEL_RESOURCE_ATTRIBUTES": scenario.resource} if scenario.resource else {}),
         **extra_env,
     }
     result = subprocess.run(

@@ -98,18 +98,18 @@ def test_legacy_reports_have_the_otel_agents_prometheus_names(
     durations = stack.query(f'agent_last_flow_duration_seconds{{instance="{etl_id}"}}')
     assert durations[0]["metric"]["flow"] == "nightly-sync"
 
-    # The gateway's own view of the agent, scraped under job="gateway".
+    # The gateway's view of the agent, sent beside the agent's own series.
     seen = stack.wait_for(
-        f'connector_last_seen_seconds{{agent_instance="{connector_id}"}}', lambda r: len(r) == 1
+        f'connector_last_seen_seconds{{instance="{connector_id}"}}', lambda r: len(r) == 1
     )
     labels = seen[0]["metric"]
-    assert labels["job"] == "gateway"
-    assert (labels["tenant_id"], labels["service"], labels["version"]) == (
+    assert labels["otel_scope_name"] == "otel_agents.gateway"
+    assert (labels["tenant_id"], labels["job"], labels["version"], labels["state"]) == (
         "acme",
         "legacy-connector",
         "2.4.1",
+        "running",
     )
-    assert "exported_instance" not in labels
     assert float(seen[0]["value"][1]) < 120
 
 

@@ -239,11 +239,18 @@ def test_gateway_series_come_from_every_shard_and_merge_into_one(fleet: Fleet) -
     merged = query.query('up{job="gateway"}')
     assert _by(merged, "instance") == dict.fromkeys(gateways, 1.0)
 
-    # A per-agent rule over the gateway's series runs on every shard: one result
-    # per agent once merged.
+    # The gateway sends each agent's last-seen series to the agent's own Collector:
+    # the per-agent rule over them runs on that Collector's shard alone.
     age = f'tenant_service_instance:connector_last_seen_age_seconds{{service="{SERVICE}"}}'
-    _wait("last-seen ages from both shards", lambda: len(query.query(age, dedup=False)) == 8, 60)
-    assert _by(query.query(age), "instance").keys() == {_instance(t, lane) for t, lane in BATCHES}
+
+    def one_per_agent() -> list[dict[str, Any]] | None:
+        found = query.query(age, dedup=False)
+        return found if len(found) == 4 else None
+
+    ages = _wait("one last-seen age per agent", one_per_agent, 60)
+    assert {(a["metric"]["instance"], a["metric"]["prometheus_shard"]) for a in ages} == {
+        (_instance(t, lane), str(lane)) for t, lane in BATCHES
+    }
 
 
 def test_the_ruler_evaluates_fleet_rules_on_the_global_view(fleet: Fleet) -> None:
@@ -257,12 +264,17 @@ def test_the_ruler_evaluates_fleet_rules_on_the_global_view(fleet: Fleet) -> Non
         "pipeline:agents_fresh_end_to_end:count": 2.0,
     }
 
+    seen: dict[str, list[float]] = {}
+
     def values() -> dict[str, float] | None:
-        seen = {name: [float(s["value"][1]) for s in query.query(name)] for name in expected}
+        seen.update({name: [float(s["value"][1]) for s in query.query(name)] for name in expected})
         flat = {name: v[0] for name, v in seen.items() if len(v) == 1}
         return flat if flat == expected else None
 
-    assert _wait("the Ruler's fleet counts", values, timeout=90) == expected
+    try:
+        assert _wait("the Ruler's fleet counts", values, timeout=150) == expected
+    finally:
+        print(f"the Ruler's fleet counts, last read: {seen}")
 
     # dashboards.yml sums a service over its instances, here one on each shard:
     # the Ruler's value is the sum of both shards' parts, not one shard's. A

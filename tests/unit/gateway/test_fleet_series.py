@@ -3,10 +3,18 @@ a stopped or retired agent only as long as its running series can linger."""
 
 from __future__ import annotations
 
-from gateway_fixtures import attributes_of
+import asyncio
+import contextlib
 
+from gateway_fixtures import attributes_of
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+
+from gateway.errors import CollectorUnavailable
 from gateway.fleet import Sighting
-from gateway.fleet_series import LINGER_SECONDS, SLICE, fleet_requests
+from gateway.fleet_series import LINGER_SECONDS, SLICE, fleet_requests, publish
 
 NOW = 1_700_000_000.0
 
@@ -83,3 +91,48 @@ def test_requests_carry_at_most_a_slice_of_agents() -> None:
     sizes = [len(r.resource_metrics) for r in fleet_requests(rows, NOW)]
     assert sizes == [SLICE, SLICE, 7]
     assert list(fleet_requests([], NOW)) == []
+
+
+def test_each_gateway_process_names_itself_on_its_points() -> None:
+    [request] = fleet_requests([_row("connector", "c-1")], NOW, gateway="gw-2:4317")
+    point = request.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
+    assert attributes_of(point.attributes)["gateway"] == "gw-2:4317"
+
+
+class _Forwarder:
+    """Records what it is sent; fails the first `failures` forwards."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.sent: list[ExportMetricsServiceRequest] = []
+        self.failures = failures
+
+    async def forward(self, request: ExportMetricsServiceRequest) -> ExportMetricsServiceResponse:
+        if self.failures:
+            self.failures -= 1
+            raise CollectorUnavailable("down")
+        self.sent.append(request)
+        return ExportMetricsServiceResponse()
+
+
+class _Fleet:
+    def __init__(self, rows: list[Sighting]) -> None:
+        self._rows = rows
+
+    def rows(self) -> list[Sighting]:
+        return self._rows
+
+
+def test_publish_sends_every_slice_each_interval_and_outlives_a_collector_outage() -> None:
+    rows = [_row("connector", f"c-{i}") for i in range(SLICE + 1)]
+    forwarder = _Forwarder(failures=1)
+
+    async def run_for_two_intervals() -> None:
+        task = asyncio.create_task(publish(_Fleet(rows), forwarder, 0.05, "gw:1"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.08)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_for_two_intervals())
+    # The first round lost its first slice to the outage; the second sent both.
+    assert [len(r.resource_metrics) for r in forwarder.sent] == [1, SLICE, 1]
