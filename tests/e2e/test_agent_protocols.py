@@ -2,11 +2,17 @@
 
 The same agent code as over OTLP/gRPC: `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` and
 the gateway's HTTP base URL are all it takes; counts arrive exact, under the key's
-tenant, on every series and on `target_info`.
+tenant, on every series and on `target_info`. And an agent stopped by a signal
+(SIGTERM from systemd, Kubernetes or Docker; SIGINT from a terminal) exports its last
+counts on the way out, exact in Prometheus, and the gateway marks it stopped.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -77,3 +83,62 @@ def test_otlp_http_from_the_environment_reaches_prometheus_exactly(
     assert info[0]["metric"]["agent_type"] == "connector"
     assert info[0]["metric"]["service_version"] == "3.0.1"
     assert telemetry.shutdown(timeout_s=10)
+
+
+AGENT_SCRIPT = """
+import sys, time
+from otel_agents import connector_metrics, setup_metrics
+
+telemetry = setup_metrics("e2e-sigterm-connector", "connector")
+counters = connector_metrics(telemetry)
+counters.record_batch(17, 1700)
+counters.record_batch(3, 234)
+counters.record_query()
+print("COUNTED", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signalled_agent_exports_its_last_counts_and_says_it_stopped(
+    stack: LocalStack, tenant_keys: Keys, tmp_path: Path, signal_name: str
+) -> None:
+    _, keys = tenant_keys
+    instance = f"sig-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT_SCRIPT)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    env |= {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": stack.gateway_grpc_endpoint,
+        "OTEL_AGENTS_API_KEY": keys["acme"],
+        # No periodic export before the signal: only the final one can carry the counts.
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+        "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={instance}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    agent = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == "COUNTED"
+        signum = getattr(signal, signal_name)
+        agent.send_signal(signum)
+        # It ends by the signal, as a process without otel_agents would.
+        assert agent.wait(timeout=30) == -signum
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    expected = {
+        "connector_bytes_sent_total": 1934.0,
+        "connector_records_sent_total": 20.0,
+        "connector_queries_processed_total": 1.0,
+    }
+    for name, value in expected.items():
+        result = stack.wait_for(f'{name}{{instance="{instance}"}}', lambda r: len(r) == 1)
+        assert _by_tenant(result) == {"acme": value}, name
+    # The gateway heard that it stopped: its last-seen series say so.
+    stack.wait_for(
+        f'connector_last_seen_timestamp_seconds{{instance="{instance}", state="stopped"}}',
+        lambda r: len(r) == 1,
+    )
