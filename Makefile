@@ -31,8 +31,10 @@ loadgen: $(VENV)/.installed
 system-deps:
 	@scripts/install-system-deps.sh
 
+# `make demo COLLECTORS=3`: the gateway spreads the agents over 3 Collectors
+# (docs/scaling.md, "Sharded Collectors"); one when COLLECTORS is not set.
 demo: setup
-	@$(BIN)/python -m scripts.demo
+	@$(BIN)/python -m scripts.demo $(if $(COLLECTORS),--collectors $(COLLECTORS))
 
 # The pipeline past one Prometheus: Prometheus shards and Thanos (docs/scaling.md).
 thanos-demo: setup

@@ -5,10 +5,16 @@ then one demo connector per tenant; prints each component's address as it
 becomes ready; restarts a component that dies (scripts/supervisor.py, like
 compose's `restart: unless-stopped`); runs until Ctrl-C, then stops every process
 it started.
+
+    python -m scripts.demo [--collectors N]
+
+`--collectors N` (`make demo COLLECTORS=N`) runs N Collectors, the gateway spreading
+the agents over them (docs/scaling.md, "Sharded Collectors"); 1 by default.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import secrets
 import shutil
@@ -28,6 +34,7 @@ from scripts.localstack import (
     StackError,
     alertmanager_binary,
     collector_binary,
+    collector_name,
     prometheus_binary,
 )
 from scripts.prefect_server import client_env, start_prefect_server
@@ -171,8 +178,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run() -> int:
-    """Start everything, wait for Ctrl-C or a failure, stop everything."""
+def start_collectors(stack: LocalStack, supervisor: Supervisor) -> None:
+    """Every Collector of the stack, each watched once it is ready."""
+    binary = collector_binary()
+    for index, process in enumerate(stack.start_collectors(binary)):
+        seconds = stack.wait_ready(process)
+        supervisor.watch(process)
+        ports = stack.collector_ports[index]
+        which = "Collector" if stack.collectors == 1 else collector_name(index)
+        say(
+            f"{which} ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{ports.otlp}, "
+            f"metrics http://127.0.0.1:{ports.prometheus}/metrics"
+        )
+
+
+def run(collectors: int = 1) -> int:
+    """Start everything with `collectors` Collectors, wait for Ctrl-C or a failure,
+    stop everything."""
     started = time.monotonic()
     # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the demo is, then the
     # `finally` below stops every process. Set explicitly: a shell starts
@@ -191,18 +213,14 @@ def run() -> int:
         "".join(f"{tenant} {key}\n" for tenant, key in keys.items()) + f"admin {admin_key}\n"
     )
     keys_file.chmod(0o600)
-    stack = LocalStack(RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS)
+    stack = LocalStack(
+        RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS, collectors=collectors
+    )
     # Each component is watched once it is ready: one that dies later is
     # restarted (said here, and marked in its log) while the demo runs on.
     supervisor = Supervisor(stack, report=say).start()
     try:
-        collector = stack.start_collector(collector_binary())
-        seconds = stack.wait_ready(collector)
-        supervisor.watch(collector)
-        say(
-            f"Collector ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{PORTS.collector_otlp}, "
-            f"metrics http://127.0.0.1:{PORTS.collector_prometheus}/metrics"
-        )
+        start_collectors(stack, supervisor)
         gateway = stack.start_gateway(
             {"GATEWAY_ADMIN_KEY_SHA256": hashlib.sha256(admin_key.encode()).hexdigest()}
         )
@@ -212,6 +230,8 @@ def run() -> int:
             f"gateway ready in {seconds:.1f} s: OTLP/gRPC {stack.gateway_grpc_endpoint}, "
             f"{stack.gateway_http_url}/readyz, {stack.gateway_http_url}/metrics"
         )
+        if collectors > 1:
+            say(f"the gateway spreads the agents over {collectors} Collectors by their id")
         prometheus = stack.start_prometheus(prometheus_binary())
         seconds = stack.wait_ready(prometheus)
         supervisor.watch(prometheus)
@@ -250,9 +270,27 @@ def run() -> int:
         say("stopped every process the demo started")
 
 
+def main(argv: list[str]) -> int:
+    """Parse the command line and run the demo."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.demo", description="The whole pipeline with demo agents."
+    )
+    parser.add_argument(
+        "--collectors",
+        type=int,
+        default=1,
+        metavar="N",
+        help="Collectors to spread the agents over (default 1)",
+    )
+    args = parser.parse_args(argv)
+    if args.collectors < 1:
+        parser.error(f"--collectors {args.collectors}: run at least one Collector")
+    return run(args.collectors)
+
+
 if __name__ == "__main__":
     try:
-        sys.exit(run())
+        sys.exit(main(sys.argv[1:]))
     except StackError as exc:
         say(f"error: {exc}")
         sys.exit(1)

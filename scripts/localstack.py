@@ -19,8 +19,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,29 @@ def alertmanager_binary() -> Path:
         if found is not None:
             return Path(found)
     raise StackError("prometheus-alertmanager is not installed: run scripts/install-system-deps.sh")
+
+
+def collector_name(index: int) -> str:
+    """Collector `index`'s name: its process here, its service in compose, and the
+    `collector` label of its targets."""
+    return "collector" if index == 0 else f"collector-{index}"
+
+
+def collector_targets(component: str, addresses: Sequence[str]) -> list[dict[str, Any]]:
+    """A target file listing the Collectors' `addresses` (in index order), each with its
+    `collector` label.
+
+    The label keeps each Collector's copy of an agent's series apart. The `collector`
+    job honours the exporter's job/instance (the agent's), so without it, after a
+    resize, the moved agent's frozen copy on its old Collector (kept for the
+    exporter's metric_expiration) and the live one on its new Collector would be
+    appended to one Prometheus series in turn: counters would jump back and forth
+    (docs/scaling.md, "Sharded Collectors").
+    """
+    return [
+        {"targets": [address], "labels": {"component": component, "collector": collector_name(i)}}
+        for i, address in enumerate(addresses)
+    ]
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -135,6 +158,8 @@ class LocalStack:
 
     `collectors` Collectors take the agents' data (the gateway spreads agents over
     them); Collector 0 uses the `collector_*` ports, the others free ones.
+    `collector_prometheus_ports` gives, by index, the port of a Collector's prometheus
+    exporter where it matters (which Prometheus shard scrapes it; 0 or missing: as above).
     """
 
     run_dir: Path
@@ -142,10 +167,14 @@ class LocalStack:
     ports: Ports = field(default_factory=Ports)
     processes: list[Process] = field(default_factory=list)
     collectors: int = 1
+    collector_prometheus_ports: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         if self.collectors < 1:
             raise StackError(f"collectors={self.collectors}: run at least one Collector")
+        chosen = list(self.collector_prometheus_ports)
+        if chosen and chosen[0]:
+            self.ports = replace(self.ports, collector_prometheus=chosen[0])
         self.ports = self.ports.resolved()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         p = self.ports
@@ -154,8 +183,13 @@ class LocalStack:
                 p.collector_otlp, p.collector_prometheus, p.collector_health, p.collector_telemetry
             ),
             *(
-                CollectorPorts(free_port(), free_port(), free_port(), free_port())
-                for _ in range(self.collectors - 1)
+                CollectorPorts(
+                    free_port(),
+                    (chosen[index] if index < len(chosen) else 0) or free_port(),
+                    free_port(),
+                    free_port(),
+                )
+                for index in range(1, self.collectors)
             ),
         ]
 
@@ -198,7 +232,7 @@ class LocalStack:
             "COLLECTOR_TELEMETRY_PORT": str(c.telemetry),
         }
         return self._start(
-            "collector" if index == 0 else f"collector-{index}",
+            collector_name(index),
             [str(binary), f"--config={COLLECTOR_CONFIG}"],
             env,
             ready_url=f"http://127.0.0.1:{c.health}/",
@@ -209,7 +243,7 @@ class LocalStack:
         return [self.start_collector(binary, index) for index in range(self.collectors)]
 
     def start_prometheus(
-        self, binary: Path, extra_targets: Mapping[str, str] | None = None
+        self, binary: Path, extra_targets: Mapping[str, str | list[str]] | None = None
     ) -> Process:
         """Prometheus with the repo's prometheus.yml, linked into the run directory
         beside target files that point at this stack's ports."""
@@ -223,18 +257,24 @@ class LocalStack:
         if (PROMETHEUS_CONFIG.parent / "rules").is_dir() and not rules.exists():
             rules.symlink_to(PROMETHEUS_CONFIG.parent / "rules")
         targets: dict[str, str | list[str]] = {
-            "collector": [f"127.0.0.1:{c.prometheus}" for c in self.collector_ports],
             "gateway": f"127.0.0.1:{p.gateway_http}",
             "prometheus": f"127.0.0.1:{p.prometheus}",
-            "collector-telemetry": [f"127.0.0.1:{c.telemetry}" for c in self.collector_ports],
             # Where alerts go (the alerting section of prometheus.yml); nothing
             # listens there unless start_alertmanager runs too.
             "alertmanager": f"127.0.0.1:{p.alertmanager}",
-            **(extra_targets or {}),
         }
-        for name, address in targets.items():
+        documents: dict[str, list[dict[str, Any]]] = {
+            name: [{"targets": [address], "labels": {"component": name}}]
+            for name, address in targets.items()
+        }
+        for job, port in (("collector", "prometheus"), ("collector-telemetry", "telemetry")):
+            documents[job] = collector_targets(
+                job, [f"127.0.0.1:{getattr(c, port)}" for c in self.collector_ports]
+            )
+        for name, address in (extra_targets or {}).items():
             addresses = address if isinstance(address, list) else [address]
-            document = [{"targets": addresses, "labels": {"component": name}}]
+            documents[name] = [{"targets": addresses, "labels": {"component": name}}]
+        for name, document in documents.items():
             (home / "targets" / f"{name}.json").write_text(json.dumps(document))
         return self._start(
             "prometheus",
@@ -278,6 +318,9 @@ class LocalStack:
             "GATEWAY_HTTP_PORT": str(p.gateway_http),
             "GATEWAY_COLLECTOR_ENDPOINT": self.collector_endpoints,
             "GATEWAY_TENANTS_FILE": str(self.tenants_file),
+            # Its own fleet table: stacks may share a tenants file, beside which
+            # the gateway would keep one otherwise.
+            "GATEWAY_FLEET_STATE_FILE": str(self.run_dir / "gateway-fleet-state.json"),
             **(extra_env or {}),
         }
         return self._start(

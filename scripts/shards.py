@@ -21,7 +21,15 @@ from typing import Any
 
 import yaml
 
-from scripts.localstack import REPO, LocalStack, Process, StackError, free_port, http_get
+from scripts.localstack import (
+    REPO,
+    LocalStack,
+    Process,
+    StackError,
+    collector_targets,
+    free_port,
+    http_get,
+)
 
 PROMETHEUS_DIR = REPO / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
@@ -133,7 +141,11 @@ def start_shard(
         rules.symlink_to(RULES_DIR)
     files = {**targets, "prometheus": [f"127.0.0.1:{port}"]}
     for target, addresses in files.items():
-        document = [{"targets": list(addresses), "labels": {"component": target}}]
+        document = (
+            collector_targets(target, addresses)
+            if target in ("collector", "collector-telemetry")
+            else [{"targets": list(addresses), "labels": {"component": target}}]
+        )
         (home / "targets" / f"{target}.json").write_text(json.dumps(document))
     argv = [
         str(binary),

@@ -6,9 +6,10 @@
     Ruler (rules/pipeline.yml, dashboards.yml) ─▶ Query ─▶ Receive and the Ruler's own
     shards and Ruler ─alerts─▶ Alertmanager
 
-A lane is a gateway and the Collector it forwards to: with today's gateway, which
-forwards to one Collector, lanes are how N Collectors get data. Lane i's Collector
-listens on a port that shard i (mod N) scrapes. Every component runs from the
+A lane is a gateway and the Collectors it forwards to (`collectors_per_lane`, 1 by
+default; with several, the gateway routes each agent to one of them). The
+Collectors are numbered across lanes (lane 0's first), and Collector k listens on
+a port that shard k (mod the number of shards) scrapes. Every component runs from the
 repository's files (docs/scaling.md, "Past one Prometheus"); used by
 tests/e2e/test_thanos.py and by `python -m scripts.thanos_demo`.
 """
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from scripts.localstack import (
     LocalStack,
-    Ports,
     Process,
     alertmanager_binary,
     collector_binary,
@@ -56,7 +56,7 @@ class ThanosStack:
     core: LocalStack
     """Shards, Thanos, Alertmanager, and whatever a caller adds (`core.start_process`)."""
     lanes: list[LocalStack]
-    """A Collector and a gateway each."""
+    """A gateway and its Collectors each."""
     receive: Receive
     query: Query
     ruler: Ruler
@@ -78,9 +78,18 @@ class ThanosStack:
             lane.stop_all()
 
 
-def _lane(run_dir: Path, tenants_file: Path, index: int, shards: int) -> LocalStack:
-    ports = Ports(collector_prometheus=port_on_shard(index % shards, shards))
-    return LocalStack(run_dir / f"lane-{index}", tenants_file=tenants_file, ports=ports)
+def _lane(
+    run_dir: Path, tenants_file: Path, index: int, shards: int, collectors: int
+) -> LocalStack:
+    first = index * collectors
+    return LocalStack(
+        run_dir / f"lane-{index}",
+        tenants_file=tenants_file,
+        collectors=collectors,
+        collector_prometheus_ports=[
+            port_on_shard((first + number) % shards, shards) for number in range(collectors)
+        ],
+    )
 
 
 @contextmanager
@@ -90,6 +99,7 @@ def thanos_stack(
     *,
     lanes: int = 2,
     shards: int = 2,
+    collectors_per_lane: int = 1,
     extra_collector_targets: Sequence[str] = (),
     gateway_env: Mapping[str, str] | None = None,
     report: Callable[[str], None] = lambda message: None,
@@ -116,9 +126,9 @@ def thanos_stack(
         # Everything that waits for nothing else starts at once; readiness is
         # checked after, so the starts overlap.
         for index in range(lanes):
-            lane = _lane(run_dir, tenants_file, index, shards)
+            lane = _lane(run_dir, tenants_file, index, shards, collectors_per_lane)
             lane_stacks.append(lane)
-            lane.start_collector(binaries["collector"])
+            lane.start_collectors(binaries["collector"])
             lane.start_gateway(gateway_env)
         alertmanager = core.start_alertmanager(binaries["alertmanager"])
         receive = start_receive(core, binaries["thanos"])
@@ -141,11 +151,17 @@ def thanos_stack(
         stack = ThanosStack(core, lane_stacks, receive, query, ruler)
         targets = {
             "collector": [
-                *(f"127.0.0.1:{lane.ports.collector_prometheus}" for lane in lane_stacks),
+                *(
+                    f"127.0.0.1:{collector.prometheus}"
+                    for lane in lane_stacks
+                    for collector in lane.collector_ports
+                ),
                 *extra_collector_targets,
             ],
             "collector-telemetry": [
-                f"127.0.0.1:{lane.ports.collector_telemetry}" for lane in lane_stacks
+                f"127.0.0.1:{collector.telemetry}"
+                for lane in lane_stacks
+                for collector in lane.collector_ports
             ],
             "gateway": [f"127.0.0.1:{lane.ports.gateway_http}" for lane in lane_stacks],
             "alertmanager": [f"127.0.0.1:{core.ports.alertmanager}"],

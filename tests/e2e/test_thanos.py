@@ -339,6 +339,8 @@ def test_alerts_reach_alertmanager_with_the_labels_of_one_prometheus(fleet: Flee
                 "job": "collector",
                 "instance": fleet.dead_collector,
                 "component": "collector",
+                # Listed after the lanes' two Collectors (scripts/thanos_stack.py).
+                "collector": "collector-2",
             }.items()
         ),
         # From the disconnected agent's shard: a per-agent rule.

@@ -7,8 +7,11 @@ rather than in a container nobody started.
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,9 @@ import pytest
 import yaml
 
 from gateway.settings import GatewaySettings
+from scripts.compose_collectors import TARGETS_MOUNT, target_files
+from scripts.compose_collectors import write as write_override
+from scripts.localstack import collector_name
 from scripts.shards import GLOBAL_RULE_FILES, evaluation_interval, shard_config
 from scripts.thanos import ALERT_LABEL_DROP, RECEIVE_TENANT_LABEL, REPLICA_LABELS
 
@@ -449,3 +455,142 @@ def test_thanos_runs_as_the_native_stack_does(services: dict[str, dict[str, Any]
     assert "alertmanager:9093" in (COMPOSE_TARGETS / "alertmanager.json").read_text()
     for component in (receive, query, rule):
         assert _flags(component, "http-grace-period") == ["5s"]
+
+
+# -- N Collectors (scripts/compose_collectors.py) ----------------------------------------
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` applied to `base` as compose merges files: maps merged key by key,
+    a service's volumes replaced by mount target, other values replaced."""
+    merged = copy.deepcopy(base)
+    services = merged["services"]
+    for name, changes in override["services"].items():
+        service = services.setdefault(name, {})
+        for key, value in changes.items():
+            if key == "volumes":
+                targets = {str(v).split(":")[1] for v in value}
+                kept = [v for v in service.get(key, []) if str(v).split(":")[1] not in targets]
+                service[key] = kept + list(value)
+            elif isinstance(value, dict):
+                service[key] = {**service.get(key, {}), **value}
+            else:
+                service[key] = value
+    return merged
+
+
+def _target_groups(service: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    """The groups of target file `job`.json that `service` mounts at its targets."""
+    [source] = [v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == TARGETS_MOUNT]
+    directory = Path(source) if Path(source).is_absolute() else REPO / source
+    groups: list[dict[str, Any]] = json.loads((directory / f"{job}.json").read_text())
+    return groups
+
+
+def test_compose_targets_name_their_one_collector() -> None:
+    # What compose_collectors writes for one Collector is what compose.yaml mounts.
+    for name, document in target_files(1).items():
+        assert json.loads((COMPOSE_TARGETS / name).read_text()) == document, name
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_the_override_runs_n_collectors_and_prometheus_scrapes_each(
+    compose: dict[str, Any], tmp_path: Path, count: int
+) -> None:
+    path = write_override(count, tmp_path)
+    override = yaml.safe_load(path.read_text(encoding="utf-8"))
+    merged = _merged(compose, override)
+    services = merged["services"]
+    names = [collector_name(index) for index in range(count)]
+
+    # Every Collector runs as compose.yaml's `collector` does.
+    collectors = sorted(n for n in services if n == "collector" or n.startswith("collector-"))
+    assert collectors == sorted(names)
+    for name in names:
+        assert services[name] == compose["services"]["collector"], name
+
+    # The gateway sends to each of them, once, and starts after them.
+    gateway = services["gateway"]
+    settings = GatewaySettings(
+        collector_endpoint=gateway["environment"]["GATEWAY_COLLECTOR_ENDPOINT"]
+    )
+    endpoints = settings.collector_endpoints
+    assert [e.rsplit(":", 1)[0] for e in endpoints] == names
+    assert {e.rsplit(":", 1)[1] for e in endpoints} == {"4317"}
+    assert "0.0.0.0:4317" in services["collector"]["environment"]["COLLECTOR_OTLP_ENDPOINT"]
+    assert set(gateway["depends_on"]) == set(names)
+
+    # Every Prometheus (the single one and the thanos profile's shards) scrapes every
+    # Collector and its telemetry, each target labelled with its Collector's name.
+    readers = [n for n in services if n == "prometheus" or n in SHARD_SERVICES]
+    assert len(readers) == 1 + len(SHARD_SERVICES)
+    for reader in readers:
+        for job, port in (("collector", "8889"), ("collector-telemetry", "8888")):
+            groups = _target_groups(services[reader], job)
+            listed = {g["targets"][0]: g["labels"] for g in groups if len(g["targets"]) == 1}
+            assert len(listed) == len(groups) == count, (reader, job, groups)
+            assert listed == {
+                f"{name}:{port}": {"component": job, "collector": name} for name in names
+            }
+        # The other target files are compose's own.
+        for other in ("gateway", "alertmanager", "prometheus", "thanos"):
+            own = json.loads((COMPOSE_TARGETS / f"{other}.json").read_text())
+            assert _target_groups(services[reader], other) == own, (reader, other)
+
+    # The merged file is still a valid compose file.
+    merged_file = tmp_path / "merged.yaml"
+    merged_file.write_text(yaml.safe_dump(merged), encoding="utf-8")
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(merged_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_default_override_path_is_relative_to_the_repository(tmp_path: Path) -> None:
+    # Compose resolves an override's paths against the first file's directory.
+    inside = REPO / ".run" / "test-compose-collectors"
+    try:
+        path = write_override(2, inside)
+        override = yaml.safe_load(path.read_text(encoding="utf-8"))
+        [mount] = override["services"]["prometheus"]["volumes"]
+        assert mount == f"./.run/test-compose-collectors/targets:{TARGETS_MOUNT}:ro"
+        assert "-f .run/test-compose-collectors/compose.yaml" in path.read_text()
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+
+
+@pytest.mark.parametrize("targets", ["compose", "override"])
+def test_promtool_accepts_prometheus_yml_with_the_compose_targets(
+    tmp_path: Path, targets: str
+) -> None:
+    # promtool reads the file_sd files it finds beside the config and checks their labels.
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        message = "promtool is not installed (run scripts/install-system-deps.sh)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    source = (
+        COMPOSE_TARGETS if targets == "compose" else write_override(3, tmp_path).parent / "targets"
+    )
+    home = tmp_path / "prometheus"
+    home.mkdir()
+    (home / "prometheus.yml").symlink_to(PROMETHEUS_CONFIG)
+    (home / "rules").symlink_to(PROMETHEUS_CONFIG.parent / "rules")
+    (home / "targets").symlink_to(source)
+    result = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=home,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "does not exist" not in output, output
