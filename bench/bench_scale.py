@@ -1,22 +1,32 @@
-"""Scale on one machine: 1,000 → 10,000 simulated agents through one gateway.
+"""Scale: up to 10,000 simulated agents over 1,000 tenants, three topologies side by side.
 
-Run: `.venv/bin/python -m bench.bench_scale` (about 8 minutes) or `--quick` (1,000 and
-2,000 agents, about 1.5 minutes). Starts the real Collector, gateway and Prometheus
-with the repository's configurations and default limits (scripts/localstack.py), a
-tenants file with one API key per tenant, and `bench/simagents.py` in a process of
-its own: 10 agents per tenant (5 connectors, 5 data agents) exporting over OTLP/gRPC
-every 30 s, spread evenly over the interval.
+Run: `.venv/bin/python -m bench.bench_scale` (2,500 → 5,000 → 10,000 agents on each
+topology, about 20 minutes a round) or `--quick` (1,000 agents on each, about 5
+minutes). `bench/simagents.py`, in a process of its own, plays the agents: 10 per
+tenant (5 connectors, 5 data agents of 20 flows of 5 tasks) exporting over OTLP/gRPC
+every 30 s, spread evenly over the interval. The same agents (same identities, same
+load) go through each topology of `bench/scale_stack.py` in turn: single (1
+Collector, 1 Prometheus), sharded (N Collectors, 1 Prometheus), thanos (N Collectors,
+2 Prometheus shards, Thanos Receive, Query and Ruler). `--rounds R` repeats the whole
+sequence, topologies interleaved, and the summary quotes medians.
 
 Each step raises the number of agents, waits one export interval (plus a margin) for
 the new agents' first exports, then measures over a steady window:
-- CPU of each process (cores: utime + stime from /proc/<pid>/stat over the window);
+- CPU of each process (cores: utime + stime from /proc/<pid>/stat over the window),
+  and the busiest other processes on the machine (what ran beside);
 - memory (VmRSS from /proc/<pid>/status, sampled every 0.5 s: peak over the step, end);
-- requests and data points sent, errors, late sends and the gateway's latency as the
-  simulated agents saw it;
-- after the window, from Prometheus: head series, the agents' series (expected vs
-  found), the gateway's refusals, the Collector's refused points and failed exports,
-  and each target's scrape duration and size.
-Prints a table per step and writes bench/results/scale.json. Asserts nothing.
+- requests and data points sent, errors, late sends and latency as the agents saw them;
+- each TSDB's head series and samples appended (its own /metrics), remote-write lag;
+- after the window, each target's scrape duration (mean and longest over the window),
+  and through the query endpoint (Prometheus or Thanos Query): each agent's own
+  series, target_info and the last-seen series against what the agents send, the
+  gateway's refusals and the Collectors' refused points;
+- export latency during the Collectors' and the gateway's scrapes and the gateway's
+  fleet-series publishing, and the CPU of those moments (bench/scale_moments.py).
+From these, per-series and per-request costs. A topology stops at its first step
+with problems (`--keep-going` runs the rest). Prints a table per step and the
+topologies side by side; writes bench/results/scale.json (`--output`). Asserts
+nothing. `--merge A.json B.json ...` puts separate runs together as rounds of one.
 """
 
 from __future__ import annotations
@@ -26,505 +36,614 @@ import json
 import os
 import platform
 import shutil
-import subprocess
+import statistics
 import sys
-import threading
 import time
-import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 if not __package__:  # run as a file: the repository root holds `scripts` and `bench`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procstat import CLOCK_TICKS, cpu_seconds, status_field
-from bench.simagents import AGENTS_PER_TENANT, CONNECTORS_PER_TENANT, LATE_AFTER_S
-from gateway import tenants
-from scripts.localstack import (
-    LocalStack,
-    StackError,
-    collector_binary,
-    http_get,
-    prometheus_binary,
+from bench import scale_moments as moments
+from bench import scale_probe as probe
+from bench.procstat import cpu_seconds
+from bench.scale_report import print_side_by_side, print_step
+from bench.scale_resize import run_resize
+from bench.scale_run import (
+    MemorySampler,
+    SimAgents,
+    expected_figures,
+    machine_seconds,
+    write_tenants,
 )
+from bench.scale_stack import TOPOLOGIES, Topology, running
+from bench.simagents import AGENT_TYPES, AGENTS_PER_TENANT, LATE_AFTER_S
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "scale.json"
 RUN_DIR = REPO / ".run" / "bench-scale"
 INTERVAL_S = 30.0
-SCRAPE_INTERVAL_S = 10.0
-"""prometheus/prometheus.yml's scrape_interval."""
 RAMP_MARGIN_S = 8.0
-FULL_STEPS = (1_000, 2_500, 5_000, 10_000)
-QUICK_STEPS = (1_000, 2_000)
-COMPONENTS = ("gateway", "collector", "prometheus", "simagents")
-
-# Instant queries after each step's window; None when the query returns nothing.
-QUERIES = {
-    "head_series": "prometheus_tsdb_head_series",
-    "agent_series": 'count({__name__=~"connector_.*|agent_.*", component="collector"})',
-    "target_info": 'count(target_info{component="collector"})',
-    "connectors_in_prometheus": "count(connector_uptime_seconds)",
-    "data_agents_in_prometheus": "count(agent_uptime_seconds)",
-    "agents_seen_by_gateway": 'count({__name__=~"(connector|agent)_last_seen_seconds"})',
-    "gateway_requests_accepted": 'sum(gateway_requests_total{outcome="accepted"})',
-    "gateway_requests_refused": 'sum(gateway_requests_total{outcome!="accepted"}) or vector(0)',
-    # Series the gateway's OpenTelemetry SDK folded into one for over 2,000 attribute
-    # sets per instrument (its default cardinality limit).
-    "gateway_overflow_series": 'count({otel_metric_overflow="true"}) or vector(0)',
-    "gateway_points_forwarded": 'sum(gateway_data_points_total{outcome="forwarded"})',
-    "gateway_points_rejected": 'sum(gateway_data_points_total{outcome="rejected"}) or vector(0)',
-    "gateway_points_failed": 'sum(gateway_data_points_total{outcome="failed"}) or vector(0)',
-    "collector_accepted_points": "sum({__name__=~"
-    '"otelcol_receiver_accepted_metric_points(_total)?"})',
-    "collector_refused_points": "sum({__name__=~"
-    '"otelcol_receiver_refused_metric_points(_total)?"}) or vector(0)',
-    "collector_failed_points": "sum({__name__=~"
-    '"otelcol_receiver_failed_metric_points(_total)?"}) or vector(0)',
-    "collector_export_failed_points": "sum({__name__=~"
-    '"otelcol_exporter_send_failed_metric_points(_total)?"}) or vector(0)',
-}
-# Per scrape target (the `component` label of the target files).
-TARGET_QUERIES = {
-    "up": "up",
-    "scrape_duration_s": "scrape_duration_seconds",
-    "scrape_samples": "scrape_samples_scraped",
-}
+MOMENTS_AFTER_S = 15.0
+"""Scrapes and publishing cycles are read as of this long after a window (a scrape's
+sample appears when it ends: up to the 10 s timeout)."""
+FULL_STEPS = (2_500, 5_000, 10_000)
+QUICK_STEPS = (1_000,)
+DEFAULT_COLLECTORS = 4
+SERVICES = {service: kind for kind, (service, _) in AGENT_TYPES.items()}
+"""job (service.name) → agent type."""
 
 
-# -- processes: CPU and memory from /proc ------------------------------------------------
-
-
-def machine_seconds() -> tuple[float, float, float]:
-    """(busy, iowait, total) CPU seconds of the whole machine, all cores (/proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle, iowait = values[3], values[4]
-    total = sum(values)
-    return (total - idle - iowait) / CLOCK_TICKS, iowait / CLOCK_TICKS, total / CLOCK_TICKS
-
-
-@dataclass
-class MemorySampler:
-    """Samples each process's RSS every half second; peak since the last reset."""
-
-    pids: dict[str, int]
-    peak: dict[str, float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> None:
-        """Sample in a daemon thread until `stop`."""
-        threading.Thread(target=self._run, name="rss-sampler", daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.sample()
-
-    def sample(self) -> dict[str, float]:
-        """RSS now, MB; folded into the peaks."""
-        now = {}
-        for name, pid in self.pids.items():
-            try:
-                now[name] = status_field(pid, "VmRSS") / 1024
-            except OSError:
-                continue
-        with self._lock:
-            for name, value in now.items():
-                self.peak[name] = max(self.peak.get(name, 0.0), value)
-        return now
-
-    def take_peaks(self) -> dict[str, float]:
-        """The peaks since the previous call, which resets them."""
-        with self._lock:
-            peaks, self.peak = self.peak, {}
-        return peaks
-
-    def stop(self) -> None:
-        """End the sampling thread."""
-        self._stop.set()
-
-
-# -- the simulated agents' process ------------------------------------------------------------
-
-
-class SimAgents:
-    """`bench/simagents.py` in a process of its own, driven through its stdin."""
-
-    def __init__(self, endpoint: str, keys_file: Path, log: Path) -> None:
-        self._log = log.open("ab")
-        self.popen = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bench.simagents"),
-                *("--endpoint", endpoint, "--keys", str(keys_file)),
-                *("--interval", str(INTERVAL_S)),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=REPO,
-            text=True,
-            start_new_session=True,
-        )
-        self.ready = self._read()
-
-    def _stdin(self) -> IO[str]:
-        assert self.popen.stdin is not None
-        return self.popen.stdin
-
-    def _read(self) -> dict[str, Any]:
-        assert self.popen.stdout is not None
-        line = self.popen.stdout.readline()
-        if not line:
-            raise StackError(f"simagents exited ({self.popen.poll()}); see {self._log.name}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def command(self, text: str) -> None:
-        """Send one command line."""
-        self._stdin().write(text + "\n")
-        self._stdin().flush()
-
-    def stats(self) -> dict[str, Any]:
-        """Totals and the window since the previous call."""
-        self.command("stats")
-        return self._read()
-
-    def stop(self) -> None:
-        """`quit`, then SIGTERM and SIGKILL if it lingers."""
-        if self.popen.poll() is None:
-            try:
-                self.command("quit")
-                self.popen.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.popen.terminate()
-                try:
-                    self.popen.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait()
-        self._log.close()
-
-
-# -- Prometheus ---------------------------------------------------------------------------------
-
-
-def query(stack: LocalStack, promql: str) -> list[dict[str, Any]]:
-    """An instant query with a generous timeout (counting 10^6 series takes seconds)."""
-    url = f"{stack.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    status, body = http_get(url, timeout=60.0)
-    if status != 200:
-        raise StackError(f"Prometheus answered {status} to {promql!r}: {body[:300]!r}")
-    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
-    return result
-
-
-def scalar(stack: LocalStack, promql: str) -> float | None:
-    """The first value of an instant query, or None."""
-    result = query(stack, promql)
-    return float(result[0]["value"][1]) if result else None
-
-
-def prometheus_figures(stack: LocalStack, window_s: float) -> dict[str, Any]:
-    """Every query of QUERIES and TARGET_QUERIES (by component) now."""
-    figures: dict[str, Any] = {name: scalar(stack, promql) for name, promql in QUERIES.items()}
-    # The gateway's forward latency over the steady window just ended.
-    # One scrape interval more, so that a short window still holds two scrapes.
-    span = f"{window_s + SCRAPE_INTERVAL_S:.0f}s"
-    figures["gateway_forward_p99_s"] = scalar(
-        stack,
-        "histogram_quantile(0.99, sum by (le) "
-        f"(increase(gateway_forward_duration_seconds_bucket[{span}])))",
-    )
-    targets: dict[str, dict[str, float]] = {}
-    for name, promql in TARGET_QUERIES.items():
-        for row in query(stack, promql):
-            component = row["metric"].get("component", row["metric"].get("job", "?"))
-            targets.setdefault(component, {})[name] = float(row["value"][1])
-    figures["targets"] = targets
-    figures["gateway_refused_by_outcome"] = {
-        row["metric"].get("outcome", "?"): float(row["value"][1])
-        for row in query(stack, 'sum by (outcome) (gateway_requests_total{outcome!="accepted"})')
-    }
-    return figures
-
-
-# -- the run ------------------------------------------------------------------------------------
-
-
-def write_tenants(run_dir: Path, count: int) -> Path:
-    """A tenants file of `count` tenants, one key each; the keys as a JSON list."""
-    table = tenants.TenantTable()
-    keys = []
-    for number in range(count):
-        table, key = tenants.add_key(table, f"org-{number:04d}")
-        keys.append(key)
-    tenants.save(run_dir / "tenants.json", table)
-    keys_file = run_dir / "keys.json"
-    keys_file.write_text(json.dumps(keys), encoding="utf-8")
-    return keys_file
-
-
-def expected_series(agents: int, per_type: dict[str, dict[str, int]]) -> int:
-    """The agents' series Prometheus should hold (target_info excluded)."""
-    tenants_full, rest = divmod(agents, AGENTS_PER_TENANT)
-    connectors = tenants_full * CONNECTORS_PER_TENANT + min(rest, CONNECTORS_PER_TENANT)
-    return (
-        connectors * per_type["connector"]["series"]
-        + (agents - connectors) * per_type["etl"]["series"]
-    )
+# -- one step -------------------------------------------------------------------------------
 
 
 def run_step(
-    stack: LocalStack,
+    topology: Topology,
     sim: SimAgents,
-    pids: dict[str, int],
     sampler: MemorySampler,
     agents: int,
     hold_s: float,
 ) -> dict[str, Any]:
-    """Ramp to `agents`, measure a steady window of `hold_s`, then query Prometheus."""
+    """Ramp to `agents`, measure a steady window of `hold_s`, then read the figures."""
+    pids = {**topology.pids, "simagents": sim.popen.pid}
     step_started = time.monotonic()
     sampler.take_peaks()
     sim.command(f"agents {agents}")
     time.sleep(INTERVAL_S + RAMP_MARGIN_S)
+    identities = sim.identities()
+    trace = moments.CpuTrace(dict(topology.pids))
     ramp = sim.stats()  # also starts the steady window
+    ramp["window"].pop("exports")
+    trace.start()
+    stores_before = {name: probe.exposition(url) for name, url in topology.stores.items()}
+    everyone_before = probe.all_cpu_seconds()
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     machine_before = machine_seconds()
     window_started = time.monotonic()
     time.sleep(hold_s)
     seconds = time.monotonic() - window_started
+    window_ended = time.time()
+    trace.stop()
     cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     machine_after = machine_seconds()
+    everyone_after = probe.all_cpu_seconds()
+    stores_after = {name: probe.exposition(url) for name, url in topology.stores.items()}
     steady = sim.stats()
     rss_end = sampler.sample()
     rss_peak = sampler.take_peaks()
     window = steady["window"]
+    exports = window.pop("exports")
     requests_per_s = window["sent"] / window["seconds"]
-    busy = (machine_after[0] - machine_before[0]) / seconds
-    components: dict[str, dict[str, float | None]] = {}
-    cores_total = 0.0
+    components = {}
     for name in pids:
         cores = (cpu_after[name] - cpu_before[name]) / seconds
-        cores_total += cores
         components[name] = {
             "cores": cores,
             "cpu_us_per_request": cores / requests_per_s * 1e6 if requests_per_s else None,
             "rss_mb_end": rss_end.get(name),
             "rss_mb_peak": max(rss_peak.get(name, 0.0), rss_end.get(name, 0.0)),
         }
-    prometheus = prometheus_figures(stack, seconds)
-    return {
+    busy = (machine_after[0] - machine_before[0]) / seconds
+    step: dict[str, Any] = {
+        "topology": topology.name,
+        "collector_count": topology.collectors,
         "agents": agents,
         "tenants": -(-agents // AGENTS_PER_TENANT),
         "window_s": seconds,
-        "step_s": time.monotonic() - step_started,
         "requests_per_s": requests_per_s,
         "data_points_per_s": window["points_sent"] / window["seconds"],
         "data_points_ok_per_s": window["points"] / window["seconds"],
-        # What Prometheus ingests: every target's samples once per scrape interval.
-        "samples_per_s": sum(
-            target.get("scrape_samples", 0.0) for target in prometheus["targets"].values()
-        )
-        / SCRAPE_INTERVAL_S,
+        "machine_cores": (machine_after[2] - machine_before[2]) / seconds,
         "machine_cores_busy": busy,
         "machine_cores_iowait": (machine_after[1] - machine_before[1]) / seconds,
-        "machine_cores": (machine_after[2] - machine_before[2]) / seconds,
-        # Everything else on the machine (other work, the kernel): noise to watch.
-        "other_cores_busy": busy - cores_total,
+        "other_cores_busy": busy - sum(c["cores"] or 0.0 for c in components.values()),
+        "beside": probe.beside(everyone_before, everyone_after, pids.values(), seconds),
         "components": components,
+        "stores": _stores(stores_before, stores_after, seconds),
         "simagents_ramp": ramp["window"],
         "simagents_window": window,
         "simagents_totals": steady["totals"],
-        "expected_agent_series": expected_series(agents, sim.ready["templates"]),
-        "prometheus": prometheus,
+        "expected": expected_figures(agents, sim.ready["templates"]),
+    }
+    step.update(_pipeline_figures(topology, seconds))
+    step["moments"] = _moments(topology, step, identities, exports, trace, window_ended)
+    step["step_s"] = time.monotonic() - step_started
+    step["problems"] = problems(step)
+    return step
+
+
+def _stores(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], seconds: float
+) -> dict[str, dict[str, float | None]]:
+    stores: dict[str, dict[str, float | None]] = {}
+    for name, now in after.items():
+        then = before.get(name, {})
+        appended = "prometheus_tsdb_head_samples_appended_total"
+        highest = now.get("prometheus_remote_storage_highest_timestamp_in_seconds")
+        sent = now.get("prometheus_remote_storage_queue_highest_sent_timestamp_seconds")
+        stores[name] = {
+            "head_series": now.get("prometheus_tsdb_head_series"),
+            "samples_per_s": (now[appended] - then.get(appended, 0.0)) / seconds
+            if appended in now
+            else None,
+            "remote_write_lag_s": highest - sent if highest and sent else None,
+            "remote_write_pending": now.get("prometheus_remote_storage_samples_pending"),
+            "remote_write_failed": now.get("prometheus_remote_storage_samples_failed_total"),
+            "remote_write_dropped": now.get("prometheus_remote_storage_samples_dropped_total"),
+        }
+    return stores
+
+
+def _pipeline_figures(topology: Topology, window_s: float) -> dict[str, Any]:
+    """What the topology's Prometheus servers (or Thanos Query) say after the window."""
+    url = topology.query_url
+    # One scrape interval more, so that a short window still holds two scrapes.
+    span = window_s + 10.0
+    scrapes = {
+        scraper: probe.scrape_figures(api, span, topology.target_names)
+        for scraper, api in topology.scrapers.items()
+    }
+    counted = time.monotonic()
+    by_series = probe.agents_by_series(url, SERVICES)
+    count_query_s = time.monotonic() - counted
+    refused_by_outcome = {
+        row["metric"].get("outcome", "?"): float(row["value"][1])
+        for row in probe.instant(url, "sum by (outcome) (gateway_requests_total)")
+    }
+    return {
+        "scrapes": scrapes,
+        "found": {
+            "agents_by_series": {
+                k: {str(n): a for n, a in v.items()} for k, v in by_series.items()
+            },
+            "own_series": sum(n * a for v in by_series.values() for n, a in v.items()),
+            "target_info": probe.scalar(url, 'count(target_info{component="collector"})') or 0,
+            "last_seen": probe.scalar(url, f"count({probe.LAST_SEEN})") or 0,
+            "count_query_s": count_query_s,
+        },
+        "gateway": {
+            "requests_by_outcome": refused_by_outcome,
+            "refused": sum(v for k, v in refused_by_outcome.items() if k != "accepted"),
+            "overflow_series": probe.scalar(url, 'count({otel_metric_overflow="true"})') or 0,
+            "forward_p99_s": probe.scalar(
+                url,
+                "histogram_quantile(0.99, sum by (le) "
+                f"(increase(gateway_forward_duration_seconds_bucket[{span:.0f}s])))",
+            ),
+        },
+        "collectors": {
+            "refused_points": probe.scalar(
+                url, 'sum({__name__=~"otelcol_receiver_refused_metric_points(_total)?"})'
+            )
+            or 0,
+            "export_failed_points": probe.scalar(
+                url, 'sum({__name__=~"otelcol_exporter_send_failed_metric_points(_total)?"})'
+            )
+            or 0,
+        },
     }
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_step(step: dict[str, Any]) -> None:
-    """One step's table."""
-    window, prom = step["simagents_window"], step["prometheus"]
-    print(
-        f"\n== {step['agents']:,} agents, {step['tenants']:,} tenants: "
-        f"{step['requests_per_s']:.0f} requests/s, {step['data_points_per_s']:,.0f} points/s "
-        f"sent ({step['data_points_ok_per_s']:,.0f} accepted), Prometheus ingesting "
-        f"{step['samples_per_s']:,.0f} samples/s "
-        f"(window {step['window_s']:.0f} s)\n  machine: {step['machine_cores_busy']:.2f} of "
-        f"{step['machine_cores']:.1f} cores busy, {step['other_cores_busy']:.2f} of them outside "
-        f"the four processes below; iowait {step['machine_cores_iowait']:.2f}"
+def _moments(
+    topology: Topology,
+    step: dict[str, Any],
+    identities: list[tuple[str, str]],
+    exports: list[list[float]],
+    trace: moments.CpuTrace,
+    window_ended: float,
+) -> dict[str, Any]:
+    """Export latency during Collector scrapes and fleet-series publishing, and their CPU."""
+    # Read as of just after the window (the counting queries before may take minutes),
+    # late enough for the samples of scrapes still running when it ended.
+    at = window_ended + MOMENTS_AFTER_S
+    time.sleep(max(0.0, at - time.time()))
+    found = moments.read_moments(
+        topology.scrapers.values(),
+        step["window_s"] + 2 * MOMENTS_AFTER_S,
+        identities[0][1] if identities else None,
+        at,
     )
-    print(f"  {'component':<12}{'cores':>8}{'µs/request':>12}{'RSS end MB':>12}{'peak MB':>10}")
-    for name, figures in step["components"].items():
-        print(
-            f"  {name:<12}{figures['cores']:8.3f}{_fmt(figures['cpu_us_per_request'], '12.0f')}"
-            f"{_fmt(figures['rss_mb_end'], '12.1f')}{_fmt(figures['rss_mb_peak'], '10.1f')}"
-        )
-    latency, lateness = window["latency_s"], window["lateness_s"]
-    print(
-        f"  sends: {window['sent']:,} ok {window['ok']:,} errors {window['errors'] or 0} "
-        f"partial-rejected points {window['rejected_points']} late(>1 s) {window['late']} "
-        f"max in flight {window['max_in_flight']}"
+    series = {
+        row["address"]: row.get("samples", 0.0) for rows in step["scrapes"].values() for row in rows
+    }
+    return moments.analyse(
+        found, exports, identities, topology.routed, trace, topology.target_names, series
     )
-    if latency:
-        print(
-            f"  export latency ms: p50 {latency['p50'] * 1e3:.1f} p99 {latency['p99'] * 1e3:.1f} "
-            f"max {latency['max'] * 1e3:.1f}; send lateness ms: p99 "
-            f"{lateness.get('p99', 0) * 1e3:.1f} max {lateness.get('max', 0) * 1e3:.1f}"
-        )
-    print(
-        f"  series: head {_fmt(prom['head_series'], ',.0f')}, agents' "
-        f"{_fmt(prom['agent_series'], ',.0f')} (expected {step['expected_agent_series']:,}), "
-        f"target_info {_fmt(prom['target_info'], ',.0f')}; agents in Prometheus "
-        f"{_fmt(prom['connectors_in_prometheus'], '.0f')} connectors + "
-        f"{_fmt(prom['data_agents_in_prometheus'], '.0f')} data agents; seen by the gateway "
-        f"{_fmt(prom['agents_seen_by_gateway'], '.0f')} (overflow series "
-        f"{_fmt(prom['gateway_overflow_series'], '.0f')})"
-    )
-    print(
-        f"  since start: gateway refused requests {_fmt(prom['gateway_requests_refused'], '.0f')} "
-        f"{prom['gateway_refused_by_outcome'] or ''}, "
-        f"rejected points {_fmt(prom['gateway_points_rejected'], '.0f')}, failed points "
-        f"{_fmt(prom['gateway_points_failed'], '.0f')}, forward p99 "
-        f"{_fmt(prom['gateway_forward_p99_s'], '.4f')} s; Collector refused points "
-        f"{_fmt(prom['collector_refused_points'], '.0f')}, failed exports "
-        f"{_fmt(prom['collector_export_failed_points'], '.0f')}"
-    )
-    print(f"  problems: {'; '.join(step['problems']) or 'none'}")
-    for component, target in sorted(prom["targets"].items()):
-        print(
-            f"  scrape {component:<20} up {_fmt(target.get('up'), '.0f')} "
-            f"duration {_fmt(target.get('scrape_duration_s'), '.3f')} s "
-            f"samples {_fmt(target.get('scrape_samples'), ',.0f')}"
-        )
 
 
 def problems(step: dict[str, Any]) -> list[str]:
     """What went wrong in a step (empty when every export was accepted and stored)."""
-    window, prom = step["simagents_window"], step["prometheus"]
-    found = []
+    window, found, expected = step["simagents_window"], step["found"], step["expected"]
+    issues = []
     if window["errors"] or window["rejected_points"]:
-        errors, dropped = window["errors"], window["rejected_points"]
-        found.append(f"exports failed {errors}, points dropped {dropped}")
+        issues.append(
+            f"exports failed {window['errors']}, points dropped {window['rejected_points']}"
+        )
     if window["late"]:
-        found.append(f"{window['late']} sends over {LATE_AFTER_S:g} s late")
-    if prom["agent_series"] != step["expected_agent_series"]:
-        found.append(
-            f"agents' series {prom['agent_series']} in Prometheus, "
-            f"expected {step['expected_agent_series']}"
-        )
-    if prom["gateway_overflow_series"]:
-        found.append("the gateway's own metrics overflowed (OpenTelemetry SDK cardinality limit)")
-    for component, target in prom["targets"].items():
-        if target.get("up") != 1.0:
-            found.append(f"scrape of {component} failing")
-    return found
+        issues.append(f"{window['late']} sends over {LATE_AFTER_S:g} s late")
+    if step["gateway"]["refused"]:
+        issues.append(f"the gateway refused {step['gateway']['requests_by_outcome']}")
+    if step["collectors"]["refused_points"]:
+        issues.append(f"the Collectors refused {step['collectors']['refused_points']:.0f} points")
+    for kind, series in expected["series_per_type"].items():
+        complete = found["agents_by_series"].get(kind, {}).get(str(series), 0)
+        if complete != expected["agents_per_type"][kind]:
+            issues.append(
+                f"{kind}: {complete} of {expected['agents_per_type'][kind]} agents have "
+                f"their {series} series ({found['agents_by_series'].get(kind)})"
+            )
+    if found["target_info"] != step["agents"]:
+        issues.append(f"target_info {found['target_info']:.0f} of {step['agents']}")
+    if found["last_seen"] != expected["last_seen"]:
+        issues.append(f"last-seen series {found['last_seen']:.0f} of {expected['last_seen']}")
+    if step["gateway"]["overflow_series"]:
+        issues.append("the gateway's own metrics overflowed (OpenTelemetry cardinality limit)")
+    for scraper, rows in step["scrapes"].items():
+        for row in rows:
+            if row.get("up_min") != 1.0:
+                issues.append(f"{scraper}: scrape of {row['target']} failed in the window")
+    return issues
 
 
-def slopes(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-agent costs from the first and the last step without problems: memory
-    growth per 1,000 agents and per 1,000 of the agents' series, CPU per request."""
-    clean = [step for step in steps if not step["problems"]]
-    if len(clean) < 2:
-        return {"note": "fewer than two steps without problems"}
-    first, last = clean[0], clean[-1]
-    d_agents = last["agents"] - first["agents"]
-    d_series = last["expected_agent_series"] - first["expected_agent_series"]
-    result: dict[str, Any] = {"from_agents": first["agents"], "to_agents": last["agents"]}
-    for name in last["components"]:
-        d_rss = (last["components"][name]["rss_mb_end"] or 0) - (
-            first["components"][name]["rss_mb_end"] or 0
-        )
-        result[name] = {
-            "rss_mb_per_1000_agents": d_rss / d_agents * 1000,
-            "rss_mb_per_1000_agent_series": d_rss / d_series * 1000,
-            "cpu_us_per_request": last["components"][name]["cpu_us_per_request"],
-            "cpu_us_per_data_point": last["components"][name]["cores"]
-            / last["data_points_per_s"]
-            * 1e6,
-        }
-    result["prometheus"]["cpu_us_per_sample_ingested"] = (
-        last["components"]["prometheus"]["cores"] / last["samples_per_s"] * 1e6
-    )
-    return result
+# -- the run --------------------------------------------------------------------------------
+
+
+def run_topology(
+    name: str,
+    round_number: int,
+    args: argparse.Namespace,
+    keys_file: Path,
+    steps_agents: list[int],
+    resizes: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Every step of one topology, in a run directory of its own; then, with `--resize`
+    and the sharded topology, a resize (appended to `resizes`)."""
+    run_dir = RUN_DIR / f"{round_number}-{name}"
+    run_dir.mkdir(parents=True)
+    # Its own tenants file: the gateway keeps its fleet table beside it.
+    tenants_file = run_dir / "tenants.json"
+    shutil.copy(RUN_DIR / "tenants.json", tenants_file)
+    steps: list[dict[str, Any]] = []
+    print(f"\n##### round {round_number}, topology {name}", flush=True)
+    with running(name, run_dir, tenants_file, args.collectors, spare=args.resize) as topology:
+        sim = SimAgents(topology.gateway_endpoint, keys_file, run_dir / "simagents.log", INTERVAL_S)
+        sampler = MemorySampler({**topology.pids, "simagents": sim.popen.pid})
+        sampler.start()
+        try:
+            for agents in steps_agents:
+                step = run_step(topology, sim, sampler, agents, args.hold)
+                step["round"] = round_number
+                steps.append(step)
+                print_step(step)
+                if step["problems"] and not args.keep_going:
+                    print(f"  {name}: stopping at its first step with problems")
+                    break
+            if topology.resize is not None and steps:
+                resize = run_resize(topology, sim)
+                resize.update(round=round_number, agents=steps[-1]["agents"])
+                resizes.append(resize)
+        finally:
+            sampler.stop()
+            sim.stop()
+    return steps
 
 
 def main() -> None:
-    """Run the steps and write bench/results/scale.json."""
+    """Run every round and topology, and write bench/results/scale.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 and 2,000 agents, short hold")
-    parser.add_argument("--steps", type=int, nargs="+", help="agent counts (default 1k-10k)")
-    parser.add_argument("--hold", type=float, help="steady window per step, s (60; quick 12)")
+    parser.add_argument("--quick", action="store_true", help="1,000 agents each, short hold")
+    parser.add_argument("--steps", type=int, nargs="+", help="agent counts (2,500 5,000 10,000)")
+    parser.add_argument("--hold", type=float, help="steady window per step, s (60; quick 15)")
+    parser.add_argument(
+        "--topologies",
+        default=",".join(TOPOLOGIES),
+        help=f"comma-separated, run in this order (default {','.join(TOPOLOGIES)})",
+    )
+    parser.add_argument(
+        "--collectors",
+        type=int,
+        default=DEFAULT_COLLECTORS,
+        help=f"Collectors of the sharded and thanos topologies ({DEFAULT_COLLECTORS})",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every topology (1)")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help=f"results file ({RESULTS.relative_to(REPO)})"
+    )
+    parser.add_argument("--keep-going", action="store_true", help="run steps after a failing one")
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="after the sharded topology's steps, route to one Collector more and watch the "
+        "moved agents' series for 4 minutes",
+    )
     parser.add_argument(
         "--collector-memory-mib",
         type=int,
-        help="the Collector's memory_limiter limit (COLLECTOR_MEMORY_LIMIT_MIB, spike a "
-        "quarter of it); default: the repository's (512)",
+        help="each Collector's memory_limiter limit (COLLECTOR_MEMORY_LIMIT_MIB, spike a "
+        "quarter of it); default: otel-collector/config.yaml's (1024)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="run nothing: put the steps of these results files together as rounds of one "
+        "run (medians over all) and write --output",
     )
     args = parser.parse_args()
-    steps_agents = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS)
-    hold_s = args.hold or (12.0 if args.quick else 60.0)
+    if args.merge:
+        merge(args.merge, args.output)
+        return
+    steps_agents = sorted(args.steps or (QUICK_STEPS if args.quick else FULL_STEPS))
+    args.hold = args.hold or (15.0 if args.quick else 60.0)
+    topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    unknown = set(topologies) - set(TOPOLOGIES)
+    if unknown:
+        parser.error(f"unknown topologies {sorted(unknown)}; known: {TOPOLOGIES}")
+    if args.collector_memory_mib:
+        # config.yaml reads these; the stacks pass this process's environment on.
+        os.environ["COLLECTOR_MEMORY_LIMIT_MIB"] = str(args.collector_memory_mib)
+        os.environ["COLLECTOR_MEMORY_SPIKE_MIB"] = str(args.collector_memory_mib // 4)
 
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     keys_file = write_tenants(RUN_DIR, -(-max(steps_agents) // AGENTS_PER_TENANT))
-    if args.collector_memory_mib:
-        # config.yaml reads these; LocalStack passes this process's environment on.
-        os.environ["COLLECTOR_MEMORY_LIMIT_MIB"] = str(args.collector_memory_mib)
-        os.environ["COLLECTOR_MEMORY_SPIKE_MIB"] = str(args.collector_memory_mib // 4)
-    stack = LocalStack(RUN_DIR, RUN_DIR / "tenants.json")
-    sim: SimAgents | None = None
-    sampler: MemorySampler | None = None
+    started = time.monotonic()
     steps: list[dict[str, Any]] = []
-    try:
-        collector = stack.start_collector(collector_binary())
-        stack.wait_ready(collector)
-        gateway = stack.start_gateway()
-        stack.wait_ready(gateway)
-        prometheus = stack.start_prometheus(prometheus_binary())
-        stack.wait_ready(prometheus)
-        sim = SimAgents(stack.gateway_grpc_endpoint, keys_file, RUN_DIR / "simagents.log")
-        print(f"per agent: {sim.ready['templates']} (series: Prometheus series, target_info not)")
-        pids = {
-            "gateway": gateway.popen.pid,
-            "collector": collector.popen.pid,
-            "prometheus": prometheus.popen.pid,
-            "simagents": sim.popen.pid,
-        }
-        sampler = MemorySampler(pids)
-        sampler.start()
-        for agents in steps_agents:
-            step = run_step(stack, sim, pids, sampler, agents, hold_s)
-            step["problems"] = problems(step)
-            steps.append(step)
-            print_step(step)
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        if sim is not None:
-            sim.stop()
-        stack.stop_all()
+    resizes: list[dict[str, Any]] = []
+    per_agent = None
+    for round_number in range(1, args.rounds + 1):
+        for name in topologies:
+            ran = run_topology(name, round_number, args, keys_file, steps_agents, resizes)
+            steps.extend(ran)
+            per_agent = per_agent or (ran[0]["expected"]["per_type"] if ran else None)
+    summary = summarize(steps)
+    print_side_by_side(summary)
     document = {
         "benchmark": "scale",
         "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "interval_s": INTERVAL_S,
-        "collector_memory_limit_mib": args.collector_memory_mib or 512,
-        "hold_s": hold_s,
+        "collectors": args.collectors,
+        "collector_memory_limit_mib": args.collector_memory_mib or 1024,
+        "hold_s": args.hold,
+        "rounds": args.rounds,
+        "topologies": topologies,
         "agents_per_tenant": AGENTS_PER_TENANT,
-        "connectors_per_tenant": CONNECTORS_PER_TENANT,
-        "per_agent": sim.ready["templates"] if sim is not None else None,
-        "steps": steps,
-        "slopes": slopes(steps),
+        "per_agent": per_agent,
+        "minutes": (time.monotonic() - started) / 60,
+        "runs": steps,
+        "summary": summary,
+        # bench/plot.py's scale figures: the sharded topology's components by step.
+        "steps": plot_steps(summary),
+        "resizes": resizes,
         "logs": str(RUN_DIR),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}; logs in {RUN_DIR.relative_to(REPO)}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    print(f"\nwrote {args.output}; logs in {RUN_DIR.relative_to(REPO)}")
+
+
+def merge(paths: list[Path], output: Path) -> None:
+    """Several results files as one: each file's rounds renumbered after the previous
+    file's, the summary recomputed over all of them."""
+    documents = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    steps: list[dict[str, Any]] = []
+    for document in documents:
+        offset = max((step["round"] for step in steps), default=0)
+        for step in document["runs"]:
+            steps.append({**step, "round": step["round"] + offset})
+    summary = summarize(steps)
+    print_side_by_side(summary)
+    merged = {
+        **documents[0],
+        "rounds": max((step["round"] for step in steps), default=0),
+        "topologies": sorted({step["topology"] for step in steps}),
+        "minutes": sum(document["minutes"] for document in documents),
+        "merged_from": [
+            {"file": path.name, "hold_s": d["hold_s"], "topologies": d["topologies"]}
+            for path, d in zip(paths, documents, strict=True)
+        ],
+        "runs": steps,
+        "summary": summary,
+        "steps": plot_steps(summary),
+        "resizes": [r for document in documents for r in document.get("resizes", [])],
+    }
+    output.write_text(json.dumps(merged, indent=2), encoding="utf-8")
+    print(f"\nwrote {output}: {len(steps)} steps from {len(paths)} files")
+
+
+# -- medians and costs ------------------------------------------------------------------------
+
+
+def _group(name: str) -> str | None:
+    if name.startswith("collector-"):
+        return "collectors"
+    if name.startswith("prometheus"):
+        return "prometheus-all"
+    return None
+
+
+def flatten(step: dict[str, Any]) -> dict[str, float]:
+    """A step's key figures, one number each, and its per-series and per-request costs."""
+    flat: dict[str, float] = {
+        "requests_per_s": step["requests_per_s"],
+        "data_points_per_s": step["data_points_per_s"],
+        "machine_cores_busy": step["machine_cores_busy"],
+        "other_cores_busy": step["other_cores_busy"],
+        "found_own_series": step["found"]["own_series"],
+        "expected_own_series": step["expected"]["own_series"],
+        "found_target_info": step["found"]["target_info"],
+        "found_last_seen": step["found"]["last_seen"],
+        "count_query_s": step["found"]["count_query_s"],
+        "gateway_refused": step["gateway"]["refused"],
+        "collector_refused_points": step["collectors"]["refused_points"],
+        "export_errors": sum(step["simagents_window"]["errors"].values()),
+        "late_sends": step["simagents_window"]["late"],
+        "export_p50_ms": step["simagents_window"]["latency_s"].get("p50", 0.0) * 1e3,
+        "export_p99_ms": step["simagents_window"]["latency_s"].get("p99", 0.0) * 1e3,
+        "problems": len(step["problems"]),
+    }
+    complete = 0
+    for kind, series in step["expected"]["series_per_type"].items():
+        complete += step["found"]["agents_by_series"].get(kind, {}).get(str(series), 0)
+    flat["agents_complete"] = complete
+    found_moments = step.get("moments", {})
+    for moment, figures in found_moments.get("latency", {}).items():
+        for key in ("p50_ms", "p99_ms"):
+            if key in figures:
+                flat[f"export_{key}/{moment}"] = figures[key]
+    publish = found_moments.get("phase_profile", {}).get("gateway_publish_cpu_s_per_cycle")
+    if publish is not None:
+        flat["cost/gateway_publish_ms_per_cycle"] = publish * 1e3
+    scrape_cpu = found_moments.get("scrape_cpu", {})
+    per_series = [
+        figures["us_per_series_per_scrape"]
+        for name, figures in scrape_cpu.items()
+        if name.startswith("collector-") and figures["us_per_series_per_scrape"]
+    ]
+    if per_series:
+        flat["cost/collectors_us_per_series_per_scrape"] = statistics.median(per_series)
+    if "gateway" in scrape_cpu:
+        flat["cost/gateway_ms_per_scrape"] = scrape_cpu["gateway"]["cpu_s_per_scrape"] * 1e3
+    for name, figures in step["components"].items():
+        group = _group(name)
+        for key in ("cores", "rss_mb_end", "rss_mb_peak"):
+            value = figures[key] or 0.0
+            flat[f"{key}/{name}"] = value
+            if group:
+                flat[f"{key}/{group}"] = flat.get(f"{key}/{group}", 0.0) + value
+    collector_rows = [
+        row
+        for rows in step["scrapes"].values()
+        for row in rows
+        if str(row["target"]).startswith("collector-") and "telemetry" not in str(row["target"])
+    ]
+    gateway_rows = [
+        row for rows in step["scrapes"].values() for row in rows if row["target"] == "gateway"
+    ]
+    if gateway_rows:
+        flat["scrape_max_s/gateway"] = max(r.get("duration_max_s", 0.0) for r in gateway_rows)
+        flat["scrape_avg_s/gateway"] = statistics.fmean(
+            r.get("duration_avg_s", 0.0) for r in gateway_rows
+        )
+    if collector_rows:
+        flat["scrape_max_s/collectors"] = max(r.get("duration_max_s", 0.0) for r in collector_rows)
+        flat["scrape_avg_s/collectors"] = statistics.fmean(
+            r.get("duration_avg_s", 0.0) for r in collector_rows
+        )
+        # Series the Collectors expose (and Prometheus scrapes): the agents' and target_info.
+        flat["series/collectors"] = sum(r.get("samples", 0.0) for r in collector_rows)
+    for name, store in step["stores"].items():
+        group = "receive" if name == "thanos-receive" else "prometheus"
+        for key in ("head_series", "samples_per_s"):
+            flat[f"{key}/{group}"] = flat.get(f"{key}/{group}", 0.0) + (store[key] or 0.0)
+        if store["remote_write_lag_s"] is not None:
+            lag = flat.get("remote_write_lag_s", 0.0)
+            flat["remote_write_lag_s"] = max(lag, store["remote_write_lag_s"])
+    flat.update(costs(flat))
+    return flat
+
+
+MIB = 1024 * 1024
+
+
+def costs(flat: dict[str, float]) -> dict[str, float]:
+    """Per-request and per-series costs from a step's flat figures (whole process, so
+    fixed costs included: see `marginal` for the slope between steps)."""
+    result = {}
+
+    def ratio(key: str, numerator: float | None, denominator: float | None) -> None:
+        if numerator is not None and denominator:
+            result[key] = numerator / denominator
+
+    requests, points = flat["requests_per_s"], flat["data_points_per_s"]
+    ratio("cost/gateway_us_per_request", flat.get("cores/gateway", 0) * 1e6, requests)
+    ratio("cost/collectors_us_per_point", flat.get("cores/collectors", 0) * 1e6, points)
+    series = flat.get("series/collectors")
+    ratio("cost/collectors_cores_per_100k_series", flat.get("cores/collectors", 0) * 1e5, series)
+    ratio("cost/collectors_bytes_per_series", flat.get("rss_mb_end/collectors", 0) * MIB, series)
+    for group, process in (("prometheus", "prometheus-all"), ("receive", "thanos-receive")):
+        head = flat.get(f"head_series/{group}")
+        cores_key, rss_key = f"cores/{process}", f"rss_mb_end/{process}"
+        ratio(
+            f"cost/{group}_us_per_sample",
+            flat.get(cores_key, 0) * 1e6,
+            flat.get(f"samples_per_s/{group}"),
+        )
+        ratio(f"cost/{group}_bytes_per_series", flat.get(rss_key, 0) * MIB, head)
+        ratio(f"cost/{group}_cores_per_100k_series", flat.get(cores_key, 0) * 1e5, head)
+    return result
+
+
+def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per topology and agent count: the median of each flat figure over the rounds,
+    and the marginal costs between the smallest and largest step without problems."""
+    grouped: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for step in steps:
+        grouped.setdefault(step["topology"], {}).setdefault(step["agents"], []).append(
+            flatten(step)
+        )
+    summary: dict[str, Any] = {}
+    for topology, by_agents in grouped.items():
+        medians = {}
+        for agents, flats in sorted(by_agents.items()):
+            keys = sorted({key for flat in flats for key in flat})
+            medians[str(agents)] = {
+                key: statistics.median(flat[key] for flat in flats if key in flat) for key in keys
+            }
+            medians[str(agents)]["rounds"] = len(flats)
+        summary[topology] = {"by_agents": medians, "marginal": marginal(medians)}
+    return summary
+
+
+def marginal(medians: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Cost of one more series or request: the slope between the smallest and the largest
+    agent count without problems (per-process fixed costs cancel out)."""
+    clean = [agents for agents, flat in medians.items() if not flat.get("problems")]
+    if len(clean) < 2:
+        return {}
+    low, high = medians[clean[0]], medians[clean[-1]]
+    result = {"from_agents": float(clean[0]), "to_agents": float(clean[-1])}
+
+    def slope(key: str, numerator: str, denominator: str, scale: float) -> None:
+        d_den = high.get(denominator, 0.0) - low.get(denominator, 0.0)
+        if d_den:
+            result[key] = (high.get(numerator, 0.0) - low.get(numerator, 0.0)) / d_den * scale
+
+    slope("gateway_us_per_request", "cores/gateway", "requests_per_s", 1e6)
+    slope("gateway_bytes_per_agent", "rss_mb_end/gateway", "found_target_info", MIB)
+    slope("collectors_us_per_point", "cores/collectors", "data_points_per_s", 1e6)
+    slope("collectors_cores_per_100k_series", "cores/collectors", "series/collectors", 1e5)
+    slope("collectors_bytes_per_series", "rss_mb_end/collectors", "series/collectors", MIB)
+    slope("prometheus_us_per_sample", "cores/prometheus-all", "samples_per_s/prometheus", 1e6)
+    slope("prometheus_bytes_per_series", "rss_mb_end/prometheus-all", "head_series/prometheus", MIB)
+    slope("receive_us_per_sample", "cores/thanos-receive", "samples_per_s/receive", 1e6)
+    slope("receive_bytes_per_series", "rss_mb_end/thanos-receive", "head_series/receive", MIB)
+    return result
+
+
+def plot_steps(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline topology's medians in the shape bench/plot.py reads."""
+    chosen = summary.get("sharded") or next(iter(summary.values()), None)
+    if chosen is None:
+        return []
+    rows = []
+    for agents, flat in chosen["by_agents"].items():
+        components = {
+            name: {
+                "cores": flat.get(f"cores/{key}", 0.0),
+                "rss_mb_peak": flat.get(f"rss_mb_peak/{key}", 0.0),
+            }
+            for name, key in (
+                ("gateway", "gateway"),
+                ("collector", "collectors"),
+                ("prometheus", "prometheus-all"),
+            )
+        }
+        rows.append({"agents": int(agents), "components": components})
+    return rows
 
 
 if __name__ == "__main__":

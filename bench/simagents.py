@@ -17,7 +17,9 @@ running waits for it, and counts as late.
 
 Run by `bench/bench_scale.py`, which drives it through stdin, one command per line:
 `agents N` (run agents 0..N-1), `stats` (print one JSON line: totals since start and
-the window since the previous `stats`), `quit`. Standalone:
+the window since the previous `stats`, with every export of the window as
+[start Unix time, latency s, agent index]), `identities` (one JSON line: each running
+agent's tenant number and `service.instance.id`), `quit`. Standalone:
 `.venv/bin/python -m bench.simagents --endpoint http://127.0.0.1:4317 --keys keys.json`.
 """
 
@@ -69,6 +71,10 @@ EXPORT_TIMEOUT_S = 10.0
 """The OpenTelemetry exporter's default deadline (OTEL_EXPORTER_OTLP_TIMEOUT)."""
 LATE_AFTER_S = 1.0
 """A send that starts this much after its due time is late."""
+BESIDE_OWN_SERIES = 3
+"""Series of each agent beside its own metrics' (docs/agents.md, "Series per agent"):
+`target_info`, and the last-seen series the gateway sends under the agent's resource
+to its Collector (`*_last_seen_seconds`, `*_last_seen_timestamp_seconds`)."""
 GOLDEN = (math.sqrt(5) - 1) / 2
 NS = 1_000_000_000
 
@@ -97,32 +103,50 @@ def _certificate(directory: Path, days: int = 45) -> Path:
 
 
 def _connector_activity(meter: Any, directory: Path) -> None:
+    """200 queries and batches, and errors of two types: two from an upstream that timed
+    out or was down (unavailable), one request it refused (rejected). 1.5 % errors, under
+    ConnectorErrorRateHigh's 5 %: counters grow in proportion, so the ratio holds."""
     metrics = ConnectorMetrics(meter, version=VERSION, certificate_path=_certificate(directory))
     metrics.set_connected(True)
-    for _ in range(20):
+    for _ in range(200):
         metrics.record_query()
         metrics.record_batch(1_000, 64_000)
     metrics.record_error("UNAVAILABLE")
     metrics.record_error("DEADLINE_EXCEEDED")
+    metrics.record_error("INVALID_ARGUMENT")
+
+
+FLOW_NAMES = tuple(
+    f"{verb}_{noun}"
+    for verb in ("sync", "load", "refresh", "compact")
+    for noun in ("orders", "customers", "invoices", "inventory", "rates")
+)
+"""The data agent's 20 flows."""
+TASK_NAMES = ("extract", "validate", "transform", "load", "publish")
+"""The 5 tasks of every flow."""
 
 
 def _data_agent_activity(meter: Any, directory: Path) -> None:
-    """One round of the demo data agent's flows (scripts/demo_data_agent.py)."""
+    """Every flow of FLOW_NAMES runs 2 to 10 times, 5 tasks a run: one run in ten of
+    every fifth flow fails in `load` (10 %, under DataAgentFlowFailureRateHigh's 20 %),
+    every third flow's `extract` retries once a run. Per-task detail off (the default)."""
     del directory
     metrics = EtlMetrics(meter, version=VERSION)
     metrics.status.set_connected(True)
-    for task in ("extract", "transform", "load"):
-        metrics.record_task_finished(
-            task, "completed", flow_name="sync_orders", retries=1 if task == "extract" else 0
-        )
-    metrics.record_flow_finished("sync_orders", "completed", 4.2)
-    metrics.record_task_finished("load", "failed", flow_name="sync_orders")
-    metrics.record_flow_finished("sync_orders", "failed", 3.1)
-    for _ in range(3):
-        metrics.record_flow_finished("compact_partition", "completed", 0.8)
-    metrics.record_flow_finished("nightly_compaction", "completed", 2.9)
-    metrics.record_task_finished("fetch_rate", "completed", flow_name="refresh_rates")
-    metrics.record_flow_finished("refresh_rates", "completed", 0.3)
+    for number, flow in enumerate(FLOW_NAMES):
+        failing = number % 5 == 0
+        runs = 10 if failing else 2 + number % 4
+        for run in range(runs):
+            fails = failing and run == 0
+            for task in TASK_NAMES:
+                failed = fails and task == "load"
+                retries = 1 if number % 3 == 0 and task == "extract" else 0
+                state = "failed" if failed else "completed"
+                metrics.record_task_finished(task, state, flow_name=flow, retries=retries)
+                if failed:
+                    break
+            duration = 2.0 + (number * 37 + run * 11) % 400
+            metrics.record_flow_finished(flow, "failed" if fails else "completed", duration)
 
 
 AGENT_TYPES: dict[str, tuple[str, Callable[[Any, Path], None]]] = {
@@ -302,6 +326,8 @@ class Window:
     latencies: list[float] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
     max_in_flight: int = 0
+    exports: list[tuple[float, float, int]] = field(default_factory=list)
+    """(start Unix time, latency s, agent index) of every export, for bench/scale_moments.py."""
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -419,6 +445,7 @@ class Fleet:
         template = agent.template
         body = template.render(agent.instance_id, agent.started_ns, time.time_ns(), agent.scale)
         started = time.monotonic()
+        started_wall = time.time()
         outcome = "OK"
         rejected = 0
         try:
@@ -444,6 +471,7 @@ class Fleet:
             else:
                 window.errors[outcome] = window.errors.get(outcome, 0) + 1
         self.window.latencies.append(latency)
+        self.window.exports.append((round(started_wall, 4), round(latency, 5), agent.index))
         agent.in_flight = False
         self.in_flight -= 1
         if agent.pending_due is not None and agent.index < self.active:
@@ -478,7 +506,17 @@ class Fleet:
                 "max_in_flight": window.max_in_flight,
                 "latency_s": _percentiles(window.latencies),
                 "lateness_s": _percentiles(window.lateness),
+                "exports": window.exports,
             },
+        }
+
+    def identities(self) -> dict[str, Any]:
+        """Each running agent's tenant number and `service.instance.id`, by index."""
+        return {
+            "identities": [
+                [agent.index // AGENTS_PER_TENANT, agent.instance_id]
+                for agent in self.agents[: self.active]
+            ]
         }
 
     async def close(self) -> None:
@@ -504,6 +542,8 @@ async def _commands(fleet: Fleet) -> None:
             fleet.set_agents(int(words[1]))
         elif words[:1] == ["stats"]:
             print(json.dumps(fleet.stats()), flush=True)
+        elif words[:1] == ["identities"]:
+            print(json.dumps(fleet.identities()), flush=True)
         else:
             print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
 
@@ -514,7 +554,11 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as directory:
         fleet = Fleet(args.endpoint, keys, args.interval, templates(Path(directory)))
     described = {
-        kind: {"data_points": t.data_points, "series": t.series}
+        kind: {
+            "data_points": t.data_points,
+            "series": t.series,
+            "series_per_agent": t.series + BESIDE_OWN_SERIES,
+        }
         for kind, t in fleet.templates.items()
     }
     print(json.dumps({"ready": True, "templates": described}), flush=True)
