@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Iterable, Iterator
 
@@ -63,7 +62,7 @@ NAMES = {family: (since.name, timestamp.name) for family, (since, timestamp) in 
 """Per family: (seconds since, timestamp), see the table above (gateway.instruments)."""
 LINGER_SECONDS = 600.0
 """How long a stopped or retired agent's series are still sent (> metric_expiration)."""
-SLICE = 200
+SLICE = 500
 """Agents per request."""
 
 
@@ -86,21 +85,18 @@ def fleet_requests(
 
 
 async def publish(fleet: FleetTracker, forwarder: Forwarder, interval: float, gateway: str) -> None:
-    """Send the fleet series every `interval` seconds until cancelled. The slices are
-    spread over the first half of the interval, each built and handed to the
-    forwarder in turn with the event loop free between them: sent in one burst, the
-    series of 5,000 agents held agents' exports back by up to 3 s (p99)."""
+    """Send the fleet series every `interval` seconds until cancelled. Each slice is
+    built and handed to the forwarder in turn, the event loop free between them, so
+    that exports keep flowing while 10,000 agents' series are built."""
     while True:
         started = time.monotonic()
         failed: GatewayError | None = None
-        rows = fleet.rows()
-        pause = interval / 2 / max(1, math.ceil(len(rows) / SLICE))
-        for request in fleet_requests(rows, time.time(), gateway):
+        for request in fleet_requests(fleet.rows(), time.time(), gateway):
             try:
                 await forwarder.forward(request)
             except GatewayError as exc:
                 failed = exc
-            await asyncio.sleep(pause)
+            await asyncio.sleep(0)
         if failed is not None:
             logger.warning(
                 "the fleet's last-seen series did not all reach the Collectors: %s", failed

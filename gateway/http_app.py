@@ -8,8 +8,6 @@ route is FastAPI's.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -88,9 +86,6 @@ def _api(gateway: Gateway) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> Response:
         """The gateway's own metrics in the Prometheus text format."""
-        # Rendered on a worker thread: on the event loop, 0.1-0.16 s of rendering (1,267
-        # samples of 2,500 agents' tenants) held exports back by up to 0.28 s (p99).
-        text = await asyncio.to_thread(generate_latest, gateway.telemetry.registry)
-        return Response(text, media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(gateway.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
