@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"=== {name}: {'ok' if status == 0 else f'FAILED ({status})'} in {took:.0f} s")
         if status != 0:
             failed.append(name)
-    plot.main()  # the SVG figures of docs/benchmarks.md and docs/scaling.md
+    plot.main()  # the SVG figures of docs/benchmarks.md
     total = time.monotonic() - started
     print(f"\n{len(names) - len(failed)} of {len(names)} benchmarks ran in {total / 60:.1f} min")
     print(f"figures: {REPO / 'bench' / 'results'}/*.json")

@@ -1,4 +1,4 @@
-"""Figures for docs/benchmarks.md and docs/scaling.md, as SVG, from bench/results.
+"""Figures for docs/benchmarks.md, as SVG, from bench/results (docs/scaling.md has tables).
 
 Run after the benchmarks: `python -m bench.plot`. Plain SVG written by hand: no
 plotting library to install, and the files diff as text.
@@ -144,25 +144,10 @@ def plot_ingest() -> Path | None:
     return path
 
 
-def plot_scale() -> Path | None:
-    """Cores and memory of each component against the number of agents, from scale.json."""
-    source = RESULTS / "scale.json"
-    if not source.exists():
-        return None
-    steps = json.loads(source.read_text(encoding="utf-8"))["steps"]
-    xs = [float(step["agents"]) for step in steps]
-    names = ("gateway", "collector", "prometheus")
-    cores = {n: [float(s["components"][n]["cores"]) for s in steps] for n in names}
-    memory = {n: [float(s["components"][n]["rss_mb_peak"]) for s in steps] for n in names}
-    line_chart(IMAGES / "scale-cpu.svg", "CPU by agents", "agents", "cores", xs, cores)
-    line_chart(IMAGES / "scale-memory.svg", "Peak memory by agents", "agents", "MB", xs, memory)
-    return IMAGES / "scale-cpu.svg"
-
-
 def main() -> None:
     """Write every figure whose results exist."""
     IMAGES.mkdir(parents=True, exist_ok=True)
-    for made in (plot_ingest(), plot_scale()):
+    for made in (plot_ingest(),):
         if made is not None:
             print(f"wrote {made.parent}/{made.stem}*")
 
