@@ -7,7 +7,6 @@ import http.client
 import http.server
 import ipaddress
 import itertools
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,20 +21,6 @@ from otel_agents import connector_metrics, setup_metrics
 from otel_agents.check import GatewayPorts, Step, main, run_checks
 
 _sent = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK's exporters also read os.environ: keep the developer's OTEL_* out."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[LiveGateway]:
-    with live_gateway(tmp_path) as running:
-        yield running
 
 
 def _by_name(steps: list[Step]) -> dict[str, Step]:

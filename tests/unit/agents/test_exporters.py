@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,6 @@ from pki_fixtures import Authority, Issued
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 
 SPIFFE = "spiffe://example.org/tenant/"
-
-
-@pytest.fixture(autouse=True)
-def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK and exporters also read os.environ: keep the developer's OTEL_* out."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[LiveGateway]:
-    with live_gateway(tmp_path) as running:
-        yield running
 
 
 def _send(environ: dict[str, str] | None, bytes_sent: int = 700) -> AgentTelemetry:

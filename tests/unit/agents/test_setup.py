@@ -25,16 +25,6 @@ import otel_agents.setup as agents_setup
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 
 
-@pytest.fixture(autouse=True)
-def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK and exporter also read os.environ: keep the developer's OTEL_* out."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-
-
 @pytest.fixture
 def telemetry() -> Iterator[tuple[AgentTelemetry, InMemoryMetricReader]]:
     reader = InMemoryMetricReader()
