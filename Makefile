@@ -33,11 +33,12 @@ system-deps:
 
 # `make demo COLLECTORS=3`: the gateway spreads the agents over 3 Collectors
 # (docs/scaling.md, "Sharded Collectors"); one when COLLECTORS is not set.
-demo: setup
+# It builds only what it runs: no Thanos, no load generator.
+demo: $(VENV)/.installed collector system-deps
 	@$(BIN)/python -m scripts.demo $(if $(COLLECTORS),--collectors $(COLLECTORS))
 
 # The pipeline past one Prometheus: Prometheus shards and Thanos (docs/scaling.md).
-thanos-demo: setup
+thanos-demo: $(VENV)/.installed collector thanos system-deps
 	@$(BIN)/python -m scripts.thanos_demo
 
 lint: $(VENV)/.installed

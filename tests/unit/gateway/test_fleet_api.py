@@ -11,7 +11,7 @@ from gateway_http_fixtures import ADMIN_DIGEST, ADMIN_KEY, http_gateway
 
 from gateway.auth import ADMIN, Authenticator, Credentials
 from gateway.errors import Unauthenticated
-from gateway.fleet import Agent
+from gateway.fleet import STATUSES, Agent
 from gateway.settings import GatewaySettings
 from gateway.tenants import TenantRegistry
 
@@ -171,5 +171,15 @@ def test_the_status_page_is_served_with_a_strict_policy(tmp_path: Path) -> None:
             assert (await http.client.get("/status/status.css")).status_code == 200
             assert (await http.client.get("/status/status.html")).status_code == 404
             assert (await http.client.get("/status/..%2Fapp.py")).status_code == 404
+
+    run(scenario())
+
+
+def test_the_status_pages_legend_names_every_state_it_shows(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as http:
+            footer = (await http.client.get("/status")).text.split("<footer>")[1]
+            for status in STATUSES:
+                assert f" {status}:" in footer, status
 
     run(scenario())
