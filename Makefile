@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 collector:
 	@scripts/build-collector.sh >/dev/null
 
-# Thanos Receive, Query and Ruler past one Prometheus (thanos/, scripts/thanos.py);
+# Thanos Receive, Query and Ruler past one Prometheus (thanos/, stack/thanos.py);
 # the first build takes several minutes, then it is cached.
 thanos:
 	@scripts/build-thanos.sh >/dev/null

@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE = (
     "bench_connector",
     "bench_connector_cpu",
-    "bench_ingest",
+    "ingest",
     "bench_freshness",
     "bench_alerts",
-    "bench_scale",
+    "scale",
 )
 OPTIONAL = ("bench_soak",)
 

@@ -25,7 +25,6 @@ import argparse
 import http.server
 import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +32,6 @@ import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a file: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
@@ -48,7 +44,7 @@ from bench.fleet_scenarios import (
     fleet_stack,
     format_table,
 )
-from scripts.localstack import ALERTMANAGER_CONFIG
+from stack.local import ALERTMANAGER_CONFIG
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_alerts.json"
 DEATHS = ("ConnectorSilent", "DataAgentSilent")

@@ -1,6 +1,6 @@
 """What counting costs a connector: per batch, and per gRPC call.
 
-Run: `.venv/bin/python bench/bench_connector.py` (about 20 s). Variants are measured
+Run: `.venv/bin/python -m bench.bench_connector` (about 20 s). Variants are measured
 side by side: each round runs every variant once, in a rotating order, so that drift
 and bursts of load from other processes hit all of them alike; figures are medians
 over the rounds. Wall time is what the caller waits; CPU time is this process's, all

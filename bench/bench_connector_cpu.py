@@ -40,14 +40,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import grpc
 
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, process_state
 from scripts.demo_upstream import Upstream, serve
-from scripts.localstack import LocalStack, Process
+from stack.local import LocalStack, Process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_connector_cpu.json"
 EXPORT_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
@@ -124,12 +121,6 @@ class Round:
     calls: int
     batches: int
     rows: int
-
-
-def process_state(pid: int) -> str:
-    """The one-letter state of process `pid` (T: stopped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2]
 
 
 def pause(pid: int) -> None:

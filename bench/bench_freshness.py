@@ -43,7 +43,6 @@ import json
 import math
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -54,16 +53,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import yaml
 from opentelemetry.metrics import Counter
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
 from gateway import tenants
 from otel_agents import AgentConfig, AgentTelemetry, setup_metrics
-from scripts.localstack import (
+from stack.local import (
     PROMETHEUS_CONFIG,
     LocalStack,
     StackError,

@@ -30,13 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make `bench` and `scripts` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.loadgen import LoadOptions, LoadResult, loadgen_binary, run_loadgen
-from bench.procstat import cpu_seconds, status_field
+from bench.procstat import cpu_seconds, open_fds, status_field
 from gateway import tenants
-from scripts.localstack import REPO, LocalStack, Process, collector_binary, http_get
+from stack.local import REPO, LocalStack, Process, collector_binary, http_get
 
 RESULTS = REPO / "bench" / "results" / "soak.json"
 RUN_DIR = REPO / ".run" / "bench-soak"
@@ -64,14 +61,6 @@ PROBLEMS = {
 
 
 # -- reading a process from /proc ------------------------------------------------------
-
-
-def open_fds(pid: int) -> int:
-    """Open file descriptors of `pid` (sockets included)."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 def gateway_outcomes(http_url: str) -> dict[str, float]:

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.tcpproxy import TcpProxy
 from gateway import tenants
-from scripts.localstack import (
+from stack.local import (
     REPO,
     LocalStack,
     Process,
@@ -44,7 +43,8 @@ from scripts.localstack import (
     http_get,
     prometheus_binary,
 )
-from scripts.prefect_server import prefect_server
+from stack.prefect_server import prefect_server
+from stack.tcpproxy import TcpProxy
 
 PAGE_DEADLINE_S = 180.0
 """Every death must page within this (the target of docs/operations.md)."""

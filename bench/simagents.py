@@ -15,7 +15,7 @@ number of agents is spread evenly over the interval). Like the SDK's periodic re
 an agent never has two exports in flight: a send due while the previous one is still
 running waits for it, and counts as late.
 
-Run by `bench/bench_scale.py`, which drives it through stdin, one command per line:
+Run by `bench/scale/`, which drives it through stdin, one command per line:
 `agents N` (run agents 0..N-1), `stats` (print one JSON line: totals since start and
 the window since the previous `stats`, with every export of the window as
 [start Unix time, latency s, agent index]), `identities` (one JSON line: each running
@@ -327,7 +327,7 @@ class Window:
     lateness: list[float] = field(default_factory=list)
     max_in_flight: int = 0
     exports: list[tuple[float, float, int]] = field(default_factory=list)
-    """(start Unix time, latency s, agent index) of every export, for bench/scale_moments.py."""
+    """(start Unix time, latency s, agent index) of every export, for bench/scale/moments.py."""
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

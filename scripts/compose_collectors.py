@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from scripts.localstack import REPO, collector_name, collector_targets
+from stack.local import REPO, collector_name, collector_targets
 
 COMPOSE_FILE = REPO / "compose.yaml"
 COMPOSE_TARGETS = REPO / "prometheus" / "targets" / "compose"

@@ -2,7 +2,7 @@
 
 Starts the Collector, the gateway and Prometheus from the repo's configuration,
 then one demo connector per tenant; prints each component's address as it
-becomes ready; restarts a component that dies (scripts/supervisor.py, like
+becomes ready; restarts a component that dies (stack/supervisor.py, like
 compose's `restart: unless-stopped`); runs until Ctrl-C, then stops every process
 it started.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import tenants
-from scripts.localstack import (
+from stack.local import (
     REPO,
     LocalStack,
     Ports,
@@ -37,8 +37,8 @@ from scripts.localstack import (
     collector_name,
     prometheus_binary,
 )
-from scripts.prefect_server import client_env, start_prefect_server
-from scripts.supervisor import Supervisor
+from stack.prefect_server import client_env, start_prefect_server
+from stack.supervisor import Supervisor
 
 RUN_DIR = REPO / ".run" / "demo"
 DEMO_TENANTS = ("acme", "globex")

@@ -3,7 +3,7 @@
 Some runs fail, some tasks retry, one flow runs subflows, one is async. Configured like
 any agent, through the environment (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_AGENTS_API_KEY,
 OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME), plus PREFECT_API_URL: a real Prefect
-server (scripts/prefect_server.py starts one). Run with `python -m scripts.demo_data_agent`.
+server (stack/prefect_server.py starts one). Run with `python -m scripts.demo_data_agent`.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     """Run rounds until SIGTERM or SIGINT; the current round finishes first."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not os.environ.get("PREFECT_API_URL"):
-        sys.exit("set PREFECT_API_URL to a Prefect server (scripts/prefect_server.py starts one)")
+        sys.exit("set PREFECT_API_URL to a Prefect server (stack/prefect_server.py starts one)")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,6 +1,6 @@
 """`make thanos-demo`: the pipeline past one Prometheus on this machine, with demo connectors.
 
-Starts the topology of scripts/thanos_stack.py from the repository's files, on free
+Starts the topology of stack/thanos_stack.py from the repository's files, on free
 ports: lanes of a gateway and its Collector, two Prometheus shards
 (prometheus/shard-K-of-2.yml), Thanos Receive, Query and Ruler, and Alertmanager.
 Then a demo connector per tenant, acme's on lane 0 and globex's on lane 1, so that
@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 
 from scripts.demo import make_tenants, wait_for_port
-from scripts.localstack import REPO, StackError, free_port
-from scripts.shards import hashmod, shard_counts
-from scripts.thanos_stack import ThanosStack, thanos_stack
+from stack.local import REPO, StackError, free_port
+from stack.shards import hashmod, shard_counts
+from stack.thanos_stack import ThanosStack, thanos_stack
 
 RUN_DIR = REPO / ".run" / "thanos"
 

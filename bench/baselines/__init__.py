@@ -1,1 +1,1 @@
-"""Systems the gateway is measured against (bench/bench_ingest.py)."""
+"""Systems the gateway is measured against (bench/ingest/)."""

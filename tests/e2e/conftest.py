@@ -13,7 +13,7 @@ import pytest
 from needs import require
 
 from gateway import tenants
-from scripts.localstack import (
+from stack.local import (
     LocalStack,
     StackError,
     alertmanager_binary,

@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from scripts.localstack import LocalStack, http_get
+from stack.local import LocalStack, http_get
 
 DASHBOARDS_DIR = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
 RANGE_SECONDS = 3600

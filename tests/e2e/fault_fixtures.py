@@ -1,6 +1,6 @@
 """For the fault-injection tests: agents that keep counting with their true totals, a
 memory sampler, direct probes of the gateway, and the figures each test records (the
-TCP proxy that cuts links is bench/tcpproxy.py)."""
+TCP proxy that cuts links is stack/tcpproxy.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
-from scripts.localstack import http_get
+from stack.local import http_get
 
 # -- agents that keep counting -------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fault_fixtures import CountingAgent
 
-from scripts.localstack import LocalStack, Ports
+from stack.local import LocalStack, Ports
 
 pytestmark = pytest.mark.e2e
 

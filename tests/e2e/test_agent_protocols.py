@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from otel_agents import connector_metrics, setup_metrics
-from scripts.localstack import LocalStack
+from stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 

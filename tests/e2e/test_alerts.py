@@ -20,7 +20,7 @@ import grpc
 import pytest
 import yaml
 
-from scripts.localstack import LocalStack, http_get
+from stack.local import LocalStack, http_get
 
 pytestmark = pytest.mark.e2e
 

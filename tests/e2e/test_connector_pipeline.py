@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from otel_agents import connector_metrics, setup_metrics
 from otel_agents.arrow import ipc_row_count
 from otel_agents.grpc_instrumentation import ClientInterceptor, watch_connectivity
-from scripts.localstack import LocalStack, http_get
+from stack.local import LocalStack, http_get
 
 pytestmark = pytest.mark.e2e
 

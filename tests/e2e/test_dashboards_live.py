@@ -17,7 +17,7 @@ import pytest
 from dashboard_queries import dashboards, panels_of, prometheus_api, run_panel_query
 
 from otel_agents import connector_metrics, setup_metrics
-from scripts.localstack import LocalStack
+from stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 

@@ -43,13 +43,13 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from scripts.demo import wait_for_port
 from scripts.demo_connector import CERT_ENV, make_certificate
 from scripts.demo_upstream import ADDRESS_ENV
-from scripts.localstack import (
+from stack.local import (
     LocalStack,
     Process,
     free_port,
     http_get,
 )
-from scripts.prefect_server import client_env, start_prefect_server
+from stack.prefect_server import client_env, start_prefect_server
 
 pytestmark = pytest.mark.e2e
 

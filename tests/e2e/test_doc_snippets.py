@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from scripts.localstack import REPO, LocalStack
-from scripts.prefect_server import prefect_server
+from stack.local import REPO, LocalStack
+from stack.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 

@@ -37,9 +37,9 @@ from fault_fixtures import (
     wait_for_outcome_increase,
 )
 
-from bench.tcpproxy import TcpProxy
+from stack.tcpproxy import TcpProxy
 from gateway import tenants
-from scripts.localstack import (
+from stack.local import (
     LocalStack,
     Process,
     StackError,
@@ -47,7 +47,7 @@ from scripts.localstack import (
     http_get,
     prometheus_binary,
 )
-from scripts.supervisor import Supervisor
+from stack.supervisor import Supervisor
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from bench.fleet_scenarios import (
     fleet_stack,
     format_table,
 )
-from scripts.localstack import StackError
+from stack.local import StackError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 pytest.importorskip("prefect")

@@ -27,7 +27,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from gateway import tenants
-from scripts.localstack import REPO, LocalStack, Ports
+from stack.local import REPO, LocalStack, Ports
 
 pytestmark = pytest.mark.e2e
 

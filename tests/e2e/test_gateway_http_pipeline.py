@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.localstack import LocalStack
+from stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 

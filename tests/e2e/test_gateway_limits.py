@@ -27,7 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from scripts.localstack import LocalStack, Ports, http_get
+from stack.local import LocalStack, Ports, http_get
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.localstack import LocalStack
+from stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,7 @@ from fault_fixtures import CountingAgent, RssSampler, rss_bytes
 from needs import require
 
 from bench.loadgen import LoadgenError, LoadOptions, LoadResult, loadgen_binary, run_loadgen
-from scripts.localstack import LocalStack, Ports, http_get
+from stack.local import LocalStack, Ports, http_get
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 
 from otel_agents import connector_metrics, setup_metrics
-from scripts.localstack import LocalStack
+from stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ import pytest
 
 from otel_agents import setup_metrics
 from otel_agents.prefect import instrument
-from scripts.localstack import LocalStack, http_get
-from scripts.prefect_server import prefect_server
+from stack.local import LocalStack, http_get
+from stack.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")

@@ -24,8 +24,8 @@ from uuid import UUID
 import pytest
 from prefect_fixtures import OtlpReceiver, otlp_receiver, plugin_distribution
 
-from scripts.localstack import REPO
-from scripts.prefect_server import prefect_server
+from stack.local import REPO
+from stack.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")

@@ -42,7 +42,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from gateway.shards import ShardMap, agent_key
-from scripts.localstack import (
+from stack.local import (
     PROMETHEUS_CONFIG,
     LocalStack,
     Process,

@@ -43,7 +43,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint
 
 from gateway import tenants
-from scripts.localstack import REPO, LocalStack, Ports, Process, free_port
+from stack.local import REPO, LocalStack, Ports, Process, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """Past one Prometheus: agents → 2 gateways → 2 Collectors → 2 Prometheus shards → Thanos.
 
-The topology of scripts/thanos_stack.py, from the repository's files: two lanes (a
+The topology of stack/thanos_stack.py, from the repository's files: two lanes (a
 gateway and its Collector each; lane i's Collector is scraped by shard i), the
 shards of prometheus/shard-K-of-2.yml remote-writing to Thanos Receive, Thanos
 Query over Receive and Thanos Ruler, the Ruler running the fleet-wide rules, and
@@ -23,16 +23,16 @@ import pytest
 from needs import require
 
 from otel_agents import AgentTelemetry, ConnectorMetrics, connector_metrics, setup_metrics
-from scripts.localstack import (
+from stack.local import (
     StackError,
     alertmanager_binary,
     collector_binary,
     http_get,
     prometheus_binary,
 )
-from scripts.shards import port_on_shard
-from scripts.thanos import thanos_binary
-from scripts.thanos_stack import ThanosStack, thanos_stack
+from stack.shards import port_on_shard
+from stack.thanos import thanos_binary
+from stack.thanos_stack import ThanosStack, thanos_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -339,7 +339,7 @@ def test_alerts_reach_alertmanager_with_the_labels_of_one_prometheus(fleet: Flee
                 "job": "collector",
                 "instance": fleet.dead_collector,
                 "component": "collector",
-                # Listed after the lanes' two Collectors (scripts/thanos_stack.py).
+                # Listed after the lanes' two Collectors (stack/thanos_stack.py).
                 "collector": "collector-2",
             }.items()
         ),

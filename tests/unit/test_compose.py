@@ -23,9 +23,9 @@ import yaml
 from gateway.settings import GatewaySettings
 from scripts.compose_collectors import TARGETS_MOUNT, target_files
 from scripts.compose_collectors import write as write_override
-from scripts.localstack import collector_name
-from scripts.shards import GLOBAL_RULE_FILES, evaluation_interval, shard_config
-from scripts.thanos import ALERT_LABEL_DROP, RECEIVE_TENANT_LABEL, REPLICA_LABELS
+from stack.local import collector_name
+from stack.shards import GLOBAL_RULE_FILES, evaluation_interval, shard_config
+from stack.thanos import ALERT_LABEL_DROP, RECEIVE_TENANT_LABEL, REPLICA_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.shards import (
+from stack.shards import (
     GLOBAL_RULE_FILES,
     PROMETHEUS_DIR,
     RULES_DIR,
@@ -29,7 +29,7 @@ from scripts.shards import (
     shard_config,
     shard_counts,
 )
-from scripts.thanos import ALERT_LABEL_DROP, REPLICA_LABELS
+from stack.thanos import ALERT_LABEL_DROP, REPLICA_LABELS
 
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 SHARD_LABEL = "prometheus_shard"

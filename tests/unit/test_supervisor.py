@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.localstack import LocalStack, Process, free_port
-from scripts.supervisor import Backoff, Supervisor, describe_exit
+from stack.local import LocalStack, Process, free_port
+from stack.supervisor import Backoff, Supervisor, describe_exit
 
 EXIT_3 = [sys.executable, "-c", "import os, sys; print('run', os.environ['RUN_TAG']); sys.exit(3)"]
 SLEEPER = [

@@ -27,7 +27,7 @@ from test_prefect_support import (
 
 from otel_agents import setup_metrics
 from otel_agents.prefect import PrefectInstrumentation, instrument
-from scripts.prefect_server import prefect_server
+from stack.prefect_server import prefect_server
 
 prefect = pytest.importorskip("prefect")
 

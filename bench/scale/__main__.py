@@ -1,11 +1,11 @@
 """Scale: up to 10,000 simulated agents over 1,000 tenants, three topologies side by side.
 
-Run: `.venv/bin/python -m bench.bench_scale` (2,500 → 5,000 → 10,000 agents on each
+Run: `.venv/bin/python -m bench.scale` (2,500 → 5,000 → 10,000 agents on each
 topology, about 20 minutes a round) or `--quick` (1,000 agents on each, about 5
 minutes). `bench/simagents.py`, in a process of its own, plays the agents: 10 per
 tenant (5 connectors, 5 data agents of 20 flows of 5 tasks) exporting over OTLP/gRPC
 every 30 s, spread evenly over the interval. The same agents (same identities, same
-load) go through each topology of `bench/scale_stack.py` in turn: single (1
+load) go through each topology of `bench/scale/topologies.py` in turn: single (1
 Collector, 1 Prometheus), sharded (N Collectors, 1 Prometheus), thanos (N Collectors,
 2 Prometheus shards, Thanos Receive, Query and Ruler). `--rounds R` repeats the whole
 sequence, topologies interleaved, and the summary quotes medians.
@@ -22,7 +22,7 @@ the new agents' first exports, then measures over a steady window:
   series, target_info and the last-seen series against what the agents send, the
   gateway's refusals and the Collectors' refused points;
 - export latency during the Collectors' and the gateway's scrapes and the gateway's
-  fleet-series publishing, and the CPU of those moments (bench/scale_moments.py).
+  fleet-series publishing, and the CPU of those moments (bench/scale/moments.py).
 From these, per-series and per-request costs. A topology stops at its first step
 with problems (`--keep-going` runs the rest). Prints a table per step and the
 topologies side by side; writes bench/results/scale.json (`--output`). Asserts
@@ -37,30 +37,24 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-if not __package__:  # run as a file: the repository root holds `scripts` and `bench`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import scale_moments as moments
-from bench import scale_probe as probe
-from bench.procstat import cpu_seconds
-from bench.scale_report import print_side_by_side, print_step
-from bench.scale_resize import run_resize
-from bench.scale_run import (
+from bench.procstat import all_cpu_seconds, cpu_seconds, machine_seconds
+from bench.scale import moments, probe
+from bench.scale.report import print_side_by_side, print_step
+from bench.scale.resize import run_resize
+from bench.scale.run import (
     MemorySampler,
     SimAgents,
     expected_figures,
-    machine_seconds,
     write_tenants,
 )
-from bench.scale_stack import TOPOLOGIES, Topology, running
+from bench.scale.topologies import TOPOLOGIES, Topology, running
 from bench.simagents import AGENT_TYPES, AGENTS_PER_TENANT, LATE_AFTER_S
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results" / "scale.json"
 RUN_DIR = REPO / ".run" / "bench-scale"
 INTERVAL_S = 30.0
@@ -97,7 +91,7 @@ def run_step(
     ramp["window"].pop("exports")
     trace.start()
     stores_before = {name: probe.exposition(url) for name, url in topology.stores.items()}
-    everyone_before = probe.all_cpu_seconds()
+    everyone_before = all_cpu_seconds()
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     machine_before = machine_seconds()
     window_started = time.monotonic()
@@ -107,7 +101,7 @@ def run_step(
     trace.stop()
     cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
     machine_after = machine_seconds()
-    everyone_after = probe.all_cpu_seconds()
+    everyone_after = all_cpu_seconds()
     stores_after = {name: probe.exposition(url) for name, url in topology.stores.items()}
     steady = sim.stats()
     rss_end = sampler.sample()

@@ -22,14 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.localstack import (
+from stack.local import (
     LocalStack,
     Process,
     alertmanager_binary,
     collector_binary,
     prometheus_binary,
 )
-from scripts.shards import (
+from stack.shards import (
     GLOBAL_RULE_FILES,
     RULES_DIR,
     Shard,
@@ -38,7 +38,7 @@ from scripts.shards import (
     shard_config,
     start_shard,
 )
-from scripts.thanos import (
+from stack.thanos import (
     Query,
     Receive,
     Ruler,

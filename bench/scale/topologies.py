@@ -1,4 +1,4 @@
-"""The topologies bench_scale compares, each started from the repository's files.
+"""The topologies the scale benchmark compares, each started from the repository's files.
 
     single   agents ─▶ gateway ─▶ 1 Collector  ◀─scrapes─ 1 Prometheus
     sharded  agents ─▶ gateway ─▶ N Collectors ◀─scrapes─ 1 Prometheus
@@ -8,7 +8,7 @@
 With N Collectors the gateway routes each agent to one of them (gateway/shards.py);
 the sharded and thanos topologies differ only past the Collectors. The sharded one can
 keep a spare Collector, scraped but not routed to, for `Topology.resize` to add.
-`scripts/localstack.py` and `scripts/thanos_stack.py` start the processes.
+`stack/local.py` and `stack/thanos_stack.py` start the processes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.localstack import LocalStack, Process, collector_binary, prometheus_binary
-from scripts.thanos_stack import thanos_stack
+from stack.local import LocalStack, Process, collector_binary, prometheus_binary
+from stack.thanos_stack import thanos_stack
 
 TOPOLOGIES = ("single", "sharded", "thanos")
 THANOS_SHARDS = 2

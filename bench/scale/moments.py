@@ -2,7 +2,7 @@
 
 Where this sits: simagents' exports (start, latency, agent) and a 10 Hz CPU trace of the
 pipeline's processes ──▶ *moments* ◀── each Prometheus's record of its scrapes and the
-fleet series' own values ──▶ bench_scale's figures.
+fleet series' own values ──▶ the scale benchmark's figures.
 
 Two moments recur:
 - **A Collector being scraped.** Each Prometheus keeps every scrape's start (the
@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import scale_probe as probe
 from bench.procstat import cpu_seconds
+from bench.scale import probe
 from gateway.shards import ShardMap
 
 FLEET_INTERVAL_S = float(os.environ.get("GATEWAY_FLEET_SERIES_INTERVAL_SECONDS", "10"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from scripts.localstack import (
+from stack.local import (
     REPO,
     LocalStack,
     Process,

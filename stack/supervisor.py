@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scripts.localstack import LocalStack, Process, http_get
+from stack.local import LocalStack, Process, http_get
 
 logger = logging.getLogger(__name__)
 

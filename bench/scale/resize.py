@@ -1,7 +1,7 @@
 """A resize under load: the gateway routes to one Collector more; what the moved agents'
 series do in Prometheus and the alerts for the Collectors' 3-minute metric_expiration.
 
-Where this sits: bench_scale `--resize`, after the sharded topology's last step
+Where this sits: the scale benchmark `--resize`, after the sharded topology's last step
 (scale_stack keeps a spare Collector, scraped but not routed to, for it).
 
 Rendezvous hashing moves only the agents whose best Collector is the new one (about
@@ -18,10 +18,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench import scale_probe as probe
-from bench.scale_run import SimAgents
-from bench.scale_stack import Topology
-from scripts.localstack import http_get
+from bench.scale import probe
+from bench.scale.run import SimAgents
+from bench.scale.topologies import Topology
+from stack.local import http_get
 
 OBSERVE_S = 260.0
 """metric_expiration (3 minutes), a scrape interval, and margin."""

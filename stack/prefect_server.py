@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from scripts.localstack import LocalStack, Process, free_port
+from stack.local import LocalStack, Process, free_port
 
 
 def prefect_server_url(port: int) -> str:

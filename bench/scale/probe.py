@@ -1,7 +1,7 @@
-"""What bench_scale reads from the running pipeline: PromQL answers, /metrics pages, /proc.
+"""What the scale benchmark reads from the running pipeline: PromQL answers, /metrics pages, /proc.
 
 Where this sits: Prometheus (or Thanos Query), each TSDB's own /metrics and /proc ──▶
-*probe* ──▶ bench/bench_scale.py's figures.
+*probe* ──▶ bench/scale/'s figures.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ import json
 import os
 import urllib.parse
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from bench.procstat import cpu_seconds
-from scripts.localstack import StackError, http_get
+from stack.local import StackError, http_get
 
 QUERY_TIMEOUT_S = 180.0
 """Counting half a million series through Thanos Query takes seconds, more on a busy box."""
@@ -116,22 +114,7 @@ def scrape_figures(url: str, span_s: float, target_names: dict[str, str]) -> lis
     return sorted(rows.values(), key=lambda row: str(row["target"]))
 
 
-# -- /proc: every process on the machine, to say what ran beside ---------------------------
-
-
-def all_cpu_seconds() -> dict[int, tuple[str, float]]:
-    """CPU seconds (utime + stime) and name of every process now."""
-    found: dict[int, tuple[str, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            comm = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        found[pid] = (comm, cpu_seconds(pid))
-    return found
+# -- what ran beside ---------------------------------------------------------------
 
 
 def beside(

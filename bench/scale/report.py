@@ -1,4 +1,4 @@
-"""bench_scale's tables: one per step as it ends, the topologies side by side at the end."""
+"""the scale benchmark's tables: one per step as it ends, the topologies side by side at the end."""
 
 from __future__ import annotations
 

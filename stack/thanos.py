@@ -7,7 +7,7 @@ evaluates rule files against that Query and sends its alerts to Alertmanager. Th
 binary comes from scripts/build-thanos.sh. Each start function picks free ports on
 127.0.0.1 and returns at once; wait with `stack.wait_ready(x.process)`, and
 `stack.stop_all()` stops these processes with the rest of the stack.
-scripts/thanos_stack.py puts them together with sharded Prometheus servers.
+stack/thanos_stack.py puts them together with sharded Prometheus servers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts.localstack import REPO, LocalStack, Process, StackError, free_port, http_get
+from stack.local import REPO, LocalStack, Process, StackError, free_port, http_get
 
 BUILD_THANOS = REPO / "scripts" / "build-thanos.sh"
 

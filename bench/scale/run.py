@@ -1,4 +1,4 @@
-"""bench_scale's moving parts: the simulated agents' process, memory sampling, tenants.
+"""the scale benchmark's moving parts: the simulated agents' process, memory sampling, tenants.
 
 Where this sits: *simagents process* ──▶ gateway ──▶ Collectors ──▶ Prometheus; the
 sampler and /proc readings beside every process.
@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench.procstat import CLOCK_TICKS, status_field
+from bench.procstat import status_field
 from bench.simagents import AGENTS_PER_TENANT, CONNECTORS_PER_TENANT
 from gateway import tenants
-from scripts.localstack import StackError
+from stack.local import StackError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAST_SEEN_PER_AGENT = 2
 """`*_last_seen_seconds` and `*_last_seen_timestamp_seconds`, which the gateway sends
 to each agent's Collector (gateway/fleet_series.py)."""
@@ -28,15 +28,6 @@ to each agent's Collector (gateway/fleet_series.py)."""
 def tenant_name(number: int) -> str:
     """The tenant id of tenant `number` (what the gateway stamps as `tenant_id`)."""
     return f"org-{number:04d}"
-
-
-def machine_seconds() -> tuple[float, float, float]:
-    """(busy, iowait, total) CPU seconds of the whole machine, all cores (/proc/stat)."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle, iowait = values[3], values[4]
-    total = sum(values)
-    return (total - idle - iowait) / CLOCK_TICKS, iowait / CLOCK_TICKS, total / CLOCK_TICKS
 
 
 @dataclass

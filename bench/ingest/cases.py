@@ -1,0 +1,78 @@
+"""The cases: each SUT's load shapes, where results go, the thresholds of a suspect figure."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.loadgen import Target
+from stack.local import REPO
+
+RESULTS = REPO / "bench" / "results" / "ingest.json"
+RUN_DIR = REPO / ".run" / "bench-ingest"
+GATEWAY_ENV = {
+    # Limits stay on (auth, rate, series, points, sizes, tenant stamping); only the
+    # rate limit is raised above what the benchmark sends. Defaults kept: 10,000
+    # active series per tenant (the load has points x 2 agents <= 1,000 per tenant),
+    # 10,000 points and 8 MiB per request.
+    "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "1000000",
+    "GATEWAY_RATE_LIMIT_BURST": "1000000",
+}
+REUSE_PORT_ENV = {"GATEWAY_GRPC_REUSE_PORT": "true"}
+TICKS = os.sysconf("SC_CLK_TCK")
+SCALE_MIX: Literal["scale-mix"] = "scale-mix"
+SCALE_TENANTS = 100
+"""The scale mix's tenants, 10 agents each (the scale benchmark's 1,000-agent step)."""
+SCALE_RATE = 10_000 / 30
+"""Requests/s of 10,000 agents exporting every 30 s: the scale target's load."""
+Load = Target | Literal["scale-mix"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One load shape against one SUT."""
+
+    sut: str
+    target: Load
+    points: int
+    gzip: bool = False
+
+    @property
+    def name(self) -> str:
+        """E.g. `gateway grpc 20p gzip`, `gateway scale-mix gzip`."""
+        if self.target == SCALE_MIX:
+            return f"{self.sut} {SCALE_MIX} gzip"
+        return f"{self.sut} {self.target} {self.points}p" + (" gzip" if self.gzip else "")
+
+
+def _otlp(sut: str, *targets: Target) -> list[Case]:
+    return [Case(sut, t, p, gz) for t in targets for p in (20, 500) for gz in (False, True)]
+
+
+BLOCKS: dict[str, list[Case]] = {
+    "gateway": [*_otlp("gateway", "grpc", "http"), Case("gateway", SCALE_MIX, 0, True)],
+    "collector": [*_otlp("collector", "grpc"), Case("collector", SCALE_MIX, 0, True)],
+    "bare_hop": [Case("bare_hop", "grpc", 20), Case("bare_hop", "grpc", 500)],
+    "previous_design": [
+        Case("previous_design", "legacy-json", 20),
+        Case("previous_design", "legacy-json", 7),
+    ],
+    "gateway_x1": [Case("gateway_x1", "grpc", 20)],
+    "gateway_x2": [Case("gateway_x2", "grpc", 20)],
+    "sink": [Case("sink", "grpc", 20), Case("sink", "grpc", 500), Case("sink", "http", 20)],
+}
+"""Throughput cases per SUT; `collector` is the Collector alone (no gateway)."""
+LATENCY_PATHS: list[tuple[Load, int]] = [
+    ("grpc", 20),
+    ("grpc", 500),
+    ("http", 20),
+    (SCALE_MIX, 0),
+]
+"""Open-loop paths: the first three at a share of the maximum, the scale mix at --scale-rate."""
+ACHIEVED_MIN = 0.95
+"""An open-loop run that answered OK less than this share of its rate was overloaded."""
+GENERATOR_LAG_MS = 1.0
+"""A p99 send lag above this (the generator behind its schedule) makes a latency suspect."""
+BUSY_CORES = 0.1
+"""Other work on the benchmark's cores above this (cores' worth) makes a latency suspect."""
