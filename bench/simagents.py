@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import heapq
 import json
 import math
@@ -44,10 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -61,6 +56,7 @@ from otel_agents.connector import ConnectorMetrics
 from otel_agents.etl import EtlMetrics
 from otel_agents.setup import build_resource
 from otel_agents.telemetry import METER_NAME
+from stack.pki import self_signed_file
 
 EXPORT_PATH = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 VERSION = "2.4.1"
@@ -82,31 +78,15 @@ NS = 1_000_000_000
 # -- templates: what one real agent of each type sends ----------------------------------
 
 
-def _certificate(directory: Path, days: int = 45) -> Path:
-    """A self-signed certificate, for the connector's certificate-expiry gauge."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector.bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "connector.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def _connector_activity(meter: Any, directory: Path) -> None:
     """200 queries and batches, and errors of two types: two from an upstream that timed
     out or was down (unavailable), one request it refused (rejected). 1.5 % errors, under
     ConnectorErrorRateHigh's 5 %: counters grow in proportion, so the ratio holds."""
-    metrics = ConnectorMetrics(meter, version=VERSION, certificate_path=_certificate(directory))
+    metrics = ConnectorMetrics(
+        meter,
+        version=VERSION,
+        certificate_path=self_signed_file(directory / "connector.pem", 45, "connector.bench"),
+    )
     metrics.set_connected(True)
     for _ in range(200):
         metrics.record_query()

@@ -24,7 +24,6 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -47,27 +46,9 @@ _logger = logging.getLogger("demo-connector")
 
 def make_certificate(directory: Path, days: int = 30) -> Path:
     """A self-signed PEM certificate for `connector.demo`, expiring in `days` days."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from stack.pki import self_signed_file
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector.demo")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "connector.pem"
-    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return path
+    return self_signed_file(directory / "connector.pem", days, "connector.demo")
 
 
 def record_batch(rng: random.Random) -> pa.RecordBatch:

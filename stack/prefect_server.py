@@ -81,3 +81,32 @@ def prefect_server(run_dir: Path) -> Iterator[str]:
     finally:
         stack.stop_all()
         assert process.popen.poll() is not None
+
+
+@contextmanager
+def prefect_api(run_dir: Path) -> Iterator[str]:
+    """`prefect_server`, with this process's Prefect client pointed at it (its settings
+    restored afterwards); yields the API URL. Before the server stops, this process's
+    queued logs and events are sent: otherwise Prefect's background workers retry
+    against the stopped server at exit for more than a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
+        temporary_settings,
+    )
+
+    with prefect_server(run_dir) as url:
+        settings = {
+            PREFECT_API_URL: url,
+            PREFECT_HOME: str(run_dir / "client"),
+            PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",
+        }
+        with temporary_settings(settings):
+            try:
+                yield url
+            finally:
+                APILogWorker.drain_all(timeout=5)
+                EventsWorker.drain_all(timeout=5)

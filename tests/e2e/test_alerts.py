@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import yaml
+from polling import poll
 
 from stack.local import LocalStack, http_get
 
@@ -34,18 +34,6 @@ def _get_json(url: str) -> Any:
     status, body = http_get(url, timeout=5)
     assert status == 200, f"{url} answered {status}: {body[:300]!r}"
     return json.loads(body)
-
-
-def _poll(what: str, probe: Callable[[], Any], timeout: float, every: float = 1.0) -> Any:
-    """probe() until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout:.0f} s: {what}")
-        time.sleep(every)
 
 
 def test_every_rule_group_loads_and_evaluates_cleanly(stack: LocalStack) -> None:
@@ -64,7 +52,7 @@ def test_every_rule_group_loads_and_evaluates_cleanly(stack: LocalStack) -> None
             return None  # not evaluated yet
         return rules
 
-    rules = _poll("every rule group loaded and evaluated", evaluated, timeout=60)
+    rules = poll("every rule group loaded and evaluated", evaluated, timeout=60)
     broken = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
     assert not broken
 
@@ -74,7 +62,7 @@ def test_prometheus_sends_alerts_to_the_alertmanager(stack: LocalStack, alertman
         data = _get_json(f"{stack.prometheus_url}/api/v1/alertmanagers")["data"]
         return [am["url"] for am in data["activeAlertmanagers"]]
 
-    urls = _poll("Prometheus discovers the Alertmanager", active, timeout=60)
+    urls = poll("Prometheus discovers the Alertmanager", active, timeout=60)
     assert urls == [f"{alertmanager}/api/v2/alerts"]
 
 
@@ -96,7 +84,7 @@ def test_a_tenant_whose_data_is_rejected_reaches_the_team_within_the_target(
         return [a for a in alerts if a["labels"].get("tenant_id") == "acme"]
 
     try:
-        [alert] = _poll(
+        [alert] = poll(
             "GatewayRejectingTenantData for acme in Alertmanager",
             rejected_and_alerted,
             timeout=TARGET_SECONDS,

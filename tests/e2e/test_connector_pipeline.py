@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -12,15 +11,12 @@ from typing import Any
 import grpc
 import pyarrow as pa
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from otel_agents import connector_metrics, setup_metrics
 from otel_agents.arrow import ipc_row_count
 from otel_agents.grpc_instrumentation import ClientInterceptor, watch_connectivity
 from stack.local import LocalStack, http_get
+from stack.pki import self_signed_file
 
 pytestmark = pytest.mark.e2e
 
@@ -35,24 +31,6 @@ def _ipc(rows: int) -> bytes:
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     return bytes(sink.getvalue())
-
-
-def _certificate(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 @pytest.fixture
@@ -112,7 +90,7 @@ def test_every_connector_metric_arrives_exact_typed_and_under_its_tenant(
         set_global=False,
     )
     metrics = connector_metrics(
-        telemetry, certificate_path=_certificate(tmp_path / "connector.pem")
+        telemetry, certificate_path=self_signed_file(tmp_path / "connector.pem", CERT_DAYS)
     )
     channel = grpc.insecure_channel(f"127.0.0.1:{upstream}")
     unwatch = watch_connectivity(channel, metrics)

@@ -8,13 +8,13 @@ fails). A connector that sends data must then show in the Agents overview.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dashboard_queries import dashboards, panels_of, prometheus_api, run_panel_query
+from polling import poll
 
 from otel_agents import connector_metrics, setup_metrics
 from stack.local import LocalStack
@@ -90,14 +90,14 @@ def test_a_connector_that_sends_shows_in_the_agents_overview(
 
         panels = {panel["title"]: panel for panel in panels_of(dashboards()["agents-overview"])}
         keys_of_row = {"tenant_id": "acme", "service": service}
-        deadline = time.monotonic() + 60
-        row = _table_row(stack, panels["Connectors"], keys_of_row)
+
         # Status comes from a recording rule over last seen: one evaluation later.
-        while time.monotonic() < deadline and (
-            row["Status"] is None or row["Last seen"] is None or not row["Bytes sent (range)"]
-        ):
-            time.sleep(1)
+        def complete() -> dict[str, Any] | None:
             row = _table_row(stack, panels["Connectors"], keys_of_row)
+            filled = row["Status"] is not None and row["Last seen"] is not None
+            return row if filled and row["Bytes sent (range)"] else None
+
+        row = poll("the Connectors row with status, last seen and bytes", complete, 60, every=1.0)
         assert row["Status"] == 1.0, row  # 🟢 reporting
         assert row["Last seen"] is not None
         assert 0 <= row["Last seen"] < 120, row
@@ -107,11 +107,14 @@ def test_a_connector_that_sends_shows_in_the_agents_overview(
 
     # Recording rules run every 10 s: the panel over them follows within one round.
     [traffic] = panels["Data sent per tenant"]["targets"]
-    tenants: set[str] = set()
-    while time.monotonic() < deadline and "acme" not in tenants:
-        time.sleep(1)
-        tenants = {series["metric"]["tenant_id"] for series in run_panel_query(stack, traffic)}
-    assert "acme" in tenants
+    poll(
+        "acme in the panel over the recording rules",
+        lambda: (
+            "acme" in {series["metric"]["tenant_id"] for series in run_panel_query(stack, traffic)}
+        ),
+        60,
+        every=1.0,
+    )
     [known] = [
         t for t in panels["Reporting / known agents"]["targets"] if t["legendFormat"] == "known"
     ]

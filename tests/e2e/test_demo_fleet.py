@@ -39,6 +39,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ResourceMetrics,
     ScopeMetrics,
 )
+from polling import poll
 
 from scripts.demo import wait_for_port
 from scripts.demo_connector import CERT_ENV, make_certificate
@@ -303,17 +304,6 @@ def _last_seen(stack: LocalStack, tenant: str, key: str) -> float:
     return max(seen)
 
 
-def _poll(what: str, probe: Callable[[], Any], deadline: float) -> Any:
-    """probe() every second until it returns something truthy; fail at `deadline`."""
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out: {what}")
-        time.sleep(1.0)
-
-
 def test_a_killed_connector_is_reported_silent_within_the_target(
     stack: LocalStack, fleet: Fleet, alertmanager: str, tenant_keys: Keys
 ) -> None:
@@ -348,7 +338,12 @@ def test_a_killed_connector_is_reported_silent_within_the_target(
             and a["labels"]["service"] == service
         ]
 
-    [alert] = _poll(f"ConnectorSilent for {service} firing in Prometheus", firing, deadline)
+    [alert] = poll(
+        f"ConnectorSilent for {service} firing in Prometheus",
+        firing,
+        deadline - time.monotonic(),
+        every=1.0,
+    )
     firing_after = time.monotonic() - killed_at
     assert alert["labels"]["severity"] == "critical"
 
@@ -360,7 +355,12 @@ def test_a_killed_connector_is_reported_silent_within_the_target(
         alerts: list[dict[str, Any]] = _get_json(f"{alertmanager}/api/v2/alerts?{query}")
         return [a for a in alerts if a["labels"].get("tenant_id") == KILLED_TENANT]
 
-    [received] = _poll(f"ConnectorSilent for {service} in Alertmanager", delivered, deadline)
+    [received] = poll(
+        f"ConnectorSilent for {service} in Alertmanager",
+        delivered,
+        deadline - time.monotonic(),
+        every=1.0,
+    )
     delivered_after = time.monotonic() - killed_at
     since_last_export = time.time() - last_export
     print(

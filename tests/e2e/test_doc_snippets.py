@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import ast
 import builtins
-import datetime
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import pytest
 
 from stack.local import REPO, LocalStack
-from stack.prefect_server import prefect_server
+from stack.pki import self_signed_file
 
 pytestmark = pytest.mark.e2e
 
@@ -230,35 +228,9 @@ def test_every_snippet_has_a_scenario() -> None:
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def certificate_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A connector certificate that expires in 30 days."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    path = tmp_path_factory.mktemp("connector") / "tls.pem"
-    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return path
+    return self_signed_file(tmp_path_factory.mktemp("connector") / "tls.pem", 30, "connector")
 
 
 def run_scenario(

@@ -36,8 +36,8 @@ from fault_fixtures import (
     rss_bytes,
     wait_for_outcome_increase,
 )
+from polling import poll
 
-from stack.tcpproxy import TcpProxy
 from gateway import tenants
 from stack.local import (
     LocalStack,
@@ -48,6 +48,7 @@ from stack.local import (
     prometheus_binary,
 )
 from stack.supervisor import Supervisor
+from stack.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -477,7 +478,7 @@ def test_the_supervisor_brings_back_a_killed_gateway_and_collector(
         killed_pid = gateway.popen.pid
         os.kill(killed_pid, signal.SIGKILL)
         killed = time.monotonic()
-        _wait(lambda: gateway.popen.pid != killed_pid, timeout=10)
+        poll("the gateway restarted", lambda: gateway.popen.pid != killed_pid, timeout=10)
         stack.wait_ready(gateway, timeout=30)
         gateway_back = time.monotonic() - killed
         assert gateway_back < 10
@@ -487,9 +488,14 @@ def test_the_supervisor_brings_back_a_killed_gateway_and_collector(
         os.kill(killed_pid, signal.SIGKILL)
         killed = time.monotonic()
         readyz = f"{stack.gateway_http_url}/readyz"
-        _wait(lambda: http_get(readyz, timeout=2.0)[0] == 503, timeout=10, step=0.05)
+        poll(
+            "/readyz answers 503",
+            lambda: http_get(readyz, timeout=2.0)[0] == 503,
+            timeout=10,
+            every=0.05,
+        )
         readyz_503 = time.monotonic() - killed
-        _wait(lambda: http_get(readyz, timeout=2.0)[0] == 200, timeout=30)
+        poll("/readyz answers 200", lambda: http_get(readyz, timeout=2.0)[0] == 200, timeout=30)
         readyz_200 = time.monotonic() - killed
         assert collector.popen.pid != killed_pid
         assert readyz_200 < 10
@@ -515,10 +521,3 @@ def test_the_supervisor_brings_back_a_killed_gateway_and_collector(
     time.sleep(1.5)
     assert all(p.popen.poll() is not None for p in started)
     assert len(supervisor.restarts) == 2
-
-
-def _wait(condition: Any, timeout: float, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(step)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,11 @@ import pytest
 from otel_agents import setup_metrics
 from otel_agents.prefect import instrument
 from stack.local import LocalStack, http_get
-from stack.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")
 
 Keys = tuple[Path, dict[str, str]]
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    run_dir = tmp_path_factory.mktemp("prefect")
-    with (
-        prefect_server(run_dir) as url,
-        temporary_settings({PREFECT_API_URL: url, PREFECT_HOME: str(run_dir / "client")}),
-    ):
-        yield url
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-
-        APILogWorker.drain_all(timeout=5)
-        EventsWorker.drain_all(timeout=5)
 
 
 def test_flow_and_task_runs_reach_prometheus_under_the_contracted_names(

@@ -14,18 +14,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
-from prefect_fixtures import OtlpReceiver, otlp_receiver, plugin_distribution
+from otlp_receiver import OtlpReceiver, otlp_receiver
+from polling import poll
+from prefect_fixtures import plugin_distribution
 
 from stack.local import REPO
-from stack.prefect_server import prefect_server
 
 pytestmark = pytest.mark.e2e
 prefect = pytest.importorskip("prefect")
@@ -78,23 +78,6 @@ FLOWS = textwrap.dedent(
         serve(*(f.to_deployment(name="e2e") for f in (nightly, broken, parent, killed, endless)))
     """
 )
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
-        yield url
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"after {timeout:.0f} s: {what} (last: {last!r})")
 
 
 def _agent_env(prefect_api: str, endpoint: str, tmp_path: Path, **settings: str) -> dict[str, str]:
@@ -196,7 +179,7 @@ def _run_scenarios(receiver: OtlpReceiver, tmp: Path, *, task_detail: bool) -> N
                 return False
             return True
 
-    wait_until("the deployments exist", deployed, timeout=60)
+    poll("the deployments exist", deployed, timeout=60)
 
     def start(deployment: str) -> UUID:
         run: Any = run_deployment(f"{deployment}/e2e", timeout=0)
@@ -209,12 +192,12 @@ def _run_scenarios(receiver: OtlpReceiver, tmp: Path, *, task_detail: bool) -> N
         with get_client(sync_client=True) as client:
             return str(getattr(client.read_flow_run(run_id).state_type, "value", None))
 
-    wait_until("endless is running", lambda: state_of(runs["endless"]) == "RUNNING")
+    poll("endless is running", lambda: state_of(runs["endless"]) == "RUNNING", timeout=90)
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(runs["endless"], Cancelling(), force=True)
 
     final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-    states = wait_until(
+    states = poll(
         "every run is final",
         lambda: (s := {n: state_of(r) for n, r in runs.items()}) and set(s.values()) <= final and s,
         timeout=120,
@@ -243,7 +226,11 @@ def _run_scenarios(receiver: OtlpReceiver, tmp: Path, *, task_detail: bool) -> N
         }
 
     try:
-        wait_until("the runner exported every flow run", lambda: flow_counts() == expected_flows)
+        poll(
+            "the runner exported every flow run",
+            lambda: flow_counts() == expected_flows,
+            timeout=90,
+        )
     except AssertionError:
         raise AssertionError(
             f"{flow_counts()} != {expected_flows}\n" + (tmp / "agent.log").read_text()[-3000:]

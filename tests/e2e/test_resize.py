@@ -40,6 +40,7 @@ import pytest
 from needs import require
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from polling import poll
 
 from gateway.shards import ShardMap, agent_key
 from stack.local import (
@@ -144,14 +145,15 @@ def wait_until(
 ) -> list[dict[str, Any]]:
     """Poll `promql` (or the query it makes each time) until `predicate` holds on its
     result; fail naming `what`."""
-    deadline = time.monotonic() + timeout
     result: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+
+    def holds() -> bool:
+        nonlocal result
         result = query(base_url, promql if isinstance(promql, str) else promql())
-        if predicate(result):
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s; {promql!r} returns {result}")
+        return predicate(result)
+
+    poll(lambda: f"{what}; {promql!r} returns {result}", holds, timeout)
+    return result
 
 
 def samples_since(selector: str, samples: int, since: float) -> str:

@@ -24,7 +24,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,10 +36,10 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as service_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Gauge, Metric, NumberDataPoint
+from otlp_receiver import otlp_receiver
 
 from gateway import tenants
 from stack.local import REPO, LocalStack, Ports, Process, free_port
@@ -54,24 +53,11 @@ KEY_ITEM = re.search(  # the page's sessionStorage item, read from its script
 )
 
 
-class _Collector(service_grpc.MetricsServiceServicer):
-    """Accepts everything (the page only needs the gateway to have forwarded)."""
-
-    def Export(
-        self, request: ExportMetricsServiceRequest, context: grpc.ServicerContext
-    ) -> ExportMetricsServiceResponse:
-        return ExportMetricsServiceResponse()
-
-
 @pytest.fixture
 def collector_port() -> Iterator[int]:
     """A fake Collector on a free port, for the length of one test."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
-    service_grpc.add_MetricsServiceServicer_to_server(_Collector(), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield port
-    server.stop(None)
+    with otlp_receiver() as (_, endpoint):
+        yield int(endpoint.rsplit(":", 1)[1])
 
 
 def _chromium() -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from needs import require
+from polling import poll
 
 from otel_agents import AgentTelemetry, ConnectorMetrics, connector_metrics, setup_metrics
 from stack.local import (
@@ -158,18 +159,6 @@ def _without_route(metric: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in metric.items() if k not in ROUTE_LABELS))
 
 
-def _wait(what: str, check: Any, timeout: float) -> Any:
-    """Poll `check()` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1.0)
-    pytest.fail(f"after {timeout:.0f} s, {what}: last seen {last!r}")
-
-
 def _every_agent_in_query(fleet: Fleet) -> None:
     instances = {_instance(t, lane) for t, lane in BATCHES}
 
@@ -177,7 +166,7 @@ def _every_agent_in_query(fleet: Fleet) -> None:
         result = fleet.stack.query.query(f'connector_bytes_sent_total{{job="{SERVICE}"}}')
         return set(_by(result, "instance")) == instances
 
-    _wait("every agent's bytes in Thanos Query", arrived, timeout=90)
+    poll("every agent's bytes in Thanos Query", arrived, timeout=90)
 
 
 def test_each_tenants_totals_are_exact_through_thanos_query(fleet: Fleet) -> None:
@@ -210,7 +199,7 @@ def test_every_agent_series_is_stored_once_from_its_lanes_shard(fleet: Fleet) ->
         copies = fleet.stack.query.query(selector, at=at, dedup=False)
         return copies if {_without_route(s["metric"]) for s in copies} == on_shards else None
 
-    copies = _wait("the shards' series in Thanos", delivered, timeout=30)
+    copies = poll("the shards' series in Thanos", delivered, timeout=30)
     for series in copies:
         labels = series["metric"]
         tenant, _, lane = labels["instance"].rpartition("-lane-")
@@ -232,7 +221,7 @@ def test_gateway_series_come_from_every_shard_and_merge_into_one(fleet: Fleet) -
         result = query.query('up{job="gateway"}', dedup=False)
         return result if len(result) == 4 else None
 
-    copies = _wait("each gateway's `up` from both shards", from_both_shards, timeout=60)
+    copies = poll("each gateway's `up` from both shards", from_both_shards, timeout=60)
     assert {(s["metric"]["instance"], s["metric"]["prometheus_shard"]) for s in copies} == {
         (gateway, shard) for gateway in gateways for shard in ("0", "1")
     }
@@ -247,7 +236,7 @@ def test_gateway_series_come_from_every_shard_and_merge_into_one(fleet: Fleet) -
         found = query.query(age, dedup=False)
         return found if len(found) == 4 else None
 
-    ages = _wait("one last-seen age per agent", one_per_agent, 60)
+    ages = poll("one last-seen age per agent", one_per_agent, 60)
     assert {(a["metric"]["instance"], a["metric"]["prometheus_shard"]) for a in ages} == {
         (_instance(t, lane), str(lane)) for t, lane in BATCHES
     }
@@ -272,7 +261,7 @@ def test_the_ruler_evaluates_fleet_rules_on_the_global_view(fleet: Fleet) -> Non
         return flat if flat == expected else None
 
     try:
-        assert _wait("the Ruler's fleet counts", values, timeout=150) == expected
+        assert poll("the Ruler's fleet counts", values, timeout=150) == expected
     finally:
         print(f"the Ruler's fleet counts, last read: {seen}")
 
@@ -302,7 +291,7 @@ def test_the_ruler_evaluates_fleet_rules_on_the_global_view(fleet: Fleet) -> Non
             pairs[tenant] = (float(value), parts)
         return pairs
 
-    pairs = _wait("a queries rate per tenant, 80 s after the start", compared, timeout=150)
+    pairs = poll("a queries rate per tenant, 80 s after the start", compared, timeout=150)
     for tenant, (value, parts) in pairs.items():
         print(f"[thanos] {tenant}: Ruler {value:.3f}/s, shards {parts}")
         assert all(part > 0 for part in parts)
@@ -319,7 +308,7 @@ def test_the_ruler_evaluates_fleet_rules_on_the_global_view(fleet: Fleet) -> Non
         "prometheus-shard-1",
         f"127.0.0.1:{fleet.stack.ruler.http_port}",
     }
-    counted = _wait(
+    counted = poll(
         "the rule failures of the shards and the Ruler",
         lambda: (r := _by(query.query(failures), "instance")).keys() == evaluators and r,
         timeout=60,
@@ -363,6 +352,6 @@ def test_alerts_reach_alertmanager_with_the_labels_of_one_prometheus(fleet: Flee
 
     # Both alerts have `for: 1m`; the data needs a scrape, remote write and an
     # evaluation before that minute starts.
-    found = _wait("both alerts in Alertmanager", alerts, timeout=150)
+    found = poll("both alerts in Alertmanager", alerts, timeout=150)
     print(f"[thanos] alerts {time.monotonic() - fleet.started:.0f} s after the start: {found}")
     assert found == expected

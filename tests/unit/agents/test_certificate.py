@@ -10,34 +10,15 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 
 import otel_agents.certificate as certificate_module
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 from otel_agents.certificate import CertificateError, CertificateFile, not_after
+from stack.pki import self_signed
 
 NOW = datetime(2031, 3, 14, 15, 9, 26, tzinfo=UTC)
-
-
-def make_certificate(
-    not_valid_after: datetime, issuer_key: ec.EllipticCurvePrivateKey | None = None
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector.test")])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_valid_after - timedelta(days=365))
-        .not_valid_after(not_valid_after)
-        .sign(issuer_key or key, hashes.SHA256())
-    )
-    return certificate, key
 
 
 def pem(certificate: x509.Certificate) -> bytes:
@@ -75,15 +56,15 @@ def expiry_points(reader: InMemoryMetricReader) -> list[tuple[str, float]]:
     ],
 )
 def test_not_after_matches_cryptography(expires: datetime) -> None:
-    certificate, _ = make_certificate(expires)
+    certificate, _ = self_signed(expires)
     assert not_after(pem(certificate)) == certificate.not_valid_after_utc.timestamp()
     der = certificate.public_bytes(serialization.Encoding.DER)
     assert not_after(der) == expires.timestamp()
 
 
 def test_a_chain_or_key_file_gives_the_first_certificate(tmp_path: Path) -> None:
-    leaf, key = make_certificate(NOW + timedelta(days=3))
-    ca, _ = make_certificate(NOW + timedelta(days=900))
+    leaf, key = self_signed(NOW + timedelta(days=3))
+    ca, _ = self_signed(NOW + timedelta(days=900))
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -107,7 +88,7 @@ def test_not_after_refuses_what_is_not_a_certificate(content: bytes, says: str) 
 
 
 def test_days_left_for_a_certificate_valid_ten_more_days(tmp_path: Path) -> None:
-    certificate, _ = make_certificate(NOW + timedelta(days=10))
+    certificate, _ = self_signed(NOW + timedelta(days=10))
     path = tmp_path / "connector.pem"
     path.write_bytes(pem(certificate))
     watched = CertificateFile(path, clock=NOW.timestamp)
@@ -118,7 +99,7 @@ def test_the_gauge_is_in_days_with_unit_d(
     telemetry: tuple[AgentTelemetry, InMemoryMetricReader], tmp_path: Path
 ) -> None:
     t, reader = telemetry
-    certificate, _ = make_certificate(datetime.now(UTC) + timedelta(days=10))
+    certificate, _ = self_signed(datetime.now(UTC) + timedelta(days=10))
     path = tmp_path / "connector.pem"
     path.write_bytes(pem(certificate))
     connector_metrics(t, certificate_path=path)
@@ -150,7 +131,7 @@ def test_recovery_and_a_new_problem_are_each_reported_once(
     path.write_bytes(b"garbage")
     watched = CertificateFile(path, clock=NOW.timestamp)
     assert [watched.days_left(), watched.days_left()] == [None, None]
-    certificate, _ = make_certificate(NOW + timedelta(days=2))
+    certificate, _ = self_signed(NOW + timedelta(days=2))
     path.write_bytes(pem(certificate))
     os.utime(path, ns=(1, 1))  # a different mtime, even on coarse-grained filesystems
     assert watched.days_left() == 2.0
@@ -174,13 +155,13 @@ def test_the_file_is_parsed_again_only_when_it_changes(
 
     monkeypatch.setattr(certificate_module, "not_after", counting_not_after)
     path = tmp_path / "connector.pem"
-    old, _ = make_certificate(NOW + timedelta(days=1))
+    old, _ = self_signed(NOW + timedelta(days=1))
     path.write_bytes(pem(old))
     watched = CertificateFile(path, clock=NOW.timestamp)
     assert [watched.days_left() for _ in range(3)] == [1.0, 1.0, 1.0]
     assert len(parses) == 1
 
-    rotated, _ = make_certificate(NOW + timedelta(days=90))
+    rotated, _ = self_signed(NOW + timedelta(days=90))
     path.write_bytes(pem(rotated))
     os.utime(path, ns=(2, 2))
     assert watched.days_left() == 90.0

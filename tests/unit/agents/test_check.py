@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import ipaddress
 import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from gateway_fixtures import free_port_now
 from live_gateway import LiveGateway, live_gateway
-from pki_fixtures import Authority, Issued
 
 from otel_agents import connector_metrics, setup_metrics
 from otel_agents.check import GatewayPorts, Step, main, run_checks
+from stack.pki import Pki
 
 _sent = itertools.count(1)
 
@@ -234,19 +232,6 @@ def test_with_protocol_http_the_check_sends_otlp_http(gateway: LiveGateway, vari
     assert steps[0].detail.startswith("OTLP/HTTP to")
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Authority, Issued]:
-    directory = tmp_path_factory.mktemp("pki")
-    ca = Authority(directory)
-    server = ca.issue(
-        "server",
-        "localhost",
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    )
-    return ca, server
-
-
 @pytest.mark.parametrize(
     ("protocol", "written"),
     [
@@ -276,9 +261,9 @@ def test_tls_configured_against_a_plaintext_gateway_and_the_fix_works(
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_plaintext_configured_against_a_tls_gateway_and_the_fixes_work(
-    tmp_path: Path, pki: tuple[Authority, Issued], protocol: str
+    tmp_path: Path, pki: Pki, protocol: str
 ) -> None:
-    ca, server = pki
+    ca, server = pki.ca, pki.server
     with live_gateway(tmp_path, tls_cert_file=server.cert, tls_key_file=server.key) as tls:
         port = tls.grpc_port if protocol == "grpc" else tls.http_port
         env = {

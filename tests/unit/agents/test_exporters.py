@@ -3,20 +3,16 @@ setting that once made the SDK's exporters fail or mislead, each with its one lo
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from live_gateway import LiveGateway, live_gateway
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pki_fixtures import Authority, Issued
 
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
-
-SPIFFE = "spiffe://example.org/tenant/"
+from stack.pki import SPIFFE, Pki
 
 
 def _send(environ: dict[str, str] | None, bytes_sent: int = 700) -> AgentTelemetry:
@@ -70,27 +66,12 @@ def test_each_protocol_reaches_the_gateway_under_the_keys_tenant(
     assert telemetry.shutdown(timeout_s=5)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Authority, Issued, Issued]:
-    """A CA, the gateway's certificate and a client certificate naming tenant acme."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = Authority(directory)
-    server = ca.issue(
-        "server",
-        "localhost",
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    )
-    client = ca.issue("acme", "agent-7", x509.UniformResourceIdentifier(f"{SPIFFE}acme"))
-    return ca, server, client
-
-
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 @pytest.mark.parametrize("variant", ["", "METRICS_"])
 def test_mutual_tls_from_the_certificate_variables_alone(
-    tmp_path: Path, pki: tuple[Authority, Issued, Issued], protocol: str, variant: str
+    tmp_path: Path, pki: Pki, protocol: str, variant: str
 ) -> None:
-    ca, server, client = pki
+    ca, server, client = pki.ca, pki.server, pki.acme_uri
     with live_gateway(
         tmp_path,
         tls_cert_file=server.cert,
@@ -114,9 +95,9 @@ def test_mutual_tls_from_the_certificate_variables_alone(
 
 
 def test_an_unreadable_client_key_is_one_error_and_no_exporter(
-    tmp_path: Path, pki: tuple[Authority, Issued, Issued], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ca, _, client = pki
+    ca, client = pki.ca, pki.acme_uri
     environ = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "https://127.0.0.1:4317",
         "OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca.cert_file),
@@ -255,9 +236,9 @@ def test_a_bare_host_port_meeting_a_plaintext_gateway_gets_a_hint(
 
 
 def test_plaintext_meeting_a_tls_gateway_gets_a_hint(
-    tmp_path: Path, pki: tuple[Authority, Issued, Issued], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, server, _ = pki
+    server = pki.server
     with live_gateway(tmp_path, tls_cert_file=server.cert, tls_key_file=server.key) as tls:
         environ = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{tls.grpc_port}",

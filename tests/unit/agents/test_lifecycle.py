@@ -21,9 +21,9 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
 )
+from otlp_receiver import OtlpReceiver, otlp_receiver
 
 from otel_agents.lifecycle import STATE_KEY, StopAnnouncingExporter
-from tests.e2e.prefect_fixtures import OtlpReceiver, otlp_receiver
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -18,7 +18,6 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_series import collected_series, data_agent_formula
 from test_prefect_support import (
-    drain_prefect_workers,
     histogram_counts,
     key,
     nonzero,
@@ -27,7 +26,6 @@ from test_prefect_support import (
 
 from otel_agents import setup_metrics
 from otel_agents.prefect import PrefectInstrumentation, instrument
-from stack.prefect_server import prefect_server
 
 prefect = pytest.importorskip("prefect")
 
@@ -76,31 +74,6 @@ def flaky(name: str) -> str:
 @flow
 def etl(n: int = 3) -> int:
     return sum(double(x) for x in extract(n))
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server, and this process pointed at it."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
-        temporary_settings,
-    )
-
-    run_dir = tmp_path_factory.mktemp("prefect")
-    with (
-        prefect_server(run_dir) as url,
-        temporary_settings(
-            {
-                PREFECT_API_URL: url,
-                PREFECT_HOME: str(run_dir / "client"),
-                PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore",
-            }
-        ),
-    ):
-        yield url
-        drain_prefect_workers()
 
 
 Counted = tuple[PrefectInstrumentation, InMemoryMetricReader]

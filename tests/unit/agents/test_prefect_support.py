@@ -1,4 +1,4 @@
-"""Support for the Prefect tests (no tests here): a real Prefect server and metric readers."""
+"""Support for the Prefect tests (no tests here): what a metric reader holds."""
 
 from __future__ import annotations
 
@@ -7,20 +7,6 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     NumberDataPoint,
 )
-
-
-def drain_prefect_workers() -> None:
-    """Send this process's queued Prefect logs and events before the server goes away.
-
-    Otherwise Prefect's background workers retry against the stopped server at exit
-    for more than a minute.
-    """
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=5)
-    EventsWorker.drain_all(timeout=5)
-
 
 Key = frozenset[tuple[str, str]]
 

@@ -23,7 +23,6 @@ import pytest
 from opentelemetry.sdk.metrics import Histogram
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
-from pki_fixtures import Authority
 from prometheus_series import (
     collected_series,
     connector_formula,
@@ -37,6 +36,7 @@ from otel_agents.etl import EtlMetrics, etl_metrics
 from otel_agents.grpc_instrumentation import instrument_channel
 from otel_agents.prefect.sink import MetricsSink
 from otel_agents.prefect.tracker import RunTracker
+from stack.pki import Authority
 
 CONNECTOR_BUDGET = 12
 DATA_AGENT_BUDGET = 150

@@ -8,18 +8,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 from opentelemetry import metrics
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as service_grpc
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-)
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, Sum
+from otlp_receiver import OtlpReceiver, otlp_receiver
 
 import otel_agents.setup as agents_setup
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
@@ -183,33 +177,14 @@ def test_the_global_meter_provider_is_set_once(
     assert second.shutdown()
 
 
-class RecordingCollector(service_grpc.MetricsServiceServicer):
-    """Keeps each request with its metadata."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[ExportMetricsServiceRequest, dict[str, str]]] = []
-
-    def Export(
-        self, request: ExportMetricsServiceRequest, context: grpc.ServicerContext
-    ) -> ExportMetricsServiceResponse:
-        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        self.received.append((request, metadata))
-        return ExportMetricsServiceResponse()
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[RecordingCollector, int]]:
-    servicer = RecordingCollector()
-    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.so_reuseport", 0)])
-    service_grpc.add_MetricsServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, port
-    server.stop(None)
+def collector() -> Iterator[tuple[OtlpReceiver, int]]:
+    with otlp_receiver() as (receiver, endpoint):
+        yield receiver, int(endpoint.rsplit(":", 1)[1])
 
 
 def test_exports_over_grpc_with_the_bearer_key_and_cumulative_totals(
-    collector: tuple[RecordingCollector, int],
+    collector: tuple[OtlpReceiver, int],
 ) -> None:
     servicer, port = collector
     t = setup_metrics(

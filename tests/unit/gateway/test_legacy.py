@@ -13,12 +13,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from pki_fixtures import Authority
 
 from gateway.legacy import INSTRUMENTS, LegacyReport, to_otlp
 from otel_agents import connector as agent_connector
 from otel_agents.connector import ConnectorMetrics
 from otel_agents.etl import EtlMetrics
+from stack.pki import Authority
 
 CONNECTOR_REPORT = {
     "agent_type": "connector",

@@ -7,20 +7,16 @@ are real (grpc.aio, uvicorn) on free ports.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
-from cryptography import x509
 from gateway_fixtures import EXPORT, counter_request, fake_collector, make_tenants
-from pki_fixtures import Authority, Issued
 from pydantic import ValidationError
 
 from gateway.app import Gateway
@@ -36,38 +32,7 @@ from gateway.tls import (
     client_certificate_from_grpc,
     grpc_server_credentials,
 )
-
-SPIFFE = "spiffe://example.org/tenant/"
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Everything the tests need: a CA, the server's certificate, clients."""
-
-    ca: Authority
-    server: Issued
-    acme_uri: Issued  # SAN URI spiffe://example.org/tenant/acme, CN "agent-7"
-    globex_cn: Issued  # CN "globex", no URI
-    rogue: Issued  # acme's URI, signed by another CA
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA and certificates in a temporary directory."""
-    directory = tmp_path_factory.mktemp("pki")
-    ca = Authority(directory)
-    server = ca.issue(
-        "server",
-        "localhost",
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    )
-    acme = ca.issue("acme", "agent-7", x509.UniformResourceIdentifier(f"{SPIFFE}acme"))
-    globex = ca.issue("globex", "globex", x509.DNSName("agent.globex.example"))
-    rogue = Authority(directory, "rogue CA").issue(
-        "rogue", "acme", x509.UniformResourceIdentifier(f"{SPIFFE}acme")
-    )
-    return Pki(ca, server, acme, globex, rogue)
+from stack.pki import SPIFFE, Issued, Pki
 
 
 def _settings(tmp_path: Path, pki: Pki, collector_port: int = 1, **overrides: Any) -> Any:
