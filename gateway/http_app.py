@@ -12,6 +12,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import openfiles
 from gateway.app import Gateway
 from gateway.http_edge import Receive, Scope, Send, json_answer
 from gateway.legacy import PATH_PREFIX as LEGACY_PREFIX
@@ -68,7 +69,16 @@ def _api(gateway: Gateway) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Ready only when the Collector answers: otherwise exports would be refused."""
+        """Ready only when the Collector answers (otherwise exports would be refused) and
+        open files leave room for more agents (a balancer then sends them elsewhere)."""
+        if (near := openfiles.near_limit()) is not None:
+            return JSONResponse(
+                {
+                    "status": "not ready",
+                    "reason": f"{near[0]} of {near[1]} open files in use: no room for more agents",
+                },
+                status_code=503,
+            )
         if await gateway.forwarder.is_ready():
             return JSONResponse({"status": "ready"})
         return JSONResponse(

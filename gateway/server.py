@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway import fleet_series
+from gateway import fleet_series, openfiles
 from gateway.app import Gateway
 from gateway.grpc_server import create_grpc_server
 from gateway.http_app import create_app
@@ -112,6 +112,7 @@ def _request_exit(http_server: uvicorn.Server, sig: signal.Signals) -> None:
 
 async def serve(settings: GatewaySettings) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop."""
+    openfiles.raise_soft_limit()  # before any socket: each agent's connection takes one
     gateway = Gateway.create(settings)
     grpc_server, grpc_port = create_grpc_server(gateway)
     http_server = _HttpServer(http_config(settings, create_app(gateway)))

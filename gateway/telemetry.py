@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics import (
     ObservableUpDownCounter,
 )
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from gateway import instruments
 from gateway.instruments import Instrument
@@ -96,6 +96,8 @@ class GatewayTelemetry:
     def create(cls) -> GatewayTelemetry:
         """A fresh provider and registry (one per gateway, so tests can make several)."""
         registry = CollectorRegistry(auto_describe=True)
+        # process_open_fds, process_max_fds, CPU, resident memory (gateway.openfiles).
+        ProcessCollector(registry=registry)
         reader = PrometheusMetricReader(
             disable_target_info=True,
             registry=registry,
