@@ -50,6 +50,8 @@ CONTRACT = frozenset(
         "gateway_forward_duration_seconds_count",
         "gateway_requests_in_flight",
         "gateway_fleet_agents",
+        "process_open_fds",  # prometheus_client's process metrics on the gateway's /metrics
+        "process_max_fds",
         # the Collector's telemetry (scrape job collector-telemetry), Collector 0.165.0
         "otelcol_receiver_accepted_metric_points",
         "otelcol_receiver_refused_metric_points",

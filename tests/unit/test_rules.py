@@ -28,7 +28,13 @@ RUNBOOK = REPO / "docs" / "operations.md"
 SEVERITY_RECEIVER = {"critical": "oncall", "warning": "team"}
 # Alerts about one tenant's agents or data carry its tenant_id; the others are
 # about the pipeline as a whole.
-PIPELINE_ALERTS = {"GatewayDown", "CollectorDown", "NoAgentData", "PrometheusRuleFailures"}
+PIPELINE_ALERTS = {
+    "GatewayDown",
+    "CollectorDown",
+    "GatewayOpenFilesNearLimit",
+    "NoAgentData",
+    "PrometheusRuleFailures",
+}
 
 
 def _tool(name: str) -> str:
