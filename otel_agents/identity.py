@@ -7,11 +7,19 @@ per-agent alerts all key on `service.instance.id`. A random id per process would
 make every restart a new agent (the old one looks dead, its series stay for
 minutes beside the new ones), so the default follows the OpenTelemetry semantic
 conventions' advice for stable ids: a UUID v5 of stable inputs, here the
-machine's id and the service name.
+machine's id, the host name and the service name. The host name separates
+containers that share the host's /etc/machine-id (bind-mounted, baked into an
+image, or a VM cloned from a template): a container's host name is its own (its
+id, or its pod's name), a plain host's does not change when the agent restarts.
+
+In Kubernetes the conventions name the id: the pod annotation
+`resource.opentelemetry.io/service.instance.id` when given (through the Downward
+API's annotations file), else `<namespace>.<pod>.<container>` from the pod's
+variables, the service account's namespace file and HOSTNAME.
 
 Several processes of one service on one machine must still differ. Each process
 takes the lowest free *slot* for its (machine, service): slot 0 is the plain
-UUID, slot n mixes n in. A slot is held by an advisory lock on a file, which the
+id, slot n mixes n in. A slot is held by an advisory lock on a file, which the
 kernel releases when the process ends however it ends, so a restarted process
 gets its slot, and with it its id, back.
 """
@@ -20,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
 import tempfile
 import threading
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -37,6 +47,21 @@ SERVICE_INSTANCE_NAMESPACE = uuid.UUID("4d63009a-8d0f-11ee-aad7-4c796ed8e320")
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 MAX_SLOTS = 64
 """Processes of one service on one machine that get ids of their own; more share the last."""
+
+POD_ANNOTATION = "resource.opentelemetry.io/service.instance.id"
+"""The pod annotation that names an agent's id in Kubernetes (semantic conventions)."""
+ANNOTATIONS_FILE = Path("/etc/podinfo/annotations")
+"""Where the Downward API's annotations volume is usually mounted (Kubernetes' docs);
+OTEL_AGENTS_POD_ANNOTATIONS_FILE names another."""
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""The pod's namespace, as the service account's token volume gives it."""
+POD_VARIABLES = {
+    "k8s.namespace.name": ("K8S_NAMESPACE_NAME", "POD_NAMESPACE"),
+    "k8s.pod.name": ("K8S_POD_NAME", "POD_NAME", "HOSTNAME"),
+    "k8s.container.name": ("K8S_CONTAINER_NAME", "CONTAINER_NAME"),
+}
+"""Each name's environment variables (the Downward API's usual names), first found wins;
+the same key in OTEL_RESOURCE_ATTRIBUTES wins over all of them."""
 
 _lock = threading.Lock()
 _held: dict[tuple[str, str], tuple[int, str, IO[bytes] | None]] = {}
@@ -58,6 +83,56 @@ def host_name() -> str:
     return socket.gethostname()
 
 
+def machine_key() -> str:
+    """What the default id is made of besides the service: the machine's id and the
+    host name, so that containers sharing a machine id still differ."""
+    return f"{machine_id()}\x00{host_name()}"
+
+
+def kubernetes_instance_id(
+    attributes: Mapping[str, str], environ: Mapping[str, str], root: Path = Path("/")
+) -> str | None:
+    """The semantic conventions' id of a Kubernetes container, None outside Kubernetes
+    or when its namespace or pod name is unknown. `root` prefixes the files read."""
+    if not environ.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    annotations = Path(environ.get("OTEL_AGENTS_POD_ANNOTATIONS_FILE") or ANNOTATIONS_FILE)
+    annotated = _annotation(_under(root, annotations), POD_ANNOTATION)
+    if annotated:
+        return annotated
+    names = {
+        key: attributes.get(key) or next((environ[v] for v in variables if environ.get(v)), "")
+        for key, variables in POD_VARIABLES.items()
+    }
+    if not names["k8s.namespace.name"]:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            names["k8s.namespace.name"] = (
+                _under(root, NAMESPACE_FILE).read_text(encoding="utf-8").strip()
+            )
+    if not (names["k8s.namespace.name"] and names["k8s.pod.name"]):
+        return None
+    return ".".join(name for name in names.values() if name)
+
+
+def _under(root: Path, path: Path) -> Path:
+    return root / path.relative_to(path.anchor) if path.is_absolute() else path
+
+
+def _annotation(path: Path, key: str) -> str | None:
+    """`key`'s value in a Downward API annotations file (lines `key="value"`)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        name, _, quoted = line.partition("=")
+        if name.strip() == key:
+            with contextlib.suppress(ValueError):
+                value = json.loads(quoted)
+                return value.strip() if isinstance(value, str) and value.strip() else None
+    return None
+
+
 def slot_instance_id(machine: str, service_name: str, slot: int) -> str:
     """The instance id of `slot` for a service on a machine (a UUID v5)."""
     # The machine id is hashed in, never sent: systemd asks to keep it confidential.
@@ -65,21 +140,33 @@ def slot_instance_id(machine: str, service_name: str, slot: int) -> str:
     return str(uuid.uuid5(SERVICE_INSTANCE_NAMESPACE, name))
 
 
-def stable_instance_id(service_name: str, lock_dir: Path | None = None) -> str:
+def stable_instance_id(
+    service_name: str,
+    lock_dir: Path | None = None,
+    attributes: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
     """This process's instance id for `service_name`: the same after a restart.
 
-    The first process of a service on this machine gets slot 0, a second one running
-    at the same time slot 1, and so on. Without a usable lock directory every process
-    gets slot 0 (one per service and machine is then assumed).
+    In Kubernetes, the semantic conventions' id (`kubernetes_instance_id`; the
+    resource's `attributes` may name the pod). Elsewhere a UUID v5 of the machine's
+    id, the host name and the service name. The first process of a service on this
+    machine or in this container gets slot 0, a second one running at the same time
+    slot 1 (mixed into the id), and so on. Without a usable lock directory every
+    process gets slot 0 (one per service and machine is then assumed).
     """
-    machine = machine_id()
+    pod = kubernetes_instance_id(attributes or {}, os.environ if environ is None else environ)
+    machine = f"k8s\x00{pod}" if pod else machine_key()
     key = (machine, service_name)
     with _lock:
         held = _held.get(key)
         if held is not None and held[0] == os.getpid():
             return held[1]
         slot, handle = _take_slot(machine, service_name, lock_dir or default_lock_dir())
-        instance = slot_instance_id(machine, service_name, slot)
+        if pod:
+            instance = pod if slot == 0 else f"{pod}.{slot}"
+        else:
+            instance = slot_instance_id(machine, service_name, slot)
         _held[key] = (os.getpid(), instance, handle)
         return instance
 

@@ -79,7 +79,9 @@ def setup_metrics(
         if not settings.exporter_enabled and reader is None:
             _logger.info("otel_agents: metrics disabled by OTEL_METRICS_EXPORTER=none")
             return AgentTelemetry.disabled()
-        resource = build_resource(settings, service_name, agent_type, service_version)
+        resource = build_resource(
+            settings, service_name, agent_type, service_version, _environ(environ)
+        )
         return _start(settings, resource, reader, set_global)
     except ConfigError as exc:
         _logger.error("otel_agents: metrics disabled: %s", exc)
@@ -89,14 +91,19 @@ def setup_metrics(
 
 
 def build_resource(
-    config: AgentConfig, service_name: str, agent_type: str, service_version: str | None
+    config: AgentConfig,
+    service_name: str,
+    agent_type: str,
+    service_version: str | None,
+    environ: Mapping[str, str] | None = None,
 ) -> Resource:
     """The resource identifying this agent: service.*, host.name, agent.type, telemetry.sdk.*.
 
     OTEL_RESOURCE_ATTRIBUTES and then OTEL_SERVICE_NAME override the arguments, as
     operators expect; `agent.type` always comes from the (checked) argument. Unless
     OTEL_RESOURCE_ATTRIBUTES sets `service.instance.id`, it is stable across restarts
-    (see `otel_agents.identity`).
+    (see `otel_agents.identity`; `environ`, default `os.environ`, may place it in a
+    Kubernetes pod).
     """
     if agent_type not in AGENT_TYPES:
         raise ConfigError(
@@ -121,7 +128,9 @@ def build_resource(
     if not attributes.get(SERVICE_INSTANCE_ID):
         # Series identity in the Collector is service.name + service.instance.id: it
         # must differ between agents, and stay the same when one restarts.
-        attributes[SERVICE_INSTANCE_ID] = stable_instance_id(attributes[SERVICE_NAME])
+        attributes[SERVICE_INSTANCE_ID] = stable_instance_id(
+            attributes[SERVICE_NAME], attributes=attributes, environ=environ
+        )
     return Resource(attributes)
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-from otel_agents.identity import SERVICE_INSTANCE_NAMESPACE, machine_id, slot_instance_id
+import pytest
+
+from otel_agents.identity import (
+    SERVICE_INSTANCE_NAMESPACE,
+    kubernetes_instance_id,
+    machine_key,
+    slot_instance_id,
+    stable_instance_id,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -46,8 +57,8 @@ def test_a_restarted_process_gets_its_id_back_a_concurrent_one_gets_another(
     second, second_id = _holder("billing", tmp_path)  # same service, same machine, same time
     other, other_id = _holder("nightly", tmp_path)
     assert len({first_id, second_id, other_id}) == 3
-    assert first_id == slot_instance_id(machine_id(), "billing", 0)
-    assert second_id == slot_instance_id(machine_id(), "billing", 1)
+    assert first_id == slot_instance_id(machine_key(), "billing", 0)
+    assert second_id == slot_instance_id(machine_key(), "billing", 1)
     first.kill()  # however it ends, the kernel releases its slot
     first.wait(timeout=10)
     restarted, restarted_id = _holder("billing", tmp_path)
@@ -76,6 +87,116 @@ def test_without_a_usable_lock_directory_every_process_gets_slot_0(tmp_path: Pat
     blocked.write_text("")
     first, first_id = _holder("billing", blocked)  # its lock directory cannot be created
     second, second_id = _holder("billing", blocked)
-    assert first_id == second_id == slot_instance_id(machine_id(), "billing", 0)
+    assert first_id == second_id == slot_instance_id(machine_key(), "billing", 0)
     _end(first)
     _end(second)
+
+
+# -- containers and Kubernetes ----------------------------------------------------------
+
+
+# As two containers of one image on one node: each its own host name and /tmp, both
+# the host's /etc/machine-id. The holder prints the id, then holds it until stdin closes.
+def _container(host: str, service: str) -> tuple[subprocess.Popen[str], str]:
+    script = (
+        f"hostname {host} && mount -t tmpfs tmpfs /tmp && exec env -u XDG_RUNTIME_DIR "
+        f"PYTHONPATH={shlex.quote(str(REPO))} {sys.executable} -c {shlex.quote(HOLDER)} {service}"
+    )
+    process = subprocess.Popen(
+        ["unshare", "--uts", "--mount", "sh", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    assert line, process.stderr.read() if process.stderr else ""
+    return process, line
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="new UTS and mount namespaces need root and unshare(1)",
+)
+
+
+@needs_root
+def test_containers_sharing_the_machine_id_get_ids_of_their_own_and_keep_them() -> None:
+    first, first_id = _container("orders-7f9c", "orders-connector")
+    second, second_id = _container("orders-b21d", "orders-connector")
+    try:
+        assert first_id != second_id
+        machine = machine_key().split("\x00")[0]
+        assert first_id == slot_instance_id(f"{machine}\x00orders-7f9c", "orders-connector", 0)
+        assert second_id == slot_instance_id(f"{machine}\x00orders-b21d", "orders-connector", 0)
+    finally:
+        for process in (first, second):
+            _end(process)
+    # The same container started again (same host name) is the same agent.
+    again, again_id = _container("orders-7f9c", "orders-connector")
+    _end(again)
+    assert again_id == first_id
+
+
+POD = {
+    "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+    "POD_NAMESPACE": "shop",
+    "POD_NAME": "orders-5d8f7c9b4-x2k8q",
+    "CONTAINER_NAME": "connector",
+}
+
+
+def test_in_kubernetes_the_id_is_namespace_pod_and_container(tmp_path: Path) -> None:
+    assert kubernetes_instance_id({}, POD, tmp_path) == "shop.orders-5d8f7c9b4-x2k8q.connector"
+    # OTEL_RESOURCE_ATTRIBUTES' names win over the variables.
+    named = {"k8s.pod.name": "orders-0", "k8s.container.name": "main"}
+    assert kubernetes_instance_id(named, POD, tmp_path) == "shop.orders-0.main"
+    # Without its variables: HOSTNAME (the pod's name) and the service account's namespace.
+    account = tmp_path / "var/run/secrets/kubernetes.io/serviceaccount"
+    account.mkdir(parents=True)
+    (account / "namespace").write_text("billing\n")
+    bare = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "HOSTNAME": "billing-0"}
+    assert kubernetes_instance_id({}, bare, tmp_path) == "billing.billing-0"
+    # Outside Kubernetes, or with no pod name, the default id applies.
+    assert kubernetes_instance_id({}, {"POD_NAME": "x", "POD_NAMESPACE": "y"}, tmp_path) is None
+    assert kubernetes_instance_id({}, {"KUBERNETES_SERVICE_HOST": "1"}, tmp_path) is None
+
+
+def test_in_kubernetes_the_pod_annotation_wins(tmp_path: Path) -> None:
+    podinfo = tmp_path / "etc/podinfo"
+    podinfo.mkdir(parents=True)
+    (podinfo / "annotations").write_text(
+        'kubectl.kubernetes.io/restartedAt="2026-12-01T10:00:00Z"\n'
+        'resource.opentelemetry.io/service.instance.id="orders-eu-1"\n'
+    )
+    assert kubernetes_instance_id({}, POD, tmp_path) == "orders-eu-1"
+    elsewhere = tmp_path / "annotations"
+    elsewhere.write_text('resource.opentelemetry.io/service.instance.id="orders-eu-2"\n')
+    env = {**POD, "OTEL_AGENTS_POD_ANNOTATIONS_FILE": str(elsewhere)}
+    assert kubernetes_instance_id({}, env, Path("/")) == "orders-eu-2"
+
+
+def test_in_kubernetes_a_second_process_of_the_service_gets_a_slot_of_its_own(
+    tmp_path: Path,
+) -> None:
+    env = {**POD, "POD_NAME": f"orders-{uuid.uuid4().hex[:6]}"}
+    first = stable_instance_id("orders", tmp_path, environ=env)
+    assert first == f"shop.{env['POD_NAME']}.connector"
+    # This process holds slot 0; another process of the service in the pod takes slot 1.
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json; from pathlib import Path; "
+            "from otel_agents.identity import stable_instance_id as stable; "
+            "print(stable('orders', Path(sys.argv[1]), environ=json.loads(sys.argv[2])))",
+            str(tmp_path),
+            json.dumps(env),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == f"{first}.1"
