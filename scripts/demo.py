@@ -6,16 +6,20 @@ becomes ready; restarts a component that dies (scripts/supervisor.py, like
 compose's `restart: unless-stopped`); runs until Ctrl-C, then stops every process
 it started.
 
-    python -m scripts.demo [--collectors N]
+    python -m scripts.demo [--collectors N] [--recipe NAME]
 
 `--collectors N` (`make demo COLLECTORS=N`) runs N Collectors, the gateway spreading
 the agents over them (docs/scaling.md, "Sharded Collectors"); 1 by default.
+`--recipe NAME` (or COLLECTOR_RECIPE=NAME, as in compose) runs every Collector with
+the routing recipe otel-collector/recipes/NAME.yaml after config.yaml (docs/routing.md);
+the endpoints it adds get free ports, printed with each Collector.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import secrets
 import shutil
 import signal
@@ -27,6 +31,8 @@ from typing import Any
 
 from gateway import tenants
 from scripts.localstack import (
+    RECIPE_ENDPOINTS,
+    RECIPES_DIR,
     REPO,
     LocalStack,
     Ports,
@@ -189,12 +195,13 @@ def start_collectors(stack: LocalStack, supervisor: Supervisor) -> None:
         say(
             f"{which} ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{ports.otlp}, "
             f"metrics http://127.0.0.1:{ports.prometheus}/metrics"
+            + "".join(f", {name}=127.0.0.1:{port}" for name, port in ports.extra.items())
         )
 
 
-def run(collectors: int = 1) -> int:
-    """Start everything with `collectors` Collectors, wait for Ctrl-C or a failure,
-    stop everything."""
+def run(collectors: int = 1, recipe: str = "") -> int:
+    """Start everything with `collectors` Collectors (each with `recipe`, if any), wait
+    for Ctrl-C or a failure, stop everything."""
     started = time.monotonic()
     # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the demo is, then the
     # `finally` below stops every process. Set explicitly: a shell starts
@@ -214,7 +221,12 @@ def run(collectors: int = 1) -> int:
     )
     keys_file.chmod(0o600)
     stack = LocalStack(
-        RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS, collectors=collectors
+        RUN_DIR,
+        tenants_file=RUN_DIR / "tenants.json",
+        ports=PORTS,
+        collectors=collectors,
+        collector_configs=[RECIPES_DIR / f"{recipe}.yaml"] if recipe else [],
+        collector_extra_endpoints=RECIPE_ENDPOINTS if recipe else (),
     )
     # Each component is watched once it is ready: one that dies later is
     # restarted (said here, and marked in its log) while the demo runs on.
@@ -282,10 +294,19 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help="Collectors to spread the agents over (default 1)",
     )
+    parser.add_argument(
+        "--recipe",
+        default=os.environ.get("COLLECTOR_RECIPE", ""),
+        metavar="NAME",
+        help="routing recipe of otel-collector/recipes/ for every Collector (docs/routing.md)",
+    )
     args = parser.parse_args(argv)
     if args.collectors < 1:
         parser.error(f"--collectors {args.collectors}: run at least one Collector")
-    return run(args.collectors)
+    if args.recipe and not (RECIPES_DIR / f"{args.recipe}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        parser.error(f"--recipe {args.recipe}: no such recipe; one of {known}")
+    return run(args.collectors, args.recipe)
 
 
 if __name__ == "__main__":

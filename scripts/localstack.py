@@ -26,6 +26,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
+RECIPES_DIR = REPO / "otel-collector" / "recipes"
+"""Routing recipes, each merged with COLLECTOR_CONFIG (docs/routing.md)."""
+RECIPE_ENDPOINTS = (
+    "COLLECTOR_TENANT_PROMETHEUS_ENDPOINT",
+    "COLLECTOR_DATA_AGENTS_PROMETHEUS_ENDPOINT",
+)
+"""The listen addresses the recipes add (a tenant's endpoint, the data agents')."""
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 BUILD_COLLECTOR = REPO / "scripts" / "build-collector.sh"

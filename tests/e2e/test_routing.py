@@ -29,7 +29,7 @@ from gateway.shards import ShardMap, agent_key
 from otel_agents import connector_metrics, setup_metrics
 from otel_agents.etl import etl_metrics
 from scripts.localstack import (
-    REPO,
+    RECIPES_DIR,
     LocalStack,
     StackError,
     collector_binary,
@@ -40,7 +40,6 @@ from scripts.thanos import start_query, start_receive, thanos_binary
 
 pytestmark = pytest.mark.e2e
 
-RECIPES = REPO / "otel-collector" / "recipes"
 TENANTS = ("acme", "globex", "initech")
 OWN_TENANTS = ("acme", "initech")
 """Routed to their own store by the tenant-endpoint recipe (a list of two)."""
@@ -104,7 +103,7 @@ def routed_stack(
         run_dir,
         tenants_file=tenants_file,
         collectors=collectors,
-        collector_configs=[RECIPES / f"{name}.yaml" for name in recipes],
+        collector_configs=[RECIPES_DIR / f"{name}.yaml" for name in recipes],
         collector_extra_endpoints=endpoints,
         collector_env=dict(env or {}),
     )
@@ -601,7 +600,7 @@ def test_a_route_applied_by_restarting_the_collector_under_load_loses_no_count(
                     or None
                 ),
             )
-            stack.collector_configs = [RECIPES / "tenant-endpoint.yaml"]
+            stack.collector_configs = [RECIPES_DIR / "tenant-endpoint.yaml"]
             stack.wait_ready(stack.start_collector(binaries.collector))
             down = time.monotonic() - stopped
             time.sleep(2.0)  # keep counting on the new route (load, not synchronisation)
