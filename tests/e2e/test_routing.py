@@ -221,6 +221,17 @@ def wait_values(
         raise AssertionError(f"{promql}: {seen}, expected {expected}") from None
 
 
+def scraped_since(stack: LocalStack, since: float, url: str = "") -> None:
+    """Wait until the Prometheus at `url` has scraped every Collector target after the
+    Unix time `since`: what was exported before then is in it, or was never sent."""
+
+    def all_after() -> bool | None:
+        started = by(query(stack, 'timestamp(up{job="collector"})', url), "instance")
+        return True if started and min(started.values()) > since else None
+
+    wait(f"a scrape of every Collector after {since:.0f}", all_after)
+
+
 def assert_owned(series: list[dict[str, Any]], owners: Mapping[str, str]) -> None:
     """Every series of the test's agents carries its own agent's tenant_id."""
     assert series, "no series to check"
@@ -285,6 +296,7 @@ def test_listed_tenants_reach_only_their_own_prometheus_from_two_collectors(
         ]
         for agent in agents:
             run_connector(stack, key[agent.tenant], agent)
+        exported = time.time()
         owners = {a.instance: a.tenant for a in agents}
         expected = {(a.tenant, a.instance): float(a.nbytes) for a in agents}
         bytes_query = f'connector_bytes_sent_total{{job=~"{run}-.*"}}'
@@ -324,6 +336,8 @@ def test_listed_tenants_reach_only_their_own_prometheus_from_two_collectors(
         )
 
         routed = tenants_selector(OWN_TENANTS)
+        scraped_since(stack, exported)
+        scraped_since(stack, exported, own_url)
         assert query(stack, f'{{tenant_id=~"{routed}", collector!=""}}') == []
         assert query(stack, f'{{tenant_id!="", tenant_id!~"{routed}"}}', own_url) == []
         assert_owned(query(stack, f'{{job=~"{run}-.*"}}'), owners)
@@ -340,6 +354,7 @@ def test_a_copy_of_every_tenant_is_remote_written_to_thanos_receive(
         thanos = thanos_binary()
     except StackError as exc:
         require("Thanos", exc)
+        raise
     tenants_file, key = keys
     run = f"copy-{uuid.uuid4().hex[:8]}"
     stores: list[str] = []
@@ -434,6 +449,7 @@ def test_one_tenant_loses_a_metric_and_an_attribute_and_gets_a_rename_others_unt
         }
         for agent in agents.values():
             run_connector(stack, key[agent.tenant], agent)
+        exported = time.time()
         job = f'job=~"{run}-.*"'
         acme, globex = agents["acme"], agents["globex"]
 
@@ -477,6 +493,7 @@ def test_one_tenant_loses_a_metric_and_an_attribute_and_gets_a_rename_others_unt
             "tenant_id",
         )
 
+        scraped_since(stack, exported)
         assert query(stack, f'connector_queries_processed_total{{{job}, tenant_id="globex"}}') == []
         assert query(stack, f'connector_records_sent_total{{{job}, tenant_id="globex"}}') == []
         assert query(stack, f'connector_rows_sent_total{{{job}, tenant_id="acme"}}') == []
@@ -515,6 +532,7 @@ def test_connectors_and_data_agents_reach_different_stores(
             instance = uuid.uuid4().hex
             run_data_agent(stack, key[tenant], f"{run}-data-agent", instance, count)
             owners[instance] = tenant
+        exported = time.time()
 
         wait_values(
             stack,
@@ -543,6 +561,8 @@ def test_connectors_and_data_agents_reach_different_stores(
             {(f"{run}-connector",): 2.0},
             "job",
         )
+        scraped_since(stack, exported)
+        scraped_since(stack, exported, data_url)
         assert query(stack, f'{{job="{run}-data-agent"}}') == []
         assert query(stack, f'{{job="{run}-connector"}}', data_url) == []
         assert query(stack, '{agent_type="connector"}', data_url) == []
