@@ -119,10 +119,11 @@ def routed_stack(
         stack.stop_all()
 
 
-def _agent_environ(stack: LocalStack, instance: str, interval_ms: int) -> dict[str, str]:
+def _agent_environ(stack: LocalStack, instance: str) -> dict[str, str]:
+    """An agent that exports when flushed (an hour's interval) as `instance`."""
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": stack.gateway_grpc_endpoint,
-        "OTEL_METRIC_EXPORT_INTERVAL": str(interval_ms),
+        "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
         "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={instance}",
     }
 
@@ -146,7 +147,7 @@ def run_connector(stack: LocalStack, key: str, agent: Connector) -> None:
         agent.job,
         "connector",
         api_key=key,
-        environ=_agent_environ(stack, agent.instance, 3_600_000),
+        environ=_agent_environ(stack, agent.instance),
         set_global=False,
     )
     assert telemetry.enabled
@@ -166,7 +167,7 @@ def run_data_agent(stack: LocalStack, key: str, job: str, instance: str, flows: 
         job,
         "etl",
         api_key=key,
-        environ=_agent_environ(stack, instance, 3_600_000),
+        environ=_agent_environ(stack, instance),
         set_global=False,
     )
     assert telemetry.enabled
