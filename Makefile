@@ -50,6 +50,7 @@ lint: $(VENV)/.installed
 	promtool check rules prometheus/rules/*.yml
 	promtool test rules prometheus/tests/*.yml
 	amtool check-config alertmanager/alertmanager.yml
+	scripts/validate-collector-configs.sh
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not e2e"

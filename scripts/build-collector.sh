@@ -3,6 +3,7 @@
 # OpenTelemetry Collector Builder, into a cache keyed by the manifest's content.
 # Prints the binary's path on stdout; progress goes to stderr.
 # Does nothing (and takes well under a second) when that binary already exists.
+# With --cached it never builds: it prints the cached binary's path or exits 3.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +21,10 @@ if [[ -x "$binary" ]]; then
     say "cached: $binary"
     echo "$binary"
     exit 0
+fi
+if [[ "${1:-}" == "--cached" ]]; then
+    say "not built yet for this manifest (make collector builds it)"
+    exit 3
 fi
 
 command -v go >/dev/null || { say "error: Go is not installed (https://go.dev/doc/install)"; exit 1; }

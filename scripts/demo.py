@@ -6,16 +6,21 @@ becomes ready; restarts a component that dies (stack/supervisor.py, like
 compose's `restart: unless-stopped`); runs until Ctrl-C, then stops every process
 it started.
 
-    python -m scripts.demo [--collectors N]
+    python -m scripts.demo [--collectors N] [--recipe NAME]
 
 `--collectors N` (`make demo COLLECTORS=N`) runs N Collectors, the gateway spreading
 the agents over them (docs/scaling.md, "Sharded Collectors"); 1 by default.
+`--recipe NAME` (or COLLECTOR_RECIPE=NAME, as in compose) runs every Collector with
+the routing recipe otel-collector/recipes/NAME.yaml after config.yaml (docs/routing.md);
+the endpoints it adds get free ports, printed with each Collector, and a Prometheus of
+their own that scrapes them on every Collector.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import secrets
 import shutil
 import signal
@@ -23,10 +28,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from gateway import tenants
 from stack.local import (
+    RECIPE_ENDPOINTS,
+    RECIPES_DIR,
     REPO,
     LocalStack,
     Ports,
@@ -163,15 +169,48 @@ def _watch(supervisor: Supervisor | None, process: Process) -> None:
         supervisor.watch(process)
 
 
-def wait_for_tenants(stack: LocalStack, metric: str, started: float) -> None:
-    """Report when Prometheus shows `metric` for every demo tenant."""
+def wait_for_tenants(
+    stack: LocalStack, metric: str, started: float, stores: dict[str, str] | None = None
+) -> None:
+    """Report when Prometheus, or one of the recipe's `stores` (name: URL), shows
+    `metric` for every demo tenant."""
+    places = {"Prometheus": "", **(stores or {})}
+    deadline = time.monotonic() + 120
+    while True:
+        found = {
+            name: {s["metric"].get("tenant_id", ""): s["value"][1] for s in result}
+            for name, url in places.items()
+            if (result := stack.query(f"sum by (tenant_id) ({metric})", prometheus_url=url))
+        }
+        if {tenant for values in found.values() for tenant in values} >= set(DEMO_TENANTS):
+            break
+        if time.monotonic() > deadline:
+            raise StackError(f"after 120 s, {metric} shows only {found}")
+        time.sleep(0.5)
+    for name, values in found.items():
+        shown = ", ".join(f"{tenant}={value}" for tenant, value in values.items())
+        say(f"{name} shows {metric} for {shown} ({time.monotonic() - started:.0f} s after start)")
 
-    def every_tenant(result: list[dict[str, Any]]) -> bool:
-        return {s["metric"].get("tenant_id") for s in result} >= set(DEMO_TENANTS)
 
-    result = stack.wait_for(f"sum by (tenant_id) ({metric})", every_tenant, timeout=120)
-    values = ", ".join(f"{s['metric']['tenant_id']}={s['value'][1]}" for s in result)
-    say(f"Prometheus shows {metric} for {values} ({time.monotonic() - started:.0f} s after start)")
+def start_stores(stack: LocalStack, recipe: str, supervisor: Supervisor) -> dict[str, str]:
+    """A Prometheus for each endpoint the recipe adds, scraping it on every Collector;
+    their URLs by name."""
+    stores = {}
+    for variable in stack.collector_extra_endpoints:
+        kind = variable.removeprefix("COLLECTOR_").removesuffix("_PROMETHEUS_ENDPOINT")
+        name = f"prometheus-{kind.lower().replace('_', '-')}"
+        process, url = stack.start_store(prometheus_binary(), name, variable)
+        seconds = stack.wait_ready(process)
+        supervisor.watch(process)
+        say(f"{name} ready in {seconds:.1f} s: {url} (the {variable} of recipe {recipe})")
+        stores[name] = url
+    return stores
+
+
+def recipe_endpoints(recipe: str) -> tuple[str, ...]:
+    """The endpoints of RECIPE_ENDPOINTS that the recipe `recipe` adds."""
+    text = (RECIPES_DIR / f"{recipe}.yaml").read_text(encoding="utf-8") if recipe else ""
+    return tuple(name for name in RECIPE_ENDPOINTS if f"${{env:{name}" in text)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -189,12 +228,13 @@ def start_collectors(stack: LocalStack, supervisor: Supervisor) -> None:
         say(
             f"{which} ready in {seconds:.1f} s: OTLP/gRPC 127.0.0.1:{ports.otlp}, "
             f"metrics http://127.0.0.1:{ports.prometheus}/metrics"
+            + "".join(f", {name}=127.0.0.1:{port}" for name, port in ports.extra.items())
         )
 
 
-def run(collectors: int = 1) -> int:
-    """Start everything with `collectors` Collectors, wait for Ctrl-C or a failure,
-    stop everything."""
+def run(collectors: int = 1, recipe: str = "") -> int:
+    """Start everything with `collectors` Collectors (each with `recipe`, if any), wait
+    for Ctrl-C or a failure, stop everything."""
     started = time.monotonic()
     # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the demo is, then the
     # `finally` below stops every process. Set explicitly: a shell starts
@@ -214,7 +254,12 @@ def run(collectors: int = 1) -> int:
     )
     keys_file.chmod(0o600)
     stack = LocalStack(
-        RUN_DIR, tenants_file=RUN_DIR / "tenants.json", ports=PORTS, collectors=collectors
+        RUN_DIR,
+        tenants_file=RUN_DIR / "tenants.json",
+        ports=PORTS,
+        collectors=collectors,
+        collector_configs=[RECIPES_DIR / f"{recipe}.yaml"] if recipe else [],
+        collector_extra_endpoints=recipe_endpoints(recipe),
     )
     # Each component is watched once it is ready: one that dies later is
     # restarted (said here, and marked in its log) while the demo runs on.
@@ -240,10 +285,11 @@ def run(collectors: int = 1) -> int:
         seconds = stack.wait_ready(alertmanager)
         supervisor.watch(alertmanager)
         say(f"Alertmanager ready in {seconds:.1f} s: {stack.alertmanager_url}")
+        stores = start_stores(stack, recipe, supervisor)
         start_connectors(stack, keys, supervisor)
-        wait_for_tenants(stack, "connector_bytes_sent_total", started)
+        wait_for_tenants(stack, "connector_bytes_sent_total", started, stores)
         start_data_agents(stack, keys, supervisor)
-        wait_for_tenants(stack, "agent_flows_executed_total", started)
+        wait_for_tenants(stack, "agent_flows_executed_total", started, stores)
         say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
         say(
             f"fleet status page: {stack.gateway_http_url}/status (tenant keys and an admin key "
@@ -282,10 +328,19 @@ def main(argv: list[str]) -> int:
         metavar="N",
         help="Collectors to spread the agents over (default 1)",
     )
+    parser.add_argument(
+        "--recipe",
+        default=os.environ.get("COLLECTOR_RECIPE", ""),
+        metavar="NAME",
+        help="routing recipe of otel-collector/recipes/ for every Collector (docs/routing.md)",
+    )
     args = parser.parse_args(argv)
     if args.collectors < 1:
         parser.error(f"--collectors {args.collectors}: run at least one Collector")
-    return run(args.collectors)
+    if args.recipe and not (RECIPES_DIR / f"{args.recipe}.yaml").is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        parser.error(f"--recipe {args.recipe}: no such recipe; one of {known}")
+    return run(args.collectors, args.recipe)
 
 
 if __name__ == "__main__":

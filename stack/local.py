@@ -26,6 +26,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
+RECIPES_DIR = REPO / "otel-collector" / "recipes"
+"""Routing recipes, each merged with COLLECTOR_CONFIG (docs/routing.md)."""
+RECIPE_ENDPOINTS = (
+    "COLLECTOR_TENANT_PROMETHEUS_ENDPOINT",
+    "COLLECTOR_DATA_AGENTS_PROMETHEUS_ENDPOINT",
+)
+"""The listen addresses the recipes add (a tenant's endpoint, the data agents')."""
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 BUILD_COLLECTOR = REPO / "scripts" / "build-collector.sh"
@@ -150,6 +157,8 @@ class CollectorPorts:
     prometheus: int
     health: int
     telemetry: int
+    extra: Mapping[str, int] = field(default_factory=dict)
+    """The ports of `LocalStack.collector_extra_endpoints`, by variable."""
 
 
 @dataclass
@@ -160,6 +169,10 @@ class LocalStack:
     them); Collector 0 uses the `collector_*` ports, the others free ones.
     `collector_prometheus_ports` gives, by index, the port of a Collector's prometheus
     exporter where it matters (which Prometheus shard scrapes it; 0 or missing: as above).
+    `collector_configs` are given to every Collector after config.yaml (routing recipes,
+    docs/routing.md); `collector_extra_endpoints` name the variables of the listen
+    addresses those files add (a tenant's own exporter), each a free port per Collector;
+    `collector_env` holds the other variables they read (ROUTE_OWN_TENANTS, ...).
     """
 
     run_dir: Path
@@ -168,6 +181,9 @@ class LocalStack:
     processes: list[Process] = field(default_factory=list)
     collectors: int = 1
     collector_prometheus_ports: Sequence[int] = ()
+    collector_configs: Sequence[Path] = ()
+    collector_extra_endpoints: Sequence[str] = ()
+    collector_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.collectors < 1:
@@ -180,7 +196,11 @@ class LocalStack:
         p = self.ports
         self.collector_ports = [
             CollectorPorts(
-                p.collector_otlp, p.collector_prometheus, p.collector_health, p.collector_telemetry
+                p.collector_otlp,
+                p.collector_prometheus,
+                p.collector_health,
+                p.collector_telemetry,
+                self._extra_ports(),
             ),
             *(
                 CollectorPorts(
@@ -188,10 +208,14 @@ class LocalStack:
                     (chosen[index] if index < len(chosen) else 0) or free_port(),
                     free_port(),
                     free_port(),
+                    self._extra_ports(),
                 )
                 for index in range(1, self.collectors)
             ),
         ]
+
+    def _extra_ports(self) -> dict[str, int]:
+        return {name: free_port() for name in self.collector_extra_endpoints}
 
     # -- addresses ---------------------------------------------------------------
 
@@ -223,17 +247,21 @@ class LocalStack:
     # -- components --------------------------------------------------------------
 
     def start_collector(self, binary: Path, index: int = 0) -> Process:
-        """Collector `index` (of `collectors`) with the repo's config.yaml."""
+        """Collector `index` (of `collectors`) with the repo's config.yaml and then
+        `collector_configs`."""
         c = self.collector_ports[index]
         env = {
             "COLLECTOR_OTLP_ENDPOINT": f"127.0.0.1:{c.otlp}",
             "COLLECTOR_PROMETHEUS_ENDPOINT": f"127.0.0.1:{c.prometheus}",
             "COLLECTOR_HEALTH_ENDPOINT": f"127.0.0.1:{c.health}",
             "COLLECTOR_TELEMETRY_PORT": str(c.telemetry),
+            **{name: f"127.0.0.1:{port}" for name, port in c.extra.items()},
+            **self.collector_env,
         }
+        configs = [COLLECTOR_CONFIG, *self.collector_configs]
         return self._start(
             collector_name(index),
-            [str(binary), f"--config={COLLECTOR_CONFIG}"],
+            [str(binary), *(f"--config={path}" for path in configs)],
             env,
             ready_url=f"http://127.0.0.1:{c.health}/",
         )
@@ -288,6 +316,32 @@ class LocalStack:
             {},
             ready_url=f"{self.prometheus_url}/-/ready",
         )
+
+    def start_store(self, binary: Path, name: str, scrape: str) -> tuple[Process, str]:
+        """Another Prometheus (a store a recipe routes to) on a free port, and its URL.
+
+        It runs the repo's prometheus.yml; its `collector` job scrapes the endpoint
+        `scrape` (one of `collector_extra_endpoints`) of every Collector, its other jobs
+        have no targets, and it has no rules.
+        """
+        port = free_port()
+        home = self.run_dir / name
+        (home / "targets").mkdir(parents=True, exist_ok=True)
+        config = home / "prometheus.yml"
+        config.unlink(missing_ok=True)
+        config.symlink_to(PROMETHEUS_CONFIG)
+        addresses = [f"127.0.0.1:{c.extra[scrape]}" for c in self.collector_ports]
+        for job in ("collector", "collector-telemetry", "gateway", "prometheus", "alertmanager"):
+            document = collector_targets(job, addresses) if job == "collector" else []
+            (home / "targets" / f"{job}.json").write_text(json.dumps(document))
+        url = f"http://127.0.0.1:{port}"
+        argv = [
+            str(binary),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
+        return self._start(name, argv, {}, ready_url=f"{url}/-/ready"), url
 
     def start_alertmanager(self, binary: Path) -> Process:
         """Alertmanager with the repo's alertmanager.yml, alone (no cluster port)."""
@@ -395,11 +449,15 @@ class LocalStack:
 
     # -- Prometheus ------------------------------------------------------------------
 
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    def query(
+        self, promql: str, at: float | None = None, prometheus_url: str = ""
+    ) -> list[dict[str, Any]]:
         """The result of an instant query (a vector, or a matrix for a range selector),
-        evaluated now or at the Unix time `at`."""
+        evaluated now or at the Unix time `at`, on this stack's Prometheus or the one
+        at `prometheus_url` (a store)."""
         params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
-        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(params)
+        base = prometheus_url or self.prometheus_url
+        url = f"{base}/api/v1/query?" + urllib.parse.urlencode(params)
         status, body = http_get(url, timeout=5.0)
         if status != 200:
             raise StackError(f"Prometheus answered {status} to {promql!r}: {body[:300]!r}")

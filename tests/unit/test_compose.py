@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"
 BUILDER_MANIFEST = REPO / "otel-collector" / "builder-config.yaml"
 COLLECTOR_CONFIG = REPO / "otel-collector" / "config.yaml"
+RECIPES = REPO / "otel-collector" / "recipes"
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 COMPOSE_TARGETS = REPO / "prometheus" / "targets" / "compose"
 CONSTRAINTS = REPO / "constraints.txt"
@@ -221,11 +222,30 @@ def test_every_service_restarts_and_has_a_health_check(
 def test_collector_variables_are_the_ones_its_config_reads(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    config = COLLECTOR_CONFIG.read_text(encoding="utf-8")
+    config = "".join(
+        path.read_text(encoding="utf-8") for path in (COLLECTOR_CONFIG, *RECIPES.glob("*.yaml"))
+    )
     environment = services["collector"]["environment"]
     assert environment, "the collector needs 0.0.0.0 binds in a container"
     unread = [name for name in environment if f"${{env:{name}" not in config]
-    assert not unread, f"otel-collector/config.yaml does not read {unread}"
+    assert not unread, f"otel-collector/config.yaml and its recipes do not read {unread}"
+
+
+def test_collector_runs_config_yaml_then_the_recipe_named(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    collector = services["collector"]
+    mounts = dict(v.removesuffix(":ro").split(":") for v in collector["volumes"])
+    assert mounts == {
+        "./otel-collector/config.yaml": "/etc/otelcol-contrib/config.yaml",
+        "./otel-collector/recipes": "/etc/otelcol-contrib/recipes",
+    }
+    base, recipe = collector["command"]
+    assert base == "--config=/etc/otelcol-contrib/config.yaml"
+    assert recipe == "--config=/etc/otelcol-contrib/recipes/${COLLECTOR_RECIPE:-none}.yaml"
+    # The default adds nothing.
+    none = yaml.safe_load((RECIPES / "none.yaml").read_text(encoding="utf-8"))
+    assert none is None
 
 
 def test_gateway_variables_name_settings_and_mounted_files(
