@@ -29,7 +29,11 @@ clients often take a new random id per process: a silent "other" row whose
 (service, host) has a row first seen after it was replaced, and is retired.
 
 Bounds: a row unseen for `forget_after` is dropped; at most `max_per_tenant` rows
-per tenant, retired, stopped, then least recently seen first.
+per tenant, retired, stopped, then least recently seen first. Each row keeps a copy
+of the agent's resource for its fleet series (gateway.fleet_series), cut to
+`max_resource_attributes` and `max_resource_bytes`: the attributes that name the
+agent first, then the others in the order sent, so that one agent's bloated
+resource can neither swell the state file nor the fleet's exports.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -68,6 +73,18 @@ PAGED_TYPES = {"connector": "connector", "etl": "agent"}
 """Agent types with per-agent series (and silence alerts), and their metric prefix."""
 NOT_LISTED = "check"
 """The agent type of `otel-agents check`'s test point: not an agent."""
+
+IDENTITY_KEYS = (
+    "service.name",
+    "service.namespace",
+    "service.instance.id",
+    AGENT_TYPE_KEY,
+    "host.name",
+    "service.version",
+)
+"""Resource attributes a fleet row always keeps: its series' job, instance and labels."""
+_PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
+"""Keys the fleet republishes: ones that become a valid, distinct label in Prometheus."""
 
 RowState = Literal["running", "stopped", "retired"]
 Status = Literal["up", "silent", "stopped", "retired"]
@@ -141,6 +158,36 @@ def agent_of(attributes: Mapping[str, str]) -> Agent | None:
     )
 
 
+def kept_resource(
+    attributes: Mapping[str, str], tenant_id: str, max_attributes: int, max_bytes: int
+) -> dict[str, str]:
+    """What a row keeps of a resource: the identity keys, then other plain keys in
+    order while they fit `max_attributes` and `max_bytes` (keys and values, UTF-8);
+    values cut to MAX_VALUE_CHARS, tenant claims left out, `tenant_id` stamped."""
+    kept = {TENANT_LABEL: tenant_id}
+    size = len(TENANT_LABEL) + len(tenant_id.encode())
+    for key in IDENTITY_KEYS:
+        if key in attributes:
+            kept[key] = attributes[key][:MAX_VALUE_CHARS]
+            size += len(key) + len(kept[key].encode())
+    for key, value in attributes.items():
+        if len(kept) >= max_attributes:
+            break
+        if (
+            key in kept
+            or key == LIFECYCLE_KEY
+            or len(key) > MAX_VALUE_CHARS
+            or _PLAIN_KEY.fullmatch(key) is None
+            or claims_tenant(key)
+        ):
+            continue
+        value = value[:MAX_VALUE_CHARS]
+        cost = len(key) + len(value.encode())
+        if size + cost <= max_bytes:
+            kept[key], size = value, size + cost
+    return kept
+
+
 class FleetTracker:
     """The fleet table: updated by requests, read by /metrics and /api/fleet."""
 
@@ -152,6 +199,8 @@ class FleetTracker:
         forget_after: float = 7 * 86400.0,
         save_every: float = 30.0,
         max_per_tenant: int = 1000,
+        max_resource_attributes: int = 32,
+        max_resource_bytes: int = 4096,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state_file = state_file
@@ -159,6 +208,8 @@ class FleetTracker:
         self.forget_after = forget_after
         self.save_every = save_every
         self.max_per_tenant = max_per_tenant
+        self.max_resource_attributes = max_resource_attributes
+        self.max_resource_bytes = max_resource_bytes
         self.clock = clock
         self._lock = threading.Lock()
         self._tenants: dict[str, dict[tuple[str, str], Sighting]] = {}
@@ -186,16 +237,10 @@ class FleetTracker:
                 attributes.extend(kept)
             agent = agent_of(strings)
             if agent is not None:
-                # What the Collector will get: no tenant claims, the tenant stamped.
-                resource = {
-                    k: v[:MAX_VALUE_CHARS]
-                    for k, v in strings.items()
-                    if k != LIFECYCLE_KEY and not claims_tenant(k)
-                }
-                resource[TENANT_LABEL] = tenant.id
-                agent = replace(agent, resource=resource)
-            if agent is not None:
-                self.see(tenant.id, agent, now=now)
+                resource = kept_resource(
+                    strings, tenant.id, self.max_resource_attributes, self.max_resource_bytes
+                )
+                self.see(tenant.id, replace(agent, resource=resource), now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
 
@@ -363,6 +408,13 @@ class FleetTracker:
                 row.state_since = float(row.state_since) or row.last_seen
                 if not isinstance(row.resource, dict):
                     row.resource = {}
+                elif row.resource:  # saved by an older gateway, or under larger bounds
+                    row.resource = kept_resource(
+                        {k: v for k, v in row.resource.items() if isinstance(v, str)},
+                        row.tenant_id,
+                        self.max_resource_attributes,
+                        self.max_resource_bytes,
+                    )
                 if row.state == "running" and saved_at - row.silence_from <= self.silent_after:
                     # Up when the gateway stopped: it could not hear the agent since.
                     row.silence_from = max(row.silence_from, now)
@@ -420,6 +472,8 @@ def create_fleet(settings: GatewaySettings, meter: Meter) -> FleetTracker:
         forget_after=settings.fleet_forget_after_seconds,
         save_every=settings.fleet_save_seconds,
         max_per_tenant=settings.fleet_max_agents_per_tenant,
+        max_resource_attributes=settings.fleet_max_resource_attributes,
+        max_resource_bytes=settings.fleet_max_resource_bytes,
     )
     fleet.register_metrics(meter)
     return fleet
