@@ -54,6 +54,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from gateway import instruments
 from gateway.enrich import TENANT_LABEL, claims_tenant
@@ -158,6 +159,26 @@ def agent_of(attributes: Mapping[str, str]) -> Agent | None:
     )
 
 
+_ALWAYS_READ = frozenset((*IDENTITY_KEYS, LIFECYCLE_KEY))
+
+
+def _strings(attributes: Iterable[KeyValue], others: int) -> dict[str, str]:
+    """The string attributes a row may keep: the identity keys, the lifecycle notice and
+    the first `others` other attributes. The rest's values are never read: a resource
+    may hold tens of thousands (reading each costs about a microsecond)."""
+    found: dict[str, str] = {}
+    for kv in attributes:
+        key = kv.key
+        if key not in _ALWAYS_READ:
+            if others <= 0:
+                continue
+            others -= 1
+        value = kv.value
+        if value.WhichOneof("value") == "string_value":
+            found[key] = value.string_value
+    return found
+
+
 def kept_resource(
     attributes: Mapping[str, str], tenant_id: str, max_attributes: int, max_bytes: int
 ) -> dict[str, str]:
@@ -226,11 +247,7 @@ class FleetTracker:
         now = self.clock()
         for resource_metrics in request.resource_metrics:
             attributes = resource_metrics.resource.attributes
-            strings = {
-                kv.key: kv.value.string_value
-                for kv in attributes
-                if kv.value.WhichOneof("value") == "string_value"
-            }
+            strings = _strings(attributes, 2 * self.max_resource_attributes)
             if LIFECYCLE_KEY in strings:
                 kept = [kv for kv in attributes if kv.key != LIFECYCLE_KEY]
                 del attributes[:]
