@@ -28,6 +28,13 @@ new id beside a silent one is another agent: the silent one still pages. Other
 clients often take a new random id per process: a silent "other" row whose
 (service, host) has a row first seen after it was replaced, and is retired.
 
+An agent is "over budget" while its exports carry series its OpenTelemetry SDK
+folded into an overflow series (attribute `otel.metric.overflow=true`, past the
+SDK's cardinality limit: the agent measures with more attribute values than it was
+built for, and what lands in the overflow series is lost per value). The row keeps
+the metric names and when each was last seen; the mark goes `OVER_BUDGET_SECONDS`
+after the last one.
+
 Bounds: a row unseen for `forget_after` is dropped; at most `max_per_tenant` rows
 per tenant, retired, stopped, then least recently seen first. Each row keeps a copy
 of the agent's resource for its fleet series (gateway.fleet_series), cut to
@@ -55,6 +62,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 
 from gateway import instruments
 from gateway.enrich import TENANT_LABEL, claims_tenant
@@ -86,6 +94,14 @@ IDENTITY_KEYS = (
 """Resource attributes a fleet row always keeps: its series' job, instance and labels."""
 _PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
 """Keys the fleet republishes: ones that become a valid, distinct label in Prometheus."""
+
+OVERFLOW_KEY = "otel.metric.overflow"
+"""The attribute (value true) of the series an SDK makes past its cardinality limit."""
+_OVERFLOW_BYTES = OVERFLOW_KEY.encode()
+OVER_BUDGET_SECONDS = 600.0
+"""An agent stays over budget this long after an export last carried an overflow series."""
+MAX_OVER_BUDGET_NAMES = 16
+"""Metric names remembered per over-budget agent (the oldest go first)."""
 
 RowState = Literal["running", "stopped", "retired"]
 Status = Literal["up", "silent", "stopped", "retired"]
@@ -119,6 +135,8 @@ class Sighting:
     resource: dict[str, str] = field(default_factory=dict)
     """The agent's resource as last seen (string attributes, tenant_id set by the
     gateway): its fleet series go out under it, next to its own series."""
+    over_budget: dict[str, float] = field(default_factory=dict)
+    """Metric name → when an export last carried its overflow series (Unix seconds)."""
 
     @property
     def family(self) -> str | None:
@@ -137,6 +155,8 @@ class Agent:
     host: str
     stopped: bool
     resource: Mapping[str, str] = field(default_factory=dict)
+    overflowing: tuple[str, ...] = ()
+    """Names of the metrics that carry an overflow series in this export."""
 
 
 def agent_of(attributes: Mapping[str, str]) -> Agent | None:
@@ -241,10 +261,15 @@ class FleetTracker:
 
     # -- recording -----------------------------------------------------------------
 
-    def on_request(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None:
+    def on_request(
+        self, tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
+    ) -> None:
         """Note every agent of an authenticated request, and remove the lifecycle
-        attribute from its resource (it is for the gateway, not for the series)."""
+        attribute from its resource (it is for the gateway, not for the series).
+        `raw`, the request's protobuf, spares the search for overflow series when
+        the attribute's name is nowhere in it (the common case)."""
         now = self.clock()
+        may_overflow = raw is None or _OVERFLOW_BYTES in raw
         for resource_metrics in request.resource_metrics:
             attributes = resource_metrics.resource.attributes
             strings = _strings(attributes, 2 * self.max_resource_attributes)
@@ -257,7 +282,9 @@ class FleetTracker:
                 resource = kept_resource(
                     strings, tenant.id, self.max_resource_attributes, self.max_resource_bytes
                 )
-                self.see(tenant.id, replace(agent, resource=resource), now=now)
+                overflowing = _overflowing(resource_metrics) if may_overflow else ()
+                agent = replace(agent, resource=resource, overflowing=overflowing)
+                self.see(tenant.id, agent, now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
 
@@ -277,6 +304,11 @@ class FleetTracker:
             row.agent_type, row.version, row.host = agent.agent_type, agent.version, agent.host
             if agent.resource:
                 row.resource = dict(agent.resource)
+            for name in agent.overflowing:
+                row.over_budget.pop(name, None)  # re-inserted last: the newest
+                row.over_budget[name] = now
+                if len(row.over_budget) > MAX_OVER_BUDGET_NAMES:
+                    del row.over_budget[next(iter(row.over_budget))]
             if now >= row.last_seen:
                 row.last_seen = now
                 row.silence_from = max(row.silence_from, now)
@@ -334,6 +366,12 @@ class FleetTracker:
             return row.state
         return "silent" if now - row.silence_from > self.silent_after else "up"
 
+    def over_budget(self, row: Sighting, now: float) -> list[str]:
+        """The metrics of `row` that overflowed within OVER_BUDGET_SECONDS, sorted."""
+        # list() copies at once: a /metrics reader may run beside the event loop.
+        times = list(row.over_budget.items())
+        return sorted(n for n, t in times if now - t <= OVER_BUDGET_SECONDS)
+
     def _prune(self, now: float) -> None:
         for tenant_id in list(self._tenants):
             agents = self._tenants[tenant_id]
@@ -372,6 +410,7 @@ class FleetTracker:
         """The fleet's counts by state (gateway_fleet_agents). The per-agent last-seen
         series go to the Collectors (gateway.fleet_series)."""
         instruments.FLEET_AGENTS.observe(meter, self._observe_counts)
+        instruments.FLEET_AGENTS_OVER_BUDGET.observe(meter, self._observe_over_budget)
 
     def rows(self) -> list[Sighting]:
         """The rows themselves, not copies, for a reader on the event loop that only
@@ -391,6 +430,14 @@ class FleetTracker:
             Observation(count, {"tenant_id": tenant, "type": kind, "state": state})
             for (tenant, kind, state), count in counts.items()
         ]
+
+    def _observe_over_budget(self, options: CallbackOptions) -> Iterable[Observation]:
+        now = self.clock()
+        counts: dict[str, int] = {}
+        for row in self.rows():  # no copies: 10,000 agents are read at every scrape
+            over = row.state != "retired" and bool(self.over_budget(row, now))
+            counts[row.tenant_id] = counts.get(row.tenant_id, 0) + over
+        return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -423,6 +470,7 @@ class FleetTracker:
                 if row.state not in ("running", "stopped", "retired"):
                     row.state = "running"
                 row.state_since = float(row.state_since) or row.last_seen
+                row.over_budget = _times(row.over_budget)
                 if not isinstance(row.resource, dict):
                     row.resource = {}
                 elif row.resource:  # saved by an older gateway, or under larger bounds
@@ -463,6 +511,35 @@ class FleetTracker:
             self._save_failing = True
             return
         self._save_failing = False
+
+
+def _overflowing(resource_metrics: ResourceMetrics) -> tuple[str, ...]:
+    """Names of the metrics with a point marked `otel.metric.overflow` (true)."""
+    names: list[str] = []
+    for scope_metrics in resource_metrics.scope_metrics:
+        for metric in scope_metrics.metrics:
+            kind = metric.WhichOneof("data")
+            if kind is None:
+                continue
+            if any(
+                kv.key == OVERFLOW_KEY
+                and (kv.value.bool_value or kv.value.string_value.lower() == "true")
+                for point in getattr(metric, kind).data_points
+                for kv in point.attributes
+            ):
+                names.append(metric.name[:MAX_VALUE_CHARS])
+    return tuple(names)
+
+
+def _times(value: Any) -> dict[str, float]:
+    """A saved name → time table, whatever was saved."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k)[:MAX_VALUE_CHARS]: float(v)
+        for k, v in list(value.items())[-MAX_OVER_BUDGET_NAMES:]
+        if isinstance(v, int | float)
+    }
 
 
 def _number(value: Any, default: float) -> float:
