@@ -28,7 +28,8 @@ from gateway.ingest import Forwarder
 from gateway.tenants import Tenant
 
 BLOAT = 25_000
-"""Junk attributes of a bloated resource (~250 bytes each: a 6 MB request)."""
+"""Junk attributes of a bloated resource (~320 bytes each: an 8 MB request, and 6 MB
+once the old fleet cut values to 128 characters)."""
 
 
 def _resource_only(attributes: dict[str, str], extra: int = 0) -> ExportMetricsServiceRequest:
@@ -39,7 +40,7 @@ def _resource_only(attributes: dict[str, str], extra: int = 0) -> ExportMetricsS
         KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes.items()
     )
     resource.attributes.extend(
-        KeyValue(key=f"junk.{n:05d}." + "k" * 30, value=AnyValue(string_value="v" * 200))
+        KeyValue(key=f"junk.{n:05d}." + "k" * 100, value=AnyValue(string_value="v" * 200))
         for n in range(extra)
     )
     return request
@@ -86,7 +87,7 @@ def test_a_bloated_agent_does_not_stop_another_tenants_last_seen_series(tmp_path
     tenant A; B's last-seen series keep reaching the Collector, the state file stays small."""
     keys = make_tenants(tmp_path / "tenants.json", "a", "b")
     bloated = [_resource_only(_connector("bloat", f"bloat-{n}"), BLOAT) for n in range(3)]
-    assert all(4 * 2**20 < r.ByteSize() < 8 * 2**20 for r in bloated)
+    assert all(7 * 2**20 < r.ByteSize() < 8 * 2**20 for r in bloated)
 
     async def scenario() -> FakeCollector:
         async with (
