@@ -40,7 +40,8 @@ per tenant, retired, stopped, then least recently seen first. Each row keeps a c
 of the agent's resource for its fleet series (gateway.fleet_series), cut to
 `max_resource_attributes` and `max_resource_bytes`: the attributes that name the
 agent first, then the others in the order sent, so that one agent's bloated
-resource can neither swell the state file nor the fleet's exports.
+resource can neither swell the state file nor the fleet's exports
+(gateway.fleet_resource).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -61,43 +61,28 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
 
 from gateway import instruments
-from gateway.enrich import TENANT_LABEL, claims_tenant
+from gateway.fleet_resource import (
+    AGENT_TYPE_KEY,
+    LIFECYCLE_KEY,
+    MAX_VALUE_CHARS,
+    kept_resource,
+    may_overflow,
+    overflowing,
+    resource_strings,
+)
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2
-MAX_VALUE_CHARS = 128
-"""Longer service names, instance ids, versions and hosts are cut: they become label values."""
-
-AGENT_TYPE_KEY = "agent.type"
-LIFECYCLE_KEY = "otel_agents.state"
-"""Resource attribute of an agent's final export after a clean stop (value "stopped")."""
 PAGED_TYPES = {"connector": "connector", "etl": "agent"}
 """Agent types with per-agent series (and silence alerts), and their metric prefix."""
 NOT_LISTED = "check"
 """The agent type of `otel-agents check`'s test point: not an agent."""
 
-IDENTITY_KEYS = (
-    "service.name",
-    "service.namespace",
-    "service.instance.id",
-    AGENT_TYPE_KEY,
-    "host.name",
-    "service.version",
-)
-"""Resource attributes a fleet row always keeps: its series' job, instance and labels."""
-_PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
-"""Keys the fleet republishes: ones that become a valid, distinct label in Prometheus."""
-
-OVERFLOW_KEY = "otel.metric.overflow"
-"""The attribute (value true) of the series an SDK makes past its cardinality limit."""
-_OVERFLOW_BYTES = OVERFLOW_KEY.encode()
 OVER_BUDGET_SECONDS = 600.0
 """An agent stays over budget this long after an export last carried an overflow series."""
 MAX_OVER_BUDGET_NAMES = 16
@@ -179,56 +164,6 @@ def agent_of(attributes: Mapping[str, str]) -> Agent | None:
     )
 
 
-_ALWAYS_READ = frozenset((*IDENTITY_KEYS, LIFECYCLE_KEY))
-
-
-def _strings(attributes: Iterable[KeyValue], others: int) -> dict[str, str]:
-    """The string attributes a row may keep: the identity keys, the lifecycle notice and
-    the first `others` other attributes. The rest's values are never read: a resource
-    may hold tens of thousands (reading each costs about a microsecond)."""
-    found: dict[str, str] = {}
-    for kv in attributes:
-        key = kv.key
-        if key not in _ALWAYS_READ:
-            if others <= 0:
-                continue
-            others -= 1
-        value = kv.value
-        if value.WhichOneof("value") == "string_value":
-            found[key] = value.string_value
-    return found
-
-
-def kept_resource(
-    attributes: Mapping[str, str], tenant_id: str, max_attributes: int, max_bytes: int
-) -> dict[str, str]:
-    """What a row keeps of a resource: the identity keys, then other plain keys in
-    order while they fit `max_attributes` and `max_bytes` (keys and values, UTF-8);
-    values cut to MAX_VALUE_CHARS, tenant claims left out, `tenant_id` stamped."""
-    kept = {TENANT_LABEL: tenant_id}
-    size = len(TENANT_LABEL) + len(tenant_id.encode())
-    for key in IDENTITY_KEYS:
-        if key in attributes:
-            kept[key] = attributes[key][:MAX_VALUE_CHARS]
-            size += len(key) + len(kept[key].encode())
-    for key, value in attributes.items():
-        if len(kept) >= max_attributes:
-            break
-        if (
-            key in kept
-            or key == LIFECYCLE_KEY
-            or len(key) > MAX_VALUE_CHARS
-            or _PLAIN_KEY.fullmatch(key) is None
-            or claims_tenant(key)
-        ):
-            continue
-        value = value[:MAX_VALUE_CHARS]
-        cost = len(key) + len(value.encode())
-        if size + cost <= max_bytes:
-            kept[key], size = value, size + cost
-    return kept
-
-
 class FleetTracker:
     """The fleet table: updated by requests, read by /metrics and /api/fleet."""
 
@@ -270,12 +205,10 @@ class FleetTracker:
         for overflow series when the attribute's name is nowhere in it (the common
         case)."""
         now = self.clock()
-        if raw is None:  # decoded from JSON: serializing costs a seventh of a walk
-            raw = request.SerializeToString()
-        may_overflow = _OVERFLOW_BYTES in raw
+        search = may_overflow(request, raw)
         for resource_metrics in request.resource_metrics:
             attributes = resource_metrics.resource.attributes
-            strings = _strings(attributes, 2 * self.max_resource_attributes)
+            strings = resource_strings(attributes, 2 * self.max_resource_attributes)
             if LIFECYCLE_KEY in strings:
                 kept = [kv for kv in attributes if kv.key != LIFECYCLE_KEY]
                 del attributes[:]
@@ -285,8 +218,8 @@ class FleetTracker:
                 resource = kept_resource(
                     strings, tenant.id, self.max_resource_attributes, self.max_resource_bytes
                 )
-                overflowing = _overflowing(resource_metrics) if may_overflow else ()
-                agent = replace(agent, resource=resource, overflowing=overflowing)
+                names = overflowing(resource_metrics) if search else ()
+                agent = replace(agent, resource=resource, overflowing=names)
                 self.see(tenant.id, agent, now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
@@ -514,24 +447,6 @@ class FleetTracker:
             self._save_failing = True
             return
         self._save_failing = False
-
-
-def _overflowing(resource_metrics: ResourceMetrics) -> tuple[str, ...]:
-    """Names of the metrics with a point marked `otel.metric.overflow` (true)."""
-    names: list[str] = []
-    for scope_metrics in resource_metrics.scope_metrics:
-        for metric in scope_metrics.metrics:
-            kind = metric.WhichOneof("data")
-            if kind is None:
-                continue
-            if any(
-                kv.key == OVERFLOW_KEY
-                and (kv.value.bool_value or kv.value.string_value.lower() == "true")
-                for point in getattr(metric, kind).data_points
-                for kv in point.attributes
-            ):
-                names.append(metric.name[:MAX_VALUE_CHARS])
-    return tuple(names)
 
 
 def _times(value: Any) -> dict[str, float]:

@@ -22,7 +22,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from gateway.fleet import MAX_VALUE_CHARS, FleetTracker
+from gateway.fleet import FleetTracker
+from gateway.fleet_resource import MAX_VALUE_CHARS
 from gateway.fleet_series import LINGER_SECONDS, MAX_REQUEST_BYTES, fleet_requests, publish
 from gateway.ingest import Forwarder
 from gateway.tenants import Tenant
