@@ -128,7 +128,17 @@ def _call(base_url: str, path: str, key: str, body: dict[str, Any] | None = None
 
 
 def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    header = ("TENANT", "TYPE", "STATUS", "SERVICE", "INSTANCE", "HOST", "VERSION", "LAST SEEN")
+    header = (
+        "TENANT",
+        "TYPE",
+        "STATUS",
+        "SERVICE",
+        "INSTANCE",
+        "HOST",
+        "VERSION",
+        "LAST SEEN",
+        "OVER BUDGET",
+    )
     lines = [header] + [
         (
             tenant,
@@ -139,6 +149,7 @@ def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:
             agent.get("host") or "-",
             agent["version"] or "-",
             f"{agent['last_seen']} ({agent['seconds_since']:.0f} s ago)",
+            ",".join(agent.get("over_budget") or ()) or "-",
         )
         for tenant, agent in rows
     ]

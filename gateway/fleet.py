@@ -28,8 +28,20 @@ new id beside a silent one is another agent: the silent one still pages. Other
 clients often take a new random id per process: a silent "other" row whose
 (service, host) has a row first seen after it was replaced, and is retired.
 
+An agent is "over budget" while its exports carry series its OpenTelemetry SDK
+folded into an overflow series (attribute `otel.metric.overflow=true`, past the
+SDK's cardinality limit: the agent measures with more attribute values than it was
+built for, and what lands in the overflow series is lost per value). The row keeps
+the metric names and when each was last seen; the mark goes `OVER_BUDGET_SECONDS`
+after the last one.
+
 Bounds: a row unseen for `forget_after` is dropped; at most `max_per_tenant` rows
-per tenant, retired, stopped, then least recently seen first.
+per tenant, retired, stopped, then least recently seen first. Each row keeps a copy
+of the agent's resource for its fleet series (gateway.fleet_series), cut to
+`max_resource_attributes` and `max_resource_bytes`: the attributes that name the
+agent first, then the others in the order sent, so that one agent's bloated
+resource can neither swell the state file nor the fleet's exports
+(gateway.fleet_resource).
 """
 
 from __future__ import annotations
@@ -51,23 +63,30 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway import instruments
-from gateway.enrich import TENANT_LABEL, claims_tenant
+from gateway.fleet_resource import (
+    AGENT_TYPE_KEY,
+    LIFECYCLE_KEY,
+    MAX_VALUE_CHARS,
+    kept_resource,
+    may_overflow,
+    overflowing,
+    resource_strings,
+)
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2
-MAX_VALUE_CHARS = 128
-"""Longer service names, instance ids, versions and hosts are cut: they become label values."""
-
-AGENT_TYPE_KEY = "agent.type"
-LIFECYCLE_KEY = "otel_agents.state"
-"""Resource attribute of an agent's final export after a clean stop (value "stopped")."""
 PAGED_TYPES = {"connector": "connector", "etl": "agent"}
 """Agent types with per-agent series (and silence alerts), and their metric prefix."""
 NOT_LISTED = "check"
 """The agent type of `otel-agents check`'s test point: not an agent."""
+
+OVER_BUDGET_SECONDS = 600.0
+"""An agent stays over budget this long after an export last carried an overflow series."""
+MAX_OVER_BUDGET_NAMES = 16
+"""Metric names remembered per over-budget agent (the oldest go first)."""
 
 RowState = Literal["running", "stopped", "retired"]
 Status = Literal["up", "silent", "stopped", "retired"]
@@ -101,6 +120,8 @@ class Sighting:
     resource: dict[str, str] = field(default_factory=dict)
     """The agent's resource as last seen (string attributes, tenant_id set by the
     gateway): its fleet series go out under it, next to its own series."""
+    over_budget: dict[str, float] = field(default_factory=dict)
+    """Metric name → when an export last carried its overflow series (Unix seconds)."""
 
     @property
     def family(self) -> str | None:
@@ -119,6 +140,8 @@ class Agent:
     host: str
     stopped: bool
     resource: Mapping[str, str] = field(default_factory=dict)
+    overflowing: tuple[str, ...] = ()
+    """Names of the metrics that carry an overflow series in this export."""
 
 
 def agent_of(attributes: Mapping[str, str]) -> Agent | None:
@@ -152,6 +175,8 @@ class FleetTracker:
         forget_after: float = 7 * 86400.0,
         save_every: float = 30.0,
         max_per_tenant: int = 1000,
+        max_resource_attributes: int = 32,
+        max_resource_bytes: int = 4096,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state_file = state_file
@@ -159,6 +184,8 @@ class FleetTracker:
         self.forget_after = forget_after
         self.save_every = save_every
         self.max_per_tenant = max_per_tenant
+        self.max_resource_attributes = max_resource_attributes
+        self.max_resource_bytes = max_resource_bytes
         self.clock = clock
         self._lock = threading.Lock()
         self._tenants: dict[str, dict[tuple[str, str], Sighting]] = {}
@@ -169,32 +196,30 @@ class FleetTracker:
 
     # -- recording -----------------------------------------------------------------
 
-    def on_request(self, tenant: Tenant, request: ExportMetricsServiceRequest) -> None:
+    def on_request(
+        self, tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
+    ) -> None:
         """Note every agent of an authenticated request, and remove the lifecycle
-        attribute from its resource (it is for the gateway, not for the series)."""
+        attribute from its resource (it is for the gateway, not for the series).
+        `raw`, the request's protobuf (made here when not given), spares the search
+        for overflow series when the attribute's name is nowhere in it (the common
+        case)."""
         now = self.clock()
+        search = may_overflow(request, raw)
         for resource_metrics in request.resource_metrics:
             attributes = resource_metrics.resource.attributes
-            strings = {
-                kv.key: kv.value.string_value
-                for kv in attributes
-                if kv.value.WhichOneof("value") == "string_value"
-            }
+            strings = resource_strings(attributes, 2 * self.max_resource_attributes)
             if LIFECYCLE_KEY in strings:
                 kept = [kv for kv in attributes if kv.key != LIFECYCLE_KEY]
                 del attributes[:]
                 attributes.extend(kept)
             agent = agent_of(strings)
             if agent is not None:
-                # What the Collector will get: no tenant claims, the tenant stamped.
-                resource = {
-                    k: v[:MAX_VALUE_CHARS]
-                    for k, v in strings.items()
-                    if k != LIFECYCLE_KEY and not claims_tenant(k)
-                }
-                resource[TENANT_LABEL] = tenant.id
-                agent = replace(agent, resource=resource)
-            if agent is not None:
+                resource = kept_resource(
+                    strings, tenant.id, self.max_resource_attributes, self.max_resource_bytes
+                )
+                names = overflowing(resource_metrics) if search else ()
+                agent = replace(agent, resource=resource, overflowing=names)
                 self.see(tenant.id, agent, now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
@@ -215,6 +240,11 @@ class FleetTracker:
             row.agent_type, row.version, row.host = agent.agent_type, agent.version, agent.host
             if agent.resource:
                 row.resource = dict(agent.resource)
+            for name in agent.overflowing:
+                row.over_budget.pop(name, None)  # re-inserted last: the newest
+                row.over_budget[name] = now
+                if len(row.over_budget) > MAX_OVER_BUDGET_NAMES:
+                    del row.over_budget[next(iter(row.over_budget))]
             if now >= row.last_seen:
                 row.last_seen = now
                 row.silence_from = max(row.silence_from, now)
@@ -272,6 +302,12 @@ class FleetTracker:
             return row.state
         return "silent" if now - row.silence_from > self.silent_after else "up"
 
+    def over_budget(self, row: Sighting, now: float) -> list[str]:
+        """The metrics of `row` that overflowed within OVER_BUDGET_SECONDS, sorted."""
+        # list() copies at once: a /metrics reader may run beside the event loop.
+        times = list(row.over_budget.items())
+        return sorted(n for n, t in times if now - t <= OVER_BUDGET_SECONDS)
+
     def _prune(self, now: float) -> None:
         for tenant_id in list(self._tenants):
             agents = self._tenants[tenant_id]
@@ -310,6 +346,7 @@ class FleetTracker:
         """The fleet's counts by state (gateway_fleet_agents). The per-agent last-seen
         series go to the Collectors (gateway.fleet_series)."""
         instruments.FLEET_AGENTS.observe(meter, self._observe_counts)
+        instruments.FLEET_AGENTS_OVER_BUDGET.observe(meter, self._observe_over_budget)
 
     def rows(self) -> list[Sighting]:
         """The rows themselves, not copies, for a reader on the event loop that only
@@ -329,6 +366,14 @@ class FleetTracker:
             Observation(count, {"tenant_id": tenant, "type": kind, "state": state})
             for (tenant, kind, state), count in counts.items()
         ]
+
+    def _observe_over_budget(self, options: CallbackOptions) -> Iterable[Observation]:
+        now = self.clock()
+        counts: dict[str, int] = {}
+        for row in self.rows():  # no copies: 10,000 agents are read at every scrape
+            over = row.state != "retired" and bool(self.over_budget(row, now))
+            counts[row.tenant_id] = counts.get(row.tenant_id, 0) + over
+        return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -361,8 +406,16 @@ class FleetTracker:
                 if row.state not in ("running", "stopped", "retired"):
                     row.state = "running"
                 row.state_since = float(row.state_since) or row.last_seen
+                row.over_budget = _times(row.over_budget)
                 if not isinstance(row.resource, dict):
                     row.resource = {}
+                elif row.resource:  # saved by an older gateway, or under larger bounds
+                    row.resource = kept_resource(
+                        {k: v for k, v in row.resource.items() if isinstance(v, str)},
+                        row.tenant_id,
+                        self.max_resource_attributes,
+                        self.max_resource_bytes,
+                    )
                 if row.state == "running" and saved_at - row.silence_from <= self.silent_after:
                     # Up when the gateway stopped: it could not hear the agent since.
                     row.silence_from = max(row.silence_from, now)
@@ -396,6 +449,17 @@ class FleetTracker:
         self._save_failing = False
 
 
+def _times(value: Any) -> dict[str, float]:
+    """A saved name → time table, whatever was saved."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k)[:MAX_VALUE_CHARS]: float(v)
+        for k, v in list(value.items())[-MAX_OVER_BUDGET_NAMES:]
+        if isinstance(v, int | float)
+    }
+
+
 def _number(value: Any, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
 
@@ -420,6 +484,8 @@ def create_fleet(settings: GatewaySettings, meter: Meter) -> FleetTracker:
         forget_after=settings.fleet_forget_after_seconds,
         save_every=settings.fleet_save_seconds,
         max_per_tenant=settings.fleet_max_agents_per_tenant,
+        max_resource_attributes=settings.fleet_max_resource_attributes,
+        max_resource_bytes=settings.fleet_max_resource_bytes,
     )
     fleet.register_metrics(meter)
     return fleet

@@ -14,6 +14,10 @@ gauges under the agent's own resource, so that they land on the agent's Collecto
 | `agent.last_seen` | `agent_last_seen_seconds` | the same, data agents |
 | `agent.last_seen.timestamp` | `agent_last_seen_timestamp_seconds` | |
 
+Each request holds one tenant's agents and stays under `MAX_REQUEST_BYTES`, and each
+agent's resource is the bounded copy the fleet keeps (gateway.fleet): one tenant's
+bloated agents cannot make an export that fails for another's.
+
 Their points carry `tenant_id`, `state` (running, stopped, retired), `host`,
 `version` and `gateway` (the sending gateway process, host:port: with several
 replicas, each sends the agents it has heard from, and the Collector must keep
@@ -64,24 +68,39 @@ LINGER_SECONDS = 600.0
 """How long a stopped or retired agent's series are still sent (> metric_expiration)."""
 SLICE = 500
 """Agents per request."""
+MAX_REQUEST_BYTES = 1024 * 1024
+"""Bytes per request: far below gRPC's 4 MiB default and the forwarder's message limit.
+An agent's series take at most about `fleet_max_resource_bytes` + 1 KiB."""
 
 
 def fleet_requests(
     rows: Iterable[Sighting], now: float, gateway: str = ""
 ) -> Iterator[ExportMetricsServiceRequest]:
-    """The fleet series of `rows` at Unix time `now`, `SLICE` agents per request;
-    `gateway` names this gateway process on every point."""
-    request = ExportMetricsServiceRequest()
+    """The fleet series of `rows` at Unix time `now`, one tenant per request, at most
+    `SLICE` agents and `MAX_REQUEST_BYTES` each (a request one tenant's agents made
+    too large would fail for every agent in it); `gateway` names this gateway process
+    on every point."""
+    by_tenant: dict[str, list[Sighting]] = {}
     for row in rows:
-        family = row.family
-        if family is None or (row.state != "running" and now - row.state_since > LINGER_SECONDS):
-            continue
-        request.resource_metrics.append(_agent_series(row, family, now, gateway))
-        if len(request.resource_metrics) >= SLICE:
+        by_tenant.setdefault(row.tenant_id, []).append(row)
+    for tenant_rows in by_tenant.values():
+        request, size = ExportMetricsServiceRequest(), 0
+        for row in tenant_rows:
+            family = row.family
+            if family is None or (
+                row.state != "running" and now - row.state_since > LINGER_SECONDS
+            ):
+                continue
+            series = _agent_series(row, family, now, gateway)
+            cost = series.ByteSize() + 8  # the field's tag and length
+            full = len(request.resource_metrics) >= SLICE or size + cost > MAX_REQUEST_BYTES
+            if full and request.resource_metrics:
+                yield request
+                request, size = ExportMetricsServiceRequest(), 0
+            request.resource_metrics.append(series)
+            size += cost
+        if request.resource_metrics:
             yield request
-            request = ExportMetricsServiceRequest()
-    if request.resource_metrics:
-        yield request
 
 
 async def publish(fleet: FleetTracker, forwarder: Forwarder, interval: float, gateway: str) -> None:

@@ -150,6 +150,15 @@ FLEET_AGENTS = Instrument(
     "gateway.fleet",
     "Agents the gateway knows, by tenant, type and state.",
 )
+FLEET_AGENTS_OVER_BUDGET = Instrument(
+    "gateway.fleet.agents_over_budget",
+    "gauge",
+    "{agent}",
+    "gateway_fleet_agents_over_budget",
+    "gateway.fleet",
+    "Agents whose recent exports carried series over their SDK's cardinality limit "
+    "(otel.metric.overflow=true), by tenant.",
+)
 
 LAST_SEEN: dict[str, tuple[Instrument, Instrument]] = {
     "connector": (CONNECTOR_LAST_SEEN, CONNECTOR_LAST_SEEN_TIMESTAMP),
@@ -167,6 +176,7 @@ ALL: Sequence[Instrument] = (
     REQUESTS_IN_FLIGHT,
     ACTIVE_SERIES,
     FLEET_AGENTS,
+    FLEET_AGENTS_OVER_BUDGET,
 )
 """Every row of the gateway's /metrics, in the order docs/gateway.md lists them. The
 last-seen rows are not there: gateway.fleet_series sends them to the Collectors."""

@@ -136,6 +136,17 @@ class GatewaySettings(BaseSettings, LimitValues):
     fleet_max_agents_per_tenant: int = Field(
         1000, ge=1, description="Agents remembered per tenant (least recently seen go first)."
     )
+    fleet_max_resource_attributes: int = Field(
+        32,
+        ge=8,
+        description="Resource attributes the fleet keeps per agent and sends with its "
+        "last-seen series (service.*, host.name, agent.type first; the rest in order).",
+    )
+    fleet_max_resource_bytes: int = Field(
+        4096,
+        ge=1024,
+        description="Bytes of resource attribute keys and values the fleet keeps per agent.",
+    )
     admin_key_sha256: str = Field(
         "",
         description="Hex SHA-256 digests of admin keys, comma-separated: they list every "

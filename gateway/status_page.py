@@ -85,6 +85,7 @@ def agent_document(fleet: FleetTracker, row: Sighting, now: float) -> dict[str, 
         "last_seen": _iso(row.last_seen),
         "seconds_since": round(max(0.0, now - row.last_seen), 1),
         "status": fleet.status(row, now),
+        "over_budget": fleet.over_budget(row, now),
     }
 
 

@@ -32,12 +32,26 @@ const STATUS_LABELS = {
   retired: "⚫ retired",
 };
 
+// Over budget: its SDK folded series past its cardinality limit into one
+// (otel.metric.overflow=true); the metric names say which.
+function statusCell(agent) {
+  const cell = element("td", STATUS_LABELS[agent.status] || agent.status, "status");
+  const over = agent.over_budget || [];
+  if (over.length > 0) {
+    const mark = element("span", `⚠ over budget: ${over.join(", ")}`, "budget");
+    mark.title = "Series past the agent's cardinality limit were merged into one.";
+    cell.append(mark);
+  }
+  return cell;
+}
+
 function agentRow(agent) {
   const row = element("tr", undefined, agent.status);
   row.dataset.status = agent.status;
   row.dataset.instance = agent.instance;
+  if ((agent.over_budget || []).length > 0) row.dataset.overBudget = agent.over_budget.join(",");
   row.append(
-    element("td", STATUS_LABELS[agent.status] || agent.status, "status"),
+    statusCell(agent),
     element("td", agent.type),
     element("td", agent.service),
     element("td", agent.instance, "instance"),
@@ -55,11 +69,13 @@ function tenantSection(tenant) {
   section.dataset.tenant = tenant.tenant_id;
   const title = element("h2", tenant.tenant_id);
   const count = (status) => tenant.agents.filter((a) => a.status === status).length;
+  const over = tenant.agents.filter((a) => (a.over_budget || []).length > 0).length;
   title.append(
     element(
       "span",
       `${tenant.agents.length} agent(s): ${count("up")} up, ${count("silent")} silent, ` +
-        `${count("stopped")} stopped, ${count("retired")} retired`,
+        `${count("stopped")} stopped, ${count("retired")} retired` +
+        (over > 0 ? `, ${over} over budget` : ""),
       "counts",
     ),
   );

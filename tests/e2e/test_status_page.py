@@ -192,6 +192,12 @@ def _feed_agents(fleet: Fleet) -> None:
             "service.version": "3.0.0-rc1",
         }
     )
+    # Past its SDK's cardinality limit: the overflow series makes it "over budget".
+    overflow = KeyValue(key="otel.metric.overflow", value=AnyValue(bool_value=True))
+    points = [NumberDataPoint(as_int=5), NumberDataPoint(as_int=7, attributes=[overflow])]
+    grpc_agent.resource_metrics[0].scope_metrics[0].metrics.append(
+        Metric(name="crm.queries", gauge=Gauge(data_points=points))
+    )
     with grpc.insecure_channel(f"127.0.0.1:{fleet.stack.ports.gateway_grpc}") as channel:
         stub = service_grpc.MetricsServiceStub(channel)  # type: ignore[no-untyped-call]
         stub.Export(grpc_agent, metadata=(("authorization", f"Bearer {globex}"),), timeout=10)
@@ -344,6 +350,8 @@ def test_the_status_page_shows_every_tenants_agents_in_chromium(
     assert rows["night-runner"]["seen"] == "60 min ago"
     assert (rows["cron-1"]["host"], rows["night-runner"]["host"]) == ("batch-3", "—")
     assert rows["crm-01"]["seen"].endswith("s ago")
+    assert rows["crm-01"]["badge"].endswith("⚠ over budget: crm.queries")
+    assert [i for i, row in rows.items() if "over budget" in row["badge"]] == ["crm-01"]
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "status-page.png"
