@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.localstack import LocalStack, http_get
+from stack.local import LocalStack, http_get
 
 pytestmark = pytest.mark.e2e
 
