@@ -126,6 +126,8 @@ class Compiled:
     """Whole match of `attribute_key_patterns`."""
     checked: dict[bytes, Any] = field(default_factory=dict)
     """What gateway.validate learned about attribute lists under these limits."""
+    resources: dict[bytes, Any] = field(default_factory=dict)
+    """What gateway.labels learned about resources under these limits."""
 
 
 class TenantLimits(LimitValues):

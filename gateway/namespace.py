@@ -208,6 +208,40 @@ def _described(kind: str, data: Any) -> str:
     return kind.replace("_", " ")
 
 
+def _fixed(metric: Metric, kind: str, data: Any) -> tuple[Naming | None, Problem | None]:
+    """What holds for `metric` whatever else is in use: its Naming when it is a
+    tenant's own name to note, else (None, its problem or None for a contract name)."""
+    name, unit = metric.name, metric.unit
+    if len(unit) > MAX_UNIT_CHARS:
+        return None, (
+            "metric_name_not_allowed",
+            f"metric {shown(name)}: its unit is over {MAX_UNIT_CHARS} characters "
+            "(a unit becomes part of the Prometheus name)",
+        )
+    found = naming(metric, kind, data)
+    if not found.prometheus:
+        return None, (
+            "metric_name_not_allowed",
+            f"metric {shown(name)} does not become a Prometheus name",
+        )
+    if reserved(name, found):
+        return None, (
+            "metric_name_reserved",
+            f"metric {shown(name)} ({found.prometheus}) is a name of the platform's own",
+        )
+    row = _CONTRACT.get(found.base.lower()) or _CONTRACT.get(found.prometheus.lower())
+    if row is None:
+        return found, None
+    problem = _contract_problem(row, metric, kind, data)
+    if problem is None:
+        return None, None
+    return None, (
+        "metric_type_conflict",
+        f"metric {shown(name)} {problem} ({row.prometheus}): send {row.name} as a "
+        f"{row.kind} with unit {row.unit!r}, or use another name",
+    )
+
+
 @dataclass(slots=True)
 class _Entry:
     type: str
@@ -224,41 +258,26 @@ class MetricNamespace:
         # Longer than the Collector's metric_expiration: a name forgotten here is gone there.
         self.max_names, self.idle_seconds = max_names, idle_seconds
         self._names: OrderedDict[str, _Entry] = OrderedDict()
+        self._fixed: dict[tuple[str, str, str, bool, bool], tuple[Naming | None, Problem | None]]
+        self._fixed = {}
 
     def __len__(self) -> int:
         return len(self._names)
 
     def check(self, metric: Metric, kind: str, data: Any, now: float) -> Problem | None:
         """Why `metric`'s points may not be sent, or None (and the name is noted as in use)."""
-        name, unit = metric.name, metric.unit
-        if len(unit) > MAX_UNIT_CHARS:
-            return (
-                "metric_name_not_allowed",
-                f"metric {shown(name)}: its unit is over {MAX_UNIT_CHARS} characters "
-                "(a unit becomes part of the Prometheus name)",
-            )
-        found = naming(metric, kind, data)
-        if not found.prometheus:
-            return (
-                "metric_name_not_allowed",
-                f"metric {shown(name)} does not become a Prometheus name",
-            )
-        if reserved(name, found):
-            return (
-                "metric_name_reserved",
-                f"metric {shown(name)} ({found.prometheus}) is a name of the platform's own",
-            )
-        row = _CONTRACT.get(found.base.lower()) or _CONTRACT.get(found.prometheus.lower())
-        if row is not None:
-            problem = _contract_problem(row, metric, kind, data)
-            if problem is None:
-                return None
-            return (
-                "metric_type_conflict",
-                f"metric {shown(name)} {problem} ({row.prometheus}): send {row.name} as a "
-                f"{row.kind} with unit {row.unit!r}, or use another name",
-            )
-        return self._note(name, unit, found, now)
+        monotonic = kind == "sum" and data.is_monotonic
+        key = (metric.name, metric.unit, kind, monotonic, kind == "gauge" and _untyped(metric))
+        # What a name is does not change: worked out once (~8 µs), then looked up.
+        known = self._fixed.get(key)
+        if known is None:
+            if len(self._fixed) >= self.max_names:
+                self._fixed.clear()
+            known = self._fixed[key] = _fixed(metric, kind, data)
+        found, problem = known
+        if found is None:
+            return problem
+        return self._note(metric.name, metric.unit, found, now)
 
     def _note(self, name: str, unit: str, found: Naming, now: float) -> Problem | None:
         names = self._names
