@@ -23,7 +23,6 @@ gateway starts, and each gateway process has its own.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -31,136 +30,14 @@ from typing import Any
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from gateway.labels import Problem, shown
+from gateway.promnames import Naming, naming, tokens, untyped
 from otel_agents.names import CONTRACT, ContractMetric
-
-# The translator's units (prometheus/otlptranslator metric_namer.go, v1.0.0).
-_UNITS = {
-    "d": "days",
-    "h": "hours",
-    "min": "minutes",
-    "s": "seconds",
-    "ms": "milliseconds",
-    "us": "microseconds",
-    "ns": "nanoseconds",
-    "By": "bytes",
-    "KiBy": "kibibytes",
-    "MiBy": "mebibytes",
-    "GiBy": "gibibytes",
-    "TiBy": "tibibytes",
-    "KBy": "kilobytes",
-    "MBy": "megabytes",
-    "GBy": "gigabytes",
-    "TBy": "terabytes",
-    "m": "meters",
-    "V": "volts",
-    "A": "amperes",
-    "J": "joules",
-    "W": "watts",
-    "g": "grams",
-    "Cel": "celsius",
-    "Hz": "hertz",
-    "1": "",
-    "%": "percent",
-}
-_PER_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week"}
-_PER_UNITS |= {"mo": "month", "y": "year"}
-_SEPARATORS = re.compile(r"[^A-Za-z0-9:]+")
-_UNDERSCORES = re.compile(r"_+")
 
 RESERVED_PREFIXES = ("gateway_", "otelcol_", "prometheus_", "scrape_")
 RESERVED_NAMES = frozenset({"up", "target_info", "alerts", "alerts_for_state"})
 RESERVED_PARTS = ("last_seen", "__", ":")
 MAX_UNIT_CHARS = 63
 """Longer units are refused: a unit becomes part of the Prometheus name."""
-
-
-@dataclass(frozen=True, slots=True)
-class Naming:
-    """What the Collector makes of one metric."""
-
-    prometheus: str
-    """The Prometheus name ("" when the translator fails)."""
-    base: str
-    """The name's tokens without unit or type suffixes."""
-    type: str
-    """counter, gauge, histogram, summary or untyped."""
-
-
-def _tokens(name: str) -> list[str]:
-    return [token for token in _SEPARATORS.split(name) if token]
-
-
-def _clean_unit(unit: str) -> str:
-    return _UNDERSCORES.sub("_", _SEPARATORS.sub("_", unit)).removeprefix("_")
-
-
-def _unit_suffixes(unit: str) -> tuple[str, str]:
-    parts = unit.split("/", 1)
-    main = parts[0].strip()
-    main_suffix = _UNITS.get(main, main) if main and not {"{", "}"} & set(main) else ""
-    per_suffix = ""
-    if len(parts) > 1 and parts[1]:
-        per = parts[1].strip()
-        if per and not {"{", "}"} & set(per):
-            per_suffix = _PER_UNITS.get(per, per)
-        if per_suffix:
-            per_suffix = "per_" + per_suffix
-    return main_suffix, per_suffix
-
-
-def prometheus_name(name: str, unit: str, translator_type: str) -> str:
-    """The Collector's name for an OTel metric: translation `UnderscoreEscapingWithSuffixes`
-    (otlptranslator normalizeName); `translator_type` is gauge, counter (monotonic sum),
-    sum (non-monotonic), histogram or summary. "" when the translator refuses it."""
-    tokens = _tokens(name)
-    main, per = _unit_suffixes(unit)
-    main, per = _clean_unit(main), _clean_unit(per)
-    if main in tokens:
-        main = ""
-    if per == "per_":
-        per = ""
-    else:
-        per = per.removesuffix("_")
-        if per in tokens:
-            per = ""
-    if per:
-        main = main.removesuffix("_")
-    tokens += [suffix for suffix in (main, per) if suffix]
-    if translator_type == "counter":
-        tokens = [t for t in tokens if t != "total"] + ["total"]
-    if unit == "1" and translator_type == "gauge":
-        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
-    result = "_".join(tokens)
-    if result and result[0].isascii() and result[0].isdigit():
-        result = "_" + result
-    if result != name and result.strip("_") == "":
-        return ""
-    return result
-
-
-def naming(metric: Metric, kind: str, data: Any) -> Naming:
-    """What the Collector makes of `metric`, a metric of `kind` with `data`."""
-    if kind == "sum":
-        translator_type = "counter" if data.is_monotonic else "sum"
-        prom_type = "counter" if data.is_monotonic else "gauge"
-    elif kind == "exponential_histogram":
-        translator_type = prom_type = "histogram"
-    else:
-        translator_type = prom_type = kind
-        if kind == "gauge" and _untyped(metric):
-            prom_type = "untyped"
-    return Naming(
-        prometheus_name(metric.name, metric.unit, translator_type),
-        "_".join(_tokens(metric.name)),
-        prom_type,
-    )
-
-
-def _untyped(metric: Metric) -> bool:
-    # The exporter turns such a gauge into an untyped metric, another family type.
-    return any(
-        kv.key == "prometheus.type" and kv.value.string_value == "unknown" for kv in metric.metadata
-    )
 
 
 def reserved(name: str, found: Naming) -> bool:
@@ -176,7 +53,7 @@ def reserved(name: str, found: Naming) -> bool:
 def _contract_index() -> dict[str, ContractMetric]:
     index: dict[str, ContractMetric] = {}
     for row in CONTRACT:
-        index["_".join(_tokens(row.name)).lower()] = row
+        index["_".join(tokens(row.name)).lower()] = row
         index[row.prometheus.lower()] = row
         if row.kind == "histogram":
             for suffix in ("_bucket", "_sum", "_count"):
@@ -222,12 +99,14 @@ def _fixed(metric: Metric, kind: str, data: Any) -> tuple[Naming | None, Problem
     if not found.prometheus:
         return None, (
             "metric_name_not_allowed",
-            f"metric {shown(name)} does not become a Prometheus name",
+            f"metric {shown(name)} makes no Prometheus name (it needs a letter or digit of "
+            "A-Z a-z 0-9): rename it",
         )
     if reserved(name, found):
         return None, (
             "metric_name_reserved",
-            f"metric {shown(name)} ({found.prometheus}) is a name of the platform's own",
+            f"metric {shown(name)} ({found.prometheus}) is a name of the platform's own: "
+            "use another name",
         )
     row = _CONTRACT.get(found.base.lower()) or _CONTRACT.get(found.prometheus.lower())
     if row is None:
@@ -267,7 +146,7 @@ class MetricNamespace:
     def check(self, metric: Metric, kind: str, data: Any, now: float) -> Problem | None:
         """Why `metric`'s points may not be sent, or None (and the name is noted as in use)."""
         monotonic = kind == "sum" and data.is_monotonic
-        key = (metric.name, metric.unit, kind, monotonic, kind == "gauge" and _untyped(metric))
+        key = (metric.name, metric.unit, kind, monotonic, kind == "gauge" and untyped(metric))
         # What a name is does not change: worked out once (~8 µs), then looked up.
         known = self._fixed.get(key)
         if known is None:

@@ -9,7 +9,8 @@ import pytest
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 
 from gateway.labels import label_name
-from gateway.namespace import MetricNamespace, prometheus_name
+from gateway.namespace import MetricNamespace
+from gateway.promnames import prometheus_name
 from otel_agents import connector, etl
 from otel_agents.names import CONTRACT
 
