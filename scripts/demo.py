@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import tenants
+from otel_agents import names
 from stack.local import (
     REPO,
     LocalStack,
@@ -241,10 +242,11 @@ def run(collectors: int = 1) -> int:
         supervisor.watch(alertmanager)
         say(f"Alertmanager ready in {seconds:.1f} s: {stack.alertmanager_url}")
         start_connectors(stack, keys, supervisor)
-        wait_for_tenants(stack, "connector_bytes_sent_total", started)
+        wait_for_tenants(stack, names.CONNECTOR_BYTES_SENT.prometheus, started)
         start_data_agents(stack, keys, supervisor)
-        wait_for_tenants(stack, "agent_flows_executed_total", started)
-        say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
+        wait_for_tenants(stack, names.AGENT_FLOWS_EXECUTED.prometheus, started)
+        bytes_sent = names.CONNECTOR_BYTES_SENT.prometheus
+        say(f"try: {stack.prometheus_url}/graph?g0.expr=rate({bytes_sent}[1m])")
         say(
             f"fleet status page: {stack.gateway_http_url}/status (tenant keys and an admin key "
             f"are in {keys_file}); with OTEL_GATEWAY_ADMIN_KEY set to the admin key, "
