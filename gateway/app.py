@@ -15,6 +15,7 @@ from gateway.forwarder import Collectors
 from gateway.inflight import InFlight
 from gateway.ingest import Forwarder, Ingestor
 from gateway.limits import Limits, TenantLimits
+from gateway.namespace import MetricNamespace
 from gateway.settings import GatewaySettings
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import TenantRegistry
@@ -78,7 +79,14 @@ class Gateway:
             series_window_seconds=settings.active_series_window_seconds,
             max_request_bytes_cap=2 * settings.max_request_bytes,
         )
-        ingestor = Ingestor(forwarder, telemetry.metrics, settings.max_request_bytes, limits=limits)
+        namespace = MetricNamespace(settings.max_metric_names, settings.metric_name_idle_seconds)
+        ingestor = Ingestor(
+            forwarder,
+            telemetry.metrics,
+            settings.max_request_bytes,
+            limits=limits,
+            namespace=namespace,
+        )
         series = instruments.ACTIVE_SERIES
         series.observe(provider.get_meter(series.scope), ingestor.observe_active_series)
         gauge = instruments.REQUESTS_IN_FLIGHT

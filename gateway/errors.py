@@ -74,10 +74,28 @@ REASONS: dict[str, Reason] = {
         Reason("unknown_agent", grpc.StatusCode.NOT_FOUND, 404, "request"),
         Reason("ambiguous_agent", grpc.StatusCode.FAILED_PRECONDITION, 409, "request"),
         # Single data points dropped (first failing check wins, in this order).
+        # A resource or a scope over its limits: all its points, and it is not forwarded.
+        Reason("resource_limit", _OK, 200, "points", "max_resource_attributes, max_resource_bytes"),
         Reason("metric_name_not_allowed", _OK, 200, "points", "metric_name_patterns"),
+        # The platform's own metric names; the contract's and other tenants' names
+        # keep their type and unit (gateway/namespace.py).
+        Reason("metric_name_reserved", _OK, 200, "points"),
+        Reason("metric_type_conflict", _OK, 200, "points"),
         Reason("invalid_value", _OK, 200, "points"),
-        Reason("attribute_limit", _OK, 200, "points", "max_attributes_per_point"),
-        Reason("attribute_key_not_allowed", _OK, 200, "points", "attribute_key_patterns"),
+        Reason(
+            "attribute_limit",
+            _OK,
+            200,
+            "points",
+            "max_attributes_per_point, max_attributes_per_scope",
+        ),
+        Reason(
+            "attribute_key_not_allowed",
+            _OK,
+            200,
+            "points",
+            "attribute_key_patterns, max_attribute_key_length",
+        ),
         Reason("attribute_value_too_long", _OK, 200, "points", "max_attribute_value_length"),
         Reason(
             "series_limit",

@@ -27,6 +27,7 @@ from gateway.errors import (
     TooManyDataPoints,
 )
 from gateway.limits import Limits, TenantLimits
+from gateway.namespace import MetricNamespace
 from gateway.ratelimit import RateLimiter
 from gateway.series import ActiveSeries
 from gateway.telemetry import GatewayMetrics
@@ -73,9 +74,12 @@ class Ingestor:
         observers: Sequence[RequestObserver] = (),
         *,
         limits: Limits | None = None,
+        namespace: MetricNamespace | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
+        self.namespace = namespace if namespace is not None else MetricNamespace()
+        """The metric names in use, shared by every tenant (gateway.namespace)."""
         self._metrics = metrics
         self._clock = clock
         self.observers = list(observers)
@@ -136,7 +140,9 @@ class Ingestor:
                 "max_data_points_per_request); send smaller batches (max_export_batch_size "
                 "in the OpenTelemetry SDK)"
             )
-        rejections = enforce(request, tenant.id, limits, self.series, self._clock())
+        rejections = enforce(
+            request, tenant.id, limits, self.series, self._clock(), namespace=self.namespace
+        )
         for reason, count in rejections.counts.items():
             self._count_points(tenant, count, "rejected", reason)
             self._metrics.rejections.add(1, {"tenant_id": tenant.id, "reason": reason})
@@ -193,7 +199,7 @@ def _with_rejections(
     response: ExportMetricsServiceResponse, rejections: Rejections, sent: int
 ) -> ExportMetricsServiceResponse:
     partial = response.partial_success
-    if rejections.total == 0:
+    if not rejections.counts:  # a refused resource without points still says why
         if not partial.rejected_data_points and not partial.error_message:
             # The spec wants it unset on full success; the Collector sends it empty.
             response.ClearField("partial_success")

@@ -50,7 +50,8 @@ from gateway.http_edge import (
     json_refusal,
 )
 from gateway.tenants import Tenant
-from otel_agents import connector, etl
+from otel_agents import names
+from otel_agents.names import ContractMetric
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ TRANSPORT = "legacy"
 PATH_PREFIX = "/api/metrics/agent/"
 MAX_REPORT_BYTES = 64 * 1024
 """A report is a few hundred bytes; anything near this is not one."""
-SCOPE = InstrumentationScope(name="otel_agents")
+SCOPE = InstrumentationScope(name=names.SCOPE)
 """The scope `otel_agents` reports under, so the series are the same as the library's."""
 AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 MAX_UPTIME_SECONDS = 100 * 365 * 86400.0
@@ -98,36 +99,38 @@ class LegacyReport(BaseModel):
 
 @dataclass(frozen=True)
 class Instrument:
-    """How one report field becomes an OTel instrument."""
+    """How one report field becomes an OTel instrument of the contract."""
 
     field: str
-    name: str
-    unit: str
-    monotonic_sum: bool  # else a gauge
+    metric: ContractMetric
+
+    @property
+    def monotonic_sum(self) -> bool:
+        """A cumulative monotonic sum, else a gauge."""
+        return self.metric.kind == "counter"
 
 
-# The agents' names come from otel_agents, their one home; `<prefix>.uptime` and
-# `<prefix>.connected` are otel_agents.status.AgentStatus's, with the prefix of each
-# agent type. tests/unit/gateway/test_legacy.py compares every row with what the
-# library's own instruments export.
+# The agents' names come from otel_agents.names, their one home.
+# tests/unit/gateway/test_legacy.py compares every row with what the library's own
+# instruments export.
 INSTRUMENTS: dict[str, tuple[Instrument, ...]] = {
     "connector": (
-        Instrument("bytes_sent_total", connector.BYTES_SENT, "By", True),
-        Instrument("records_sent_total", connector.RECORDS_SENT, "{record}", True),
-        Instrument("queries_processed", connector.QUERIES_PROCESSED, "{query}", True),
-        Instrument("errors_total", connector.ERRORS, "{error}", True),
-        Instrument("uptime_seconds", "connector.uptime", "s", False),
-        Instrument("connected", "connector.connected", "", False),
-        Instrument("certificate_expiry_days", connector.CERTIFICATE_EXPIRY, "d", False),
+        Instrument("bytes_sent_total", names.CONNECTOR_BYTES_SENT),
+        Instrument("records_sent_total", names.CONNECTOR_RECORDS_SENT),
+        Instrument("queries_processed", names.CONNECTOR_QUERIES_PROCESSED),
+        Instrument("errors_total", names.CONNECTOR_ERRORS),
+        Instrument("uptime_seconds", names.CONNECTOR_UPTIME),
+        Instrument("connected", names.CONNECTOR_CONNECTED),
+        Instrument("certificate_expiry_days", names.CONNECTOR_CERTIFICATE_EXPIRY),
     ),
     "etl": (
-        Instrument("flows_executed_total", etl.FLOWS_EXECUTED, "{flow}", True),
-        Instrument("flows_success_total", etl.FLOWS_SUCCESS, "{flow}", True),
-        Instrument("flows_failed_total", etl.FLOWS_FAILED, "{flow}", True),
-        Instrument("tasks_executed_total", etl.TASKS_EXECUTED, "{task}", True),
-        Instrument("last_flow_duration_seconds", etl.LAST_FLOW_DURATION, "s", False),
-        Instrument("uptime_seconds", "agent.uptime", "s", False),
-        Instrument("connected", "agent.connected", "", False),
+        Instrument("flows_executed_total", names.AGENT_FLOWS_EXECUTED),
+        Instrument("flows_success_total", names.AGENT_FLOWS_SUCCESS),
+        Instrument("flows_failed_total", names.AGENT_FLOWS_FAILED),
+        Instrument("tasks_executed_total", names.AGENT_TASKS_EXECUTED),
+        Instrument("last_flow_duration_seconds", names.AGENT_LAST_FLOW_DURATION),
+        Instrument("uptime_seconds", names.AGENT_UPTIME),
+        Instrument("connected", names.AGENT_CONNECTED),
     ),
 }
 """Per agent type; fields of the other type are ignored."""
@@ -152,7 +155,7 @@ def to_otlp(report: LegacyReport, agent_id: str, now: float) -> ExportMetricsSer
             point.as_double = value
         else:
             point.as_int = int(value)
-        metric = Metric(name=instrument.name, unit=instrument.unit)
+        metric = Metric(name=instrument.metric.name, unit=instrument.metric.unit)
         if instrument.monotonic_sum:
             point.start_time_unix_nano = start_ns
             metric.sum.CopyFrom(

@@ -83,6 +83,18 @@ class LimitValues(BaseModel):
     max_attribute_value_length: int = Field(
         256, ge=0, description="Characters in one attribute value."
     )
+    max_attribute_key_length: int = Field(
+        128, ge=0, description="Characters in one attribute key (point, scope and resource)."
+    )
+    max_attributes_per_scope: int = Field(
+        16, ge=0, description="Attributes of one instrumentation scope; over it, its points drop."
+    )
+    max_resource_attributes: int = Field(
+        64, ge=0, description="Attributes of one resource; over it, all its points drop."
+    )
+    max_resource_bytes: int = Field(
+        8192, ge=0, description="Encoded size of one resource; over it, all its points drop."
+    )
     metric_name_patterns: tuple[str, ...] = Field(
         (r"[a-zA-Z][a-zA-Z0-9_.]{0,254}",),
         description="Regular expressions; a metric name must match one of them whole.",
@@ -114,6 +126,8 @@ class Compiled:
     """Whole match of `attribute_key_patterns`."""
     checked: dict[bytes, Any] = field(default_factory=dict)
     """What gateway.validate learned about attribute lists under these limits."""
+    resources: dict[bytes, Any] = field(default_factory=dict)
+    """What gateway.labels learned about resources under these limits."""
 
 
 class TenantLimits(LimitValues):

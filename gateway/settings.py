@@ -117,6 +117,19 @@ class GatewaySettings(BaseSettings, LimitValues):
     active_series_window_seconds: float = Field(
         600.0, gt=0, description="A series not seen for this long stops counting as active."
     )
+    # The metric names in use, shared by all tenants (docs/gateway.md, "One namespace").
+    max_metric_names: int = Field(
+        50_000,
+        ge=1,
+        description="Metric names whose type and unit the gateway remembers; past it the "
+        "least recently used is forgotten.",
+    )
+    metric_name_idle_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A metric name unused for this long is forgotten (keep it longer than "
+        "the Collector's metric_expiration).",
+    )
 
     # Fleet status (docs/gateway.md, "Fleet status")
     fleet_state_file: Path | None = Field(

@@ -17,7 +17,6 @@ fraction of that.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,21 +25,16 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from gateway.enrich import claims_tenant
 from gateway.errors import REASONS
+from gateway.labels import Problem, key_problem, label_name, resource_problem, shown
 from gateway.limits import TenantLimits
+from gateway.namespace import MetricNamespace
 from gateway.series import ActiveSeries, attributes_hash, series_key
 from gateway.values import metric_problem, number_problem, point_problem
 
-_NON_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
-# Labels the Collector's exporter adds itself: an attribute of the same name
-# would make a duplicate label and the whole metric would be dropped there.
-_RESERVED_LABELS = frozenset({"job", "instance", "le", "quantile"})
-_RESERVED_PREFIXES = ("__", "otel_scope_")
-# Resource attributes that become the job and instance labels of every series.
-_LABEL_RESOURCE_KEYS = ("service.name", "service.namespace", "service.instance.id")
-_SHOWN_CHARS = 60
 _NUMBER_KINDS = frozenset({"gauge", "sum"})
 # A serialized NumberDataPoint starts with its fixed-width fields, in field order:
 # start_time_unix_nano (2), time_unix_nano (3), as_double (4), as_int (6), each a
@@ -65,12 +59,6 @@ def count_points(request: ExportMetricsServiceRequest) -> int:
                 if kind is not None:
                     total += len(getattr(metric, kind).data_points)
     return total
-
-
-def shown(text: str) -> str:
-    """A client-supplied string quoted and cut short for a message."""
-    cut = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
-    return repr(cut)
 
 
 @dataclass
@@ -100,9 +88,6 @@ class Rejections:
         return f"{self.total} of {sent} data points rejected; " + "; ".join(parts)
 
 
-Problem = tuple[str, str]
-"""A reason id and the detail shown to the client."""
-
 _Key = tuple[bool, str, Problem | None]
 """Of an attribute key: is it a tenant claim (removed, never checked), its
 Prometheus label, and what is wrong with it."""
@@ -120,9 +105,15 @@ class _Checker:
     """
 
     def __init__(
-        self, tenant_id: str, limits: TenantLimits, series: ActiveSeries, now: float
+        self,
+        tenant_id: str,
+        limits: TenantLimits,
+        series: ActiveSeries,
+        now: float,
+        namespace: MetricNamespace | None = None,
     ) -> None:
         self.tenant_id, self.limits, self.series, self.now = tenant_id, limits, series, now
+        self.namespace = namespace
         self._keys: dict[str, _Key] = {}
         compiled = limits.compiled()
         self._name_matches, self._key_matches = compiled.metric_name, compiled.attribute_key
@@ -135,14 +126,11 @@ class _Checker:
         """What `key` is, computed once per request."""
         known = self._keys.get(key)
         if known is None:
-            label = _NON_LABEL_CHARS.sub("_", key)
-            problem: Problem | None = None
+            label, problem = "", None
             claim = claims_tenant(key)
-            if claim:
-                pass
-            elif label in _RESERVED_LABELS or label.startswith(_RESERVED_PREFIXES):
-                problem = ("attribute_key_not_allowed", f"attribute key {shown(key)} is reserved")
-            elif self._key_matches(key) is None:
+            if not claim:
+                label, problem = key_problem(key, self.limits.max_attribute_key_length)
+            if problem is None and not claim and self._key_matches(key) is None:
                 problem = (
                     "attribute_key_not_allowed",
                     f"attribute key {shown(key)} does not match attribute_key_patterns",
@@ -189,15 +177,55 @@ class _Checker:
             labels.add(label)
         return pairs, problem
 
-    def metric(self, name: str, kind: str, data: Any) -> Problem | None:
-        """Problems shared by every point of a metric: its name and temporality."""
+    def metric(self, metric: Metric, kind: str, data: Any) -> Problem | None:
+        """Problems shared by every point of a metric: its name, then its temporality."""
+        name = metric.name
         if self._name_matches(name) is None:
             return (
                 "metric_name_not_allowed",
                 f"metric {shown(name)} does not match metric_name_patterns",
             )
-        problem = metric_problem(kind, data)
-        return None if problem is None else ("invalid_value", f"metric {shown(name)}: {problem}")
+        if self.namespace is not None:
+            problem = self.namespace.check(metric, kind, data, self.now)
+            if problem is not None:
+                return problem
+        value_problem = metric_problem(kind, data)
+        if value_problem is None:
+            return None
+        return ("invalid_value", f"metric {shown(name)}: {value_problem}")
+
+    def metrics(
+        self,
+        metrics: Iterable[Metric],
+        scope: _Scope,
+        service: tuple[str, str],
+        rejections: Rejections,
+        serialized: bool,
+    ) -> None:
+        """Check the metrics of one scope, removing the points that fail."""
+        for metric in metrics:
+            kind = metric.WhichOneof("data")
+            if kind is None:
+                continue  # no points: nothing to check or forward
+            data = getattr(metric, kind)
+            name = metric.name
+            shared = self.metric(metric, kind, data)
+            if serialized and shared is None and kind in _NUMBER_KINDS:
+                monotonic = kind == "sum" and data.is_monotonic
+                self.number_points(data, monotonic, scope, name, service, rejections)
+                continue
+            kept = []
+            check = self.point
+            for point in data.data_points:
+                problem = shared or check(kind, data, point, scope, name, service)
+                if problem is None:
+                    kept.append(point)
+                else:
+                    rejections.add(*problem)
+            if len(kept) != len(data.data_points):
+                # Rebuilt once rather than deleted one by one: no quadratic shifting.
+                del data.data_points[:]
+                data.data_points.extend(kept)
 
     def point(
         self, kind: str, data: Any, point: Any, scope: _Scope, name: str, service: tuple[str, str]
@@ -342,20 +370,49 @@ class _Sum:
 
 @dataclass
 class _Scope:
-    """What a scope adds to each of its points: attributes, and a problem they all share."""
+    """What a scope adds to each of its points: its attributes."""
 
     attribute_count: int
-    problem: Problem | None
 
 
-def _resource_problem(attributes: Iterable[KeyValue], max_length: int) -> Problem | None:
-    for kv in attributes:
-        if kv.key in _LABEL_RESOURCE_KEYS and max_length and kv.value.ByteSize() > max_length:
+# Scope attributes become `otel_scope_<key>` labels beside the exporter's own
+# otel_scope_name, otel_scope_version and otel_scope_schema_url (for which it
+# skips the keys `name`, `version`, `schema_url` themselves).
+_SCOPE_LABELS = frozenset({"name", "version", "schema_url"})
+
+
+def _scope_problem(pairs: list[tuple[str, Any]], limits: TenantLimits) -> Problem | None:
+    limit = limits.max_attributes_per_scope
+    if limit and len(pairs) > limit:
+        return (
+            "attribute_limit",
+            f"{len(pairs)} attributes on an instrumentation scope, limit "
+            f"max_attributes_per_scope={limit}",
+        )
+    for key, _ in pairs:
+        if key not in _SCOPE_LABELS and label_name(key) in _SCOPE_LABELS:
             return (
-                "attribute_value_too_long",
-                f"resource attribute {kv.key} is over max_attribute_value_length={max_length}",
+                "attribute_key_not_allowed",
+                f"scope attribute key {shown(key)} becomes the exporter's own "
+                f"otel_scope_{label_name(key)} label: rename it",
             )
     return None
+
+
+def _points(metrics: Iterable[Metric]) -> int:
+    total = 0
+    for metric in metrics:
+        kind = metric.WhichOneof("data")
+        if kind is not None:
+            total += len(getattr(metric, kind).data_points)
+    return total
+
+
+def _delete(items: Any, indexes: list[int]) -> None:
+    """Delete `items[i]` for each of the ascending `indexes`: from the end, one by
+    one, so that none of the (maybe large) rest is copied."""
+    for index in reversed(indexes):
+        del items[index]
 
 
 def _service(attributes: Iterable[KeyValue]) -> tuple[str, str]:
@@ -370,43 +427,39 @@ def enforce(
     series: ActiveSeries,
     now: float,
     *,
+    namespace: MetricNamespace | None = None,
     serialized: bool = True,
 ) -> Rejections:
-    """Remove from `request` every data point that breaks a limit or is invalid.
+    """Remove from `request` every data point that breaks a limit or is invalid, and
+    every resource and scope over its own limits (with all their points).
 
+    `namespace`: the gateway's table of metric names in use, checked per metric.
     `serialized=False` reads every point through protobuf objects instead: the
     reference the tests hold the serialized reading to.
     """
     rejections = Rejections()
-    checker = _Checker(tenant_id, limits, series, now)
-    for resource_metrics in request.resource_metrics:
-        resource = resource_metrics.resource.attributes
-        resource_problem = _resource_problem(resource, limits.max_attribute_value_length)
-        service = _service(resource)
-        for scope_metrics in resource_metrics.scope_metrics:
-            pairs, scope_problem = checker.scan(scope_metrics.scope.attributes)
-            scope = _Scope(len(pairs), resource_problem or scope_problem)
-            for metric in scope_metrics.metrics:
-                kind = metric.WhichOneof("data")
-                if kind is None:
-                    continue  # no points: nothing to check or forward
-                data = getattr(metric, kind)
-                name = metric.name
-                shared = scope.problem or checker.metric(name, kind, data)
-                if serialized and shared is None and kind in _NUMBER_KINDS:
-                    monotonic = kind == "sum" and data.is_monotonic
-                    checker.number_points(data, monotonic, scope, name, service, rejections)
-                    continue
-                kept = []
-                check = checker.point
-                for point in data.data_points:
-                    problem = shared or check(kind, data, point, scope, name, service)
-                    if problem is None:
-                        kept.append(point)
-                    else:
-                        rejections.add(*problem)
-                if len(kept) != len(data.data_points):
-                    # Rebuilt once rather than deleted one by one: no quadratic shifting.
-                    del data.data_points[:]
-                    data.data_points.extend(kept)
+    checker = _Checker(tenant_id, limits, series, now, namespace)
+    resources = request.resource_metrics
+    refused: list[int] = []
+    for r, resource_metrics in enumerate(resources):
+        problem = resource_problem(resource_metrics.resource, limits)
+        if problem is not None:
+            points = sum(_points(scope.metrics) for scope in resource_metrics.scope_metrics)
+            rejections.add(*problem, points=points)
+            refused.append(r)
+            continue
+        service = _service(resource_metrics.resource.attributes)
+        scopes = resource_metrics.scope_metrics
+        refused_scopes: list[int] = []
+        for s, scope_metrics in enumerate(scopes):
+            pairs, problem = checker.scan(scope_metrics.scope.attributes)
+            problem = problem or _scope_problem(pairs, limits)
+            if problem is not None:
+                rejections.add(*problem, points=_points(scope_metrics.metrics))
+                refused_scopes.append(s)
+                continue
+            scope = _Scope(len(pairs))
+            checker.metrics(scope_metrics.metrics, scope, service, rejections, serialized)
+        _delete(scopes, refused_scopes)
+    _delete(resources, refused)
     return rejections

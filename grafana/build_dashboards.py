@@ -1,6 +1,6 @@
 """Grafana dashboards as code: writes grafana/dashboards/*.json, the files Grafana loads.
 
-    python grafana/build_dashboards.py          # after editing this file
+    python -m grafana.build_dashboards          # after editing this file
 
 Plain dictionaries in Grafana's dashboard JSON model, no dependency. The committed
 JSON is what Grafana provisions (grafana/provisioning/dashboards/dashboards.yaml);
@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from otel_agents import names
+
 Json = dict[str, Any]
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
@@ -32,6 +34,19 @@ SERVICE_FROM_JOB = '"service", "$1", "job", "(.*)"'
 label of the recording rules."""
 INSTANCE_KEY = "tenant_id, service, instance"
 """The labels that name one agent in tables and alerts."""
+
+
+# The contract's Prometheus names (otel_agents.names, their one home).
+AGENT_CONNECTED = names.AGENT_CONNECTED.prometheus
+BYTES_SENT = names.CONNECTOR_BYTES_SENT.prometheus
+CONNECTOR_CONNECTED = names.CONNECTOR_CONNECTED.prometheus
+ERRORS = names.CONNECTOR_ERRORS.prometheus
+FLOWS_EXECUTED = names.AGENT_FLOWS_EXECUTED.prometheus
+FLOWS_FAILED = names.AGENT_FLOWS_FAILED.prometheus
+FLOWS_SUCCESS = names.AGENT_FLOWS_SUCCESS.prometheus
+FLOW_DURATION = names.AGENT_FLOW_DURATION.prometheus
+LAST_FLOW_DURATION = names.AGENT_LAST_FLOW_DURATION.prometheus
+TASKS_EXECUTED = names.AGENT_TASKS_EXECUTED.prometheus
 
 
 # -- panels ------------------------------------------------------------------------------
@@ -399,9 +414,9 @@ def agents_overview() -> Json:
             "Connectors",
             "connector",
             {
-                "Upstream": (_by_instance(f"connector_connected{{{TENANT}}}", "max"), "none"),
+                "Upstream": (_by_instance(f"{CONNECTOR_CONNECTED}{{{TENANT}}}", "max"), "none"),
                 "Bytes sent (range)": (
-                    _by_instance(f"increase(connector_bytes_sent_total{{{TENANT}}}[$__range])"),
+                    _by_instance(f"increase({BYTES_SENT}{{{TENANT}}}[$__range])"),
                     "bytes",
                 ),
                 "Certificate expires in": (
@@ -454,7 +469,7 @@ def agents_overview() -> Json:
             [
                 target(
                     "sum by (tenant_id, error_type) "
-                    f"(rate(connector_errors_total{{{TENANT}}}[$__rate_interval]))",
+                    f"(rate({ERRORS}{{{TENANT}}}[$__rate_interval]))",
                     "{{tenant_id}} {{error_type}}",
                 )
             ],
@@ -476,22 +491,16 @@ def agents_overview() -> Json:
         ),
     ]
     flows_key = "tenant_id, service, flow"
-    succeeded = _by_service(
-        f"increase(agent_flows_success_total{{{TENANT}}}[$__range])", labels=flows_key
-    )
-    failed = _by_service(
-        f"increase(agent_flows_failed_total{{{TENANT}}}[$__range])", labels=flows_key
-    )
-    executed = _by_service(
-        f"increase(agent_flows_executed_total{{{TENANT}}}[$__range])", labels=flows_key
-    )
+    succeeded = _by_service(f"increase({FLOWS_SUCCESS}{{{TENANT}}}[$__range])", labels=flows_key)
+    failed = _by_service(f"increase({FLOWS_FAILED}{{{TENANT}}}[$__range])", labels=flows_key)
+    executed = _by_service(f"increase({FLOWS_EXECUTED}{{{TENANT}}}[$__range])", labels=flows_key)
     data_agents = [
         row("Data Agents"),
         _agents_status_table(
             "agent",
             "Data agents",
             "data agent",
-            {"Upstream": (_by_instance(f"agent_connected{{{TENANT}}}", "max"), "none")},
+            {"Upstream": (_by_instance(f"{AGENT_CONNECTED}{{{TENANT}}}", "max"), "none")},
         ),
         table(
             "Flows (selected range)",
@@ -509,12 +518,11 @@ def agents_overview() -> Json:
             [
                 target(
                     "sum by (tenant_id) "
-                    f"(rate(agent_flows_success_total{{{TENANT}}}[$__rate_interval])) * 60",
+                    f"(rate({FLOWS_SUCCESS}{{{TENANT}}}[$__rate_interval])) * 60",
                     "{{tenant_id}} succeeded",
                 ),
                 target(
-                    "sum by (tenant_id) "
-                    f"(rate(agent_flows_failed_total{{{TENANT}}}[$__rate_interval])) * 60",
+                    f"sum by (tenant_id) (rate({FLOWS_FAILED}{{{TENANT}}}[$__rate_interval])) * 60",
                     "{{tenant_id}} failed",
                 ),
             ],
@@ -525,8 +533,8 @@ def agents_overview() -> Json:
             "Share of flow runs that succeeded in the hour before each point, per tenant.",
             [
                 target(
-                    f"sum by (tenant_id) (increase(agent_flows_success_total{{{TENANT}}}[1h]))"
-                    f" / sum by (tenant_id) (increase(agent_flows_executed_total{{{TENANT}}}[1h]))",
+                    f"sum by (tenant_id) (increase({FLOWS_SUCCESS}{{{TENANT}}}[1h]))"
+                    f" / sum by (tenant_id) (increase({FLOWS_EXECUTED}{{{TENANT}}}[1h]))",
                     "{{tenant_id}}",
                 )
             ],
@@ -538,7 +546,7 @@ def agents_overview() -> Json:
             [
                 target(
                     _by_service(
-                        f"agent_last_flow_duration_seconds{{{TENANT}}}",
+                        f"{LAST_FLOW_DURATION}{{{TENANT}}}",
                         "max",
                         "tenant_id, service, flow",
                     ),
@@ -549,14 +557,14 @@ def agents_overview() -> Json:
         ),
         timeseries(
             "Flow duration, 95th percentile (last hour)",
-            "From the agent_flow_duration_seconds histogram, which holds every flow of a data "
+            f"From the {FLOW_DURATION} histogram, which holds every flow of a data "
             "agent (buckets from 1 s to 6 h), per tenant and data agent. Each flow's own "
             "duration: Last flow duration.",
             [
                 target(
                     "histogram_quantile(0.95, "
                     + _by_service(
-                        f"rate(agent_flow_duration_seconds_bucket{{{TENANT}}}[1h])",
+                        f"rate({FLOW_DURATION}_bucket{{{TENANT}}}[1h])",
                         labels="tenant_id, service, le",
                     )
                     + ")",
@@ -567,12 +575,12 @@ def agents_overview() -> Json:
         ),
         timeseries(
             "Tasks executed per minute",
-            "Prefect task runs per minute, per tenant (agent_tasks_executed_total counts per "
+            f"Prefect task runs per minute, per tenant ({TASKS_EXECUTED} counts per "
             "data agent; per flow and task with OTEL_AGENTS_TASK_DETAIL=true).",
             [
                 target(
                     "sum by (tenant_id) "
-                    f"(rate(agent_tasks_executed_total{{{TENANT}}}[$__rate_interval])) * 60",
+                    f"(rate({TASKS_EXECUTED}{{{TENANT}}}[$__rate_interval])) * 60",
                     "{{tenant_id}}",
                 )
             ],

@@ -30,22 +30,12 @@ from collections.abc import Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from otel_agents import names
 from otel_agents.certificate import CertificateFile
 from otel_agents.status import AgentStatus
 from otel_agents.telemetry import AgentTelemetry
 
 _logger = logging.getLogger(__name__)
-
-BYTES_SENT = "connector.bytes_sent"
-"""Counter, unit `By` (Prometheus: connector_bytes_sent_total)."""
-RECORDS_SENT = "connector.records_sent"
-"""Counter, unit `{record}`, which Prometheus drops (connector_records_sent_total)."""
-QUERIES_PROCESSED = "connector.queries_processed"
-"""Counter, unit `{query}` (connector_queries_processed_total)."""
-ERRORS = "connector.errors"
-"""Counter, unit `{error}`, attribute `error_type` (connector_errors_total)."""
-CERTIFICATE_EXPIRY = "connector.certificate_expiry"
-"""Gauge, unit `d`, which the translator spells `days` (connector_certificate_expiry_days)."""
 
 ERROR_TYPES = ("unavailable", "rejected", "failed")
 """The values of `error_type`, one series each (a fixed set keeps the budget):
@@ -142,27 +132,27 @@ class ConnectorMetrics:
         _track_for_fork(self)
 
         meter.create_observable_counter(
-            BYTES_SENT,
+            names.CONNECTOR_BYTES_SENT.name,
             callbacks=[self._observe_bytes],
-            unit="By",
+            unit=names.CONNECTOR_BYTES_SENT.unit,
             description="Bytes of record data sent by the connector.",
         )
         meter.create_observable_counter(
-            RECORDS_SENT,
+            names.CONNECTOR_RECORDS_SENT.name,
             callbacks=[self._observe_rows],
-            unit="{record}",
+            unit=names.CONNECTOR_RECORDS_SENT.unit,
             description="Records sent by the connector.",
         )
         meter.create_observable_counter(
-            QUERIES_PROCESSED,
+            names.CONNECTOR_QUERIES_PROCESSED.name,
             callbacks=[self._observe_queries],
-            unit="{query}",
+            unit=names.CONNECTOR_QUERIES_PROCESSED.unit,
             description="Queries (calls) the connector processed, whatever their outcome.",
         )
         meter.create_observable_counter(
-            ERRORS,
+            names.CONNECTOR_ERRORS.name,
             callbacks=[self._observe_errors],
-            unit="{error}",
+            unit=names.CONNECTOR_ERRORS.unit,
             description="Failed queries and other errors, by error_type.",
         )
         self.status = AgentStatus(meter, "connector")
@@ -170,9 +160,9 @@ class ConnectorMetrics:
         if certificate_path:
             self.certificate = CertificateFile(certificate_path)
             meter.create_observable_gauge(
-                CERTIFICATE_EXPIRY,
+                names.CONNECTOR_CERTIFICATE_EXPIRY.name,
                 callbacks=[self._observe_certificate],
-                unit="d",
+                unit=names.CONNECTOR_CERTIFICATE_EXPIRY.unit,
                 description="Days until the connector's certificate expires "
                 "(negative once expired).",
             )

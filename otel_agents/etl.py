@@ -34,29 +34,18 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
 
+from otel_agents import names
 from otel_agents.status import AgentStatus
 from otel_agents.telemetry import AgentTelemetry
 
 _logger = logging.getLogger(__name__)
 
-FLOWS_EXECUTED = "agent.flows_executed"
-"""Counter: flow runs that reached a final state (subflows included), by flow."""
-FLOWS_SUCCESS = "agent.flows_success"
-"""Counter: flow runs that completed, by flow."""
-FLOWS_FAILED = "agent.flows_failed"
-"""Counter: flow runs that failed (timeouts included) or crashed, by flow."""
-TASKS_EXECUTED = "agent.tasks_executed"
-"""Counter: task runs that reached a final state; a retried task counts once."""
 TASKS_FAILED = "agent.tasks_failed"
 """Counter: task runs that failed (after their last retry) or crashed."""
 TASK_RETRIES = "agent.task_retries"
 """Counter: retries of task runs (attempts after the first)."""
-FLOW_DURATION = "agent.flow.duration"
-"""Histogram, seconds: duration of finished flow runs, all flows of the agent together."""
-LAST_FLOW_DURATION = "agent.last_flow_duration"
-"""Gauge, seconds: duration of each flow's last finished run."""
 
 STATES = ("completed", "failed", "crashed", "cancelled")
 """The final state types of a run, as `record_*` take them. Not an attribute: a cancelled
@@ -87,17 +76,17 @@ class EtlMetrics:
         """Uptime and connection state gauges (`agent_*`)."""
         self.task_detail = task_detail
         """True when task counters are labelled by flow and task."""
-        self._flows = meter.create_counter(
-            FLOWS_EXECUTED, unit="{flow}", description="Flow runs that reached a final state."
+        self._flows = _counter(
+            meter, names.AGENT_FLOWS_EXECUTED, "Flow runs that reached a final state."
         )
-        self._flows_success = meter.create_counter(
-            FLOWS_SUCCESS, unit="{flow}", description="Flow runs that completed."
+        self._flows_success = _counter(
+            meter, names.AGENT_FLOWS_SUCCESS, "Flow runs that completed."
         )
-        self._flows_failed = meter.create_counter(
-            FLOWS_FAILED, unit="{flow}", description="Flow runs that failed or crashed."
+        self._flows_failed = _counter(
+            meter, names.AGENT_FLOWS_FAILED, "Flow runs that failed or crashed."
         )
-        self._tasks = meter.create_counter(
-            TASKS_EXECUTED, unit="{task}", description="Task runs that reached a final state."
+        self._tasks = _counter(
+            meter, names.AGENT_TASKS_EXECUTED, "Task runs that reached a final state."
         )
         self._tasks_failed = meter.create_counter(
             TASKS_FAILED, unit="{task}", description="Task runs that failed or crashed."
@@ -106,15 +95,15 @@ class EtlMetrics:
             TASK_RETRIES, unit="{retry}", description="Task run retries."
         )
         self._duration = meter.create_histogram(
-            FLOW_DURATION,
-            unit="s",
+            names.AGENT_FLOW_DURATION.name,
+            unit=names.AGENT_FLOW_DURATION.unit,
             description="Duration of finished flow runs, all flows of the agent.",
             explicit_bucket_boundaries_advisory=FLOW_DURATION_BUCKETS,
         )
         meter.create_observable_gauge(
-            LAST_FLOW_DURATION,
+            names.AGENT_LAST_FLOW_DURATION.name,
             callbacks=[self._observe_last_duration],
-            unit="s",
+            unit=names.AGENT_LAST_FLOW_DURATION.unit,
             description="Duration of each flow's last finished run.",
         )
         self._lock = threading.Lock()
@@ -210,3 +199,7 @@ def etl_metrics(telemetry: AgentTelemetry, version: str | None = None) -> EtlMet
     """The data agent instruments of `telemetry` (no-ops when metrics are disabled), with
     its settings (OTEL_AGENTS_TASK_DETAIL)."""
     return EtlMetrics(telemetry.meter, version=version, task_detail=telemetry.config.task_detail)
+
+
+def _counter(meter: Meter, metric: names.ContractMetric, description: str) -> Counter:
+    return meter.create_counter(metric.name, unit=metric.unit, description=description)

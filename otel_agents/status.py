@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from otel_agents import names
+
 
 class AgentStatus:
-    """`<prefix>.uptime` (s) and `<prefix>.connected` (0/1).
-
-    With the prefix `connector` these become `connector_uptime_seconds` and
-    `connector_connected` in Prometheus.
+    """`<prefix>.uptime` (s) and `<prefix>.connected` (0/1), `prefix` `connector` or
+    `agent` (otel_agents.names.STATUS: `connector_uptime_seconds` and
+    `connector_connected` in Prometheus, or the `agent_` ones).
     """
 
     def __init__(
@@ -31,16 +32,18 @@ class AgentStatus:
         self._clock = clock
         self._started = clock()
         self._connected: bool | None = None
+        uptime, connected = names.STATUS[prefix]
         meter.create_observable_gauge(
-            f"{prefix}.uptime",
+            uptime.name,
             callbacks=[self._observe_uptime],
-            unit="s",
+            unit=uptime.unit,
             description=f"Seconds since the {prefix} started.",
         )
         # No unit: unit "1" would add a `_ratio` suffix to the Prometheus name.
         meter.create_observable_gauge(
-            f"{prefix}.connected",
+            connected.name,
             callbacks=[self._observe_connected],
+            unit=connected.unit,
             description=f"1 while the {prefix} is connected to its upstream, else 0.",
         )
 

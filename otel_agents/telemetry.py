@@ -18,12 +18,13 @@ from collections.abc import Callable
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
+from otel_agents import names
 from otel_agents.config import AgentConfig
 from otel_agents.lifecycle import exited_cleanly
 
 _logger = logging.getLogger(__name__)
 
-METER_NAME = "otel_agents"
+METER_NAME = names.SCOPE
 """Instrumentation scope of the project's own instruments."""
 
 # The SDK gets most of the budget so that its own deadline (which also aborts the

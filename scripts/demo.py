@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from gateway import tenants
+from otel_agents import names
 from stack.local import (
     RECIPE_ENDPOINTS,
     RECIPES_DIR,
@@ -287,10 +288,11 @@ def run(collectors: int = 1, recipe: str = "") -> int:
         say(f"Alertmanager ready in {seconds:.1f} s: {stack.alertmanager_url}")
         stores = start_stores(stack, recipe, supervisor)
         start_connectors(stack, keys, supervisor)
-        wait_for_tenants(stack, "connector_bytes_sent_total", started, stores)
+        wait_for_tenants(stack, names.CONNECTOR_BYTES_SENT.prometheus, started, stores)
         start_data_agents(stack, keys, supervisor)
-        wait_for_tenants(stack, "agent_flows_executed_total", started, stores)
-        say(f"try: {stack.prometheus_url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
+        wait_for_tenants(stack, names.AGENT_FLOWS_EXECUTED.prometheus, started, stores)
+        bytes_sent = names.CONNECTOR_BYTES_SENT.prometheus
+        say(f"try: {stack.prometheus_url}/graph?g0.expr=rate({bytes_sent}[1m])")
         say(
             f"fleet status page: {stack.gateway_http_url}/status (tenant keys and an admin key "
             f"are in {keys_file}); with OTEL_GATEWAY_ADMIN_KEY set to the admin key, "

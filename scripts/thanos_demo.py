@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from otel_agents import names
 from scripts.demo import make_tenants, wait_for_port
 from stack.local import REPO, StackError, free_port
 from stack.shards import hashmod, shard_counts
@@ -75,7 +76,7 @@ def start_connectors(stack: ThanosStack, keys: dict[str, str]) -> None:
 
 def wait_for_tenants(stack: ThanosStack, tenants: Sequence[str], timeout: float = 120) -> None:
     """Report when Thanos Query shows every tenant's bytes sent."""
-    promql = "sum by (tenant_id) (connector_bytes_sent_total)"
+    promql = f"sum by (tenant_id) ({names.CONNECTOR_BYTES_SENT.prometheus})"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = stack.query.query(promql)
@@ -119,7 +120,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             if not args.no_agents:
                 start_connectors(stack, keys)
                 wait_for_tenants(stack, list(keys))
-                say(f"try: {stack.query.url}/graph?g0.expr=rate(connector_bytes_sent_total[1m])")
+                bytes_sent = names.CONNECTOR_BYTES_SENT.prometheus
+                say(f"try: {stack.query.url}/graph?g0.expr=rate({bytes_sent}[1m])")
             say(f"logs in {RUN_DIR}; press Ctrl-C to stop")
             while True:
                 time.sleep(3600.0)

@@ -12,45 +12,32 @@ from typing import Any
 
 import yaml
 
+from gateway import instruments
+from otel_agents import names
+
 REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "prometheus" / "rules"
 
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def _series(prometheus: str, kind: str) -> list[str]:
+    return (
+        [prometheus + suffix for suffix in HISTOGRAM_SERIES]
+        if kind == "histogram"
+        else [prometheus]
+    )
+
+
 CONTRACT = frozenset(
-    {
-        # Data Connector
-        "connector_bytes_sent_total",
-        "connector_records_sent_total",
-        "connector_queries_processed_total",
-        "connector_errors_total",
-        "connector_uptime_seconds",
-        "connector_connected",
-        "connector_certificate_expiry_days",
-        # Data Agent
-        "agent_flows_executed_total",
-        "agent_flows_success_total",
-        "agent_flows_failed_total",
-        "agent_tasks_executed_total",
-        "agent_last_flow_duration_seconds",
-        "agent_flow_duration_seconds_bucket",
-        "agent_flow_duration_seconds_sum",
-        "agent_flow_duration_seconds_count",
-        "agent_uptime_seconds",
-        "agent_connected",
-        # the gateway's own /metrics
-        "connector_last_seen_seconds",
-        "agent_last_seen_seconds",
-        "connector_last_seen_timestamp_seconds",
-        "agent_last_seen_timestamp_seconds",
-        "gateway_requests_total",
-        "gateway_rejections_total",
-        "gateway_data_points_total",
-        "gateway_auth_failures_total",
-        "gateway_forward_duration_seconds_bucket",
-        "gateway_forward_duration_seconds_sum",
-        "gateway_forward_duration_seconds_count",
-        "gateway_requests_in_flight",
-        "gateway_fleet_agents",
-        "process_open_fds",  # prometheus_client's process metrics on the gateway's /metrics
+    # the agents' instruments (otel_agents.names) and the gateway's own /metrics
+    # (gateway.instruments, the last-seen series of each agent included)
+    {name for metric in names.CONTRACT for name in _series(metric.prometheus, metric.kind)}
+    | {name for row in instruments.ALL for name in _series(row.prometheus, row.kind)}
+    | {row.prometheus for pair in instruments.LAST_SEEN.values() for row in pair}
+    | {
+        # prometheus_client's process metrics on the gateway's /metrics
+        "process_open_fds",
         "process_max_fds",
         # the Collector's telemetry (scrape job collector-telemetry), Collector 0.165.0
         "otelcol_receiver_accepted_metric_points",

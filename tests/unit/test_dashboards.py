@@ -67,10 +67,10 @@ def _references(text: str) -> set[str]:
 def test_committed_json_is_what_the_generator_builds() -> None:
     built = build_dashboards.render()
     committed = {path.name for path in DASHBOARDS_DIR.glob("*.json")}
-    assert committed == set(built), "run `python grafana/build_dashboards.py`"
+    assert committed == set(built), "run `python -m grafana.build_dashboards`"
     for name, text in built.items():
         assert (DASHBOARDS_DIR / name).read_text(encoding="utf-8") == text, (
-            f"{name} is stale: run `python grafana/build_dashboards.py` and commit the result"
+            f"{name} is stale: run `python -m grafana.build_dashboards` and commit the result"
         )
 
 

@@ -34,6 +34,7 @@ from otel_agents import connector_metrics, setup_metrics
 from otel_agents.connector import ERROR_TYPES, error_type_of
 from otel_agents.etl import EtlMetrics, etl_metrics
 from otel_agents.grpc_instrumentation import instrument_channel
+from otel_agents.names import CONTRACT as LIBRARY_CONTRACT
 from otel_agents.prefect.sink import MetricsSink
 from otel_agents.prefect.tracker import RunTracker
 from stack.pki import Authority
@@ -43,24 +44,14 @@ DATA_AGENT_BUDGET = 150
 """For 20 flows of 5 tasks, task detail off (the default)."""
 
 CONNECTOR_CONTRACT = {
-    "connector_bytes_sent_total",
-    "connector_records_sent_total",
-    "connector_queries_processed_total",
-    "connector_errors_total",
-    "connector_uptime_seconds",
-    "connector_connected",
-    "connector_last_seen_seconds",
-    "connector_certificate_expiry_days",
-}
+    m.prometheus for m in LIBRARY_CONTRACT if m.prometheus.startswith("connector_")
+} | {"connector_last_seen_seconds"}
 DATA_AGENT_CONTRACT = {
-    "agent_flows_executed_total",
-    "agent_flows_success_total",
-    "agent_flows_failed_total",
-    "agent_tasks_executed_total",
-    "agent_last_flow_duration_seconds",
-    "agent_uptime_seconds",
-    "agent_connected",
+    m.prometheus
+    for m in LIBRARY_CONTRACT
+    if m.prometheus.startswith("agent_") and m.kind != "histogram"
 }
+
 # -- connector -------------------------------------------------------------------------
 
 UPSTREAM = "/budget.Upstream/Send"

@@ -15,7 +15,6 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gateway.legacy import INSTRUMENTS, LegacyReport, to_otlp
-from otel_agents import connector as agent_connector
 from otel_agents.connector import ConnectorMetrics
 from otel_agents.etl import EtlMetrics
 from stack.pki import Authority
@@ -162,13 +161,13 @@ def _library_instruments(tmp_path: Path) -> set[tuple[str, str, str]]:
 def test_names_units_and_kinds_are_those_of_the_otel_agents_library(tmp_path: Path) -> None:
     library = _library_instruments(tmp_path)
     legacy = {
-        (i.name, i.unit, "counter" if i.monotonic_sum else "gauge")
+        (i.metric.name, i.metric.unit, "counter" if i.monotonic_sum else "gauge")
         for kind in INSTRUMENTS.values()
         for i in kind
     }
     assert legacy <= library, legacy - library
     assert ("connector.certificate_expiry", "d", "gauge") in legacy
-    assert dict((name, unit) for name, unit, _ in legacy)[agent_connector.BYTES_SENT] == "By"
+    assert dict((name, unit) for name, unit, _ in legacy)["connector.bytes_sent"] == "By"
 
 
 @pytest.mark.parametrize(
