@@ -25,6 +25,19 @@ class GatewaySettings(BaseSettings, LimitValues):
     grpc_port: int = Field(4317, ge=0, le=65535, description="OTLP/gRPC port (0 picks a free one).")
     http_host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
     http_port: int = Field(4318, ge=0, le=65535, description="HTTP port (health, metrics).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics port binds to (with metrics_port)."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port, plain HTTP, and no longer on the HTTP port "
+        "(0 picks a free one); unset: on the HTTP port.",
+    )
+    metrics_token_file: Path | None = Field(
+        None, description="File of the bearer token a scrape of /metrics must send."
+    )
     tenants_file: Path = Field(
         Path("config/tenants.json"),
         description="JSON file of tenants and their key hashes (see `otel-gateway tenants`).",
@@ -83,6 +96,11 @@ class GatewaySettings(BaseSettings, LimitValues):
     jwt_tenant_claim: str = Field("tenant_id", min_length=1, description="Claim naming the tenant.")
     jwt_leeway_seconds: float = Field(
         30.0, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat."
+    )
+    jwt_max_lifetime_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="Longest a JWT may live: exp - iat (exp - now without iat); longer is refused.",
     )
     tls_cert_file: Path | None = Field(None, description="PEM server certificate: enables TLS.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
