@@ -25,6 +25,7 @@ SUITE = (
     "bench_ingest",
     "bench_freshness",
     "bench_alerts",
+    "bench_isolation",
     "bench_scale",
 )
 OPTIONAL = ("bench_soak",)
