@@ -202,6 +202,11 @@ class GatewaySettings(BaseSettings, LimitValues):
                 "GATEWAY_COLLECTOR_ENDPOINT takes host:port of each Collector, comma-separated, "
                 f"each once; got {self.collector_endpoint!r}"
             )
+        if self.metrics_port and self.metrics_port in (self.http_port, self.grpc_port):
+            raise ValueError(
+                f"GATEWAY_METRICS_PORT {self.metrics_port} is the HTTP or gRPC port: give "
+                "/metrics a port of its own, or leave it unset (served on the HTTP port)"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from gateway_fixtures import fake_collector, free_port_now
+from pydantic import ValidationError
 
 from gateway.app import Gateway
 from gateway.http_app import create_app
@@ -112,3 +113,8 @@ def test_open_metrics_are_warned_about(tmp_path: Path, caplog: pytest.LogCapture
         caplog.clear()
         warn_if_open(own_port)
         assert not caplog.text
+
+
+def test_the_metrics_port_must_be_its_own(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="GATEWAY_METRICS_PORT 4318 is the HTTP or gRPC"):
+        GatewaySettings(tenants_file=tmp_path / "tenants.json", metrics_port=4318)
