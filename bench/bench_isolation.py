@@ -16,7 +16,8 @@ of bench/isolation_attacks.py, from a freshly restarted gateway and Collector:
 
 Per phase: what A got, B's acceptance (OK answers / calls), B's p50 and p99 latency
 over all its calls (a refused call counts with the time it took), what is wrong with
-B's series in the Collector, and the Collector's memory. Results:
+B's series in the Collector, the Collector's memory, and whether B was unharmed (at
+least 99 % accepted, a p99 at most twice the quiet one, all its series). Results:
 bench/results/isolation.json; the table goes to docs/reliability.md, "Hostile
 tenants". Nothing here asserts a figure.
 """
@@ -289,19 +290,32 @@ async def phase(
     }
 
 
+def judge(rows: list[dict[str, Any]]) -> None:
+    """Mark each row with whether B kept what it must: at least 99 % accepted, a p99 at
+    most twice the quiet phase's, and all its series."""
+    quiet = next((row for row in rows if row["attack"] == PHASES[0][0]), None)
+    for row in rows:
+        row["meets_aim"] = (
+            row["b_accepted"] >= 0.99
+            and (quiet is None or row["b_p99_ms"] <= 2 * quiet["b_p99_ms"])
+            and row["b_in_collector"] == "ok"
+        )
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     """The table of docs/reliability.md, "Hostile tenants"."""
     print(
         "\n| attack | what A got | B accepted | B p50 ms | B p99 ms "
-        "| B's series in the Collector | Collector RSS MiB |"
+        "| B's series in the Collector | Collector RSS MiB | B unharmed |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         refusals = ", ".join(f"{k} {v}" for k, v in row["b_refusals"].items())
         print(
             f"| {row['attack']} | {row['a_got']} | {100 * row['b_accepted']:.1f} %"
             f"{f' ({refusals})' if refusals else ''} | {row['b_p50_ms']:.0f} | "
-            f"{row['b_p99_ms']:.0f} | {row['b_in_collector']} | {row['collector_rss_mib']:.0f} |"
+            f"{row['b_p99_ms']:.0f} | {row['b_in_collector']} | {row['collector_rss_mib']:.0f} "
+            f"| {'yes' if row['meets_aim'] else '**no**'} |"
         )
 
 
@@ -356,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.monotonic()
     rows = run(args.quick, [w for w in args.only.split(",") if w])
+    judge(rows)
     print_table(rows)
     result = {
         "benchmark": "bench_isolation",
