@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"\n({time.monotonic() - started:.0f} s; figures in {RESULTS})")
+    saved = f"figures in {RESULTS}" if not args.only else "not saved: --only"
+    print(f"\n({time.monotonic() - started:.0f} s; {saved})")
     return 0
 
 
