@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo thanos-demo test lint unit e2e bench collector thanos loadgen system-deps clean
+.PHONY: setup demo thanos-demo test lint unit e2e bench bench-isolation collector thanos loadgen system-deps clean
 
 setup: $(VENV)/.installed collector thanos loadgen system-deps
 
@@ -61,9 +61,14 @@ e2e: setup
 test: setup lint
 	$(BIN)/pytest
 
-# The benchmark suite (about 30 minutes; figures in bench/results, docs/benchmarks.md).
+# The benchmark suite (about 35 minutes; figures in bench/results, docs/benchmarks.md).
 bench: setup
 	@$(BIN)/python -m bench
+
+# Tenant B's exports under each attack of a hostile tenant (about 3 minutes;
+# docs/reliability.md, "Hostile tenants").
+bench-isolation: setup
+	@$(BIN)/python -m bench.bench_isolation
 
 clean:
 	rm -rf .run test-artifacts .pytest_cache .mypy_cache .ruff_cache

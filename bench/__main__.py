@@ -25,6 +25,7 @@ SUITE = (
     "ingest",
     "bench_freshness",
     "bench_alerts",
+    "bench_isolation",
     "scale",
 )
 OPTIONAL = ("bench_soak",)

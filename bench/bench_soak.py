@@ -63,9 +63,9 @@ PROBLEMS = {
 # -- reading a process from /proc ------------------------------------------------------
 
 
-def gateway_outcomes(http_url: str) -> dict[str, float]:
+def gateway_outcomes(metrics_url: str) -> dict[str, float]:
     """gateway_requests_total summed by outcome."""
-    status, body = http_get(f"{http_url}/metrics", timeout=5.0)
+    status, body = http_get(f"{metrics_url}/metrics", timeout=5.0)
     outcomes: dict[str, float] = {}
     if status != 200:
         return outcomes
@@ -102,12 +102,12 @@ class Sample:
 class Sampler:
     """Takes a Sample of the gateway and the Collector on demand."""
 
-    def __init__(self, gateway: Process, collector: Process, gateway_http_url: str) -> None:
-        self._gateway, self._collector, self._url = gateway, collector, gateway_http_url
+    def __init__(self, gateway: Process, collector: Process, gateway_metrics_url: str) -> None:
+        self._gateway, self._collector, self._url = gateway, collector, gateway_metrics_url
         self._started = time.monotonic()
         self._last = self._started
         self._cpu = (cpu_seconds(gateway.popen.pid), cpu_seconds(collector.popen.pid))
-        self._outcomes = gateway_outcomes(gateway_http_url)
+        self._outcomes = gateway_outcomes(gateway_metrics_url)
 
     def take(self, phase: str) -> Sample:
         """One sample now."""
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[Sample] = []
     outcome: dict[str, Any] = {}
     try:
-        sampler = Sampler(gateway, collector, stack.gateway_http_url)
+        sampler = Sampler(gateway, collector, stack.gateway_metrics_url)
         print(HEADER)
         time.sleep(min(args.interval, 5.0))
         samples.append(sampler.take("idle-before"))

@@ -182,12 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from gateway.jwt_auth import JwtConfigError
+    from gateway.metrics_http import MetricsConfigError
     from gateway.server import serve  # grpc and uvicorn only when serving
     from gateway.tls import TlsConfigError
 
     try:
         asyncio.run(serve(settings))
-    except (OSError, JwtConfigError, TlsConfigError) as exc:
+    except (OSError, JwtConfigError, TlsConfigError, MetricsConfigError) as exc:
         logging.getLogger("gateway").error("cannot start: %s", exc)
         return 1
     return 0

@@ -1,5 +1,6 @@
 """HTTP server of the gateway: OTLP/HTTP, the legacy reporter, fleet status, health,
-readiness and the gateway's own metrics.
+readiness and the gateway's own metrics (unless they have their own port,
+gateway/metrics_http.py).
 
 The two data routes are plain ASGI apps in front of FastAPI (its routing, request
 and response objects cost more per request than the whole chain); every other
@@ -8,15 +9,15 @@ route is FastAPI's.
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import openfiles
 from gateway.app import Gateway
 from gateway.http_edge import Receive, Scope, Send, json_answer
 from gateway.legacy import PATH_PREFIX as LEGACY_PREFIX
 from gateway.legacy import LegacyReportRoute
+from gateway.metrics_http import metrics_router
 from gateway.otlp_http import OtlpHttpExport
 from gateway.status_page import status_router
 
@@ -70,7 +71,9 @@ def _api(gateway: Gateway) -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Ready only when the Collector answers (otherwise exports would be refused) and
-        open files leave room for more agents (a balancer then sends them elsewhere)."""
+        open files leave room for more agents (a balancer then sends them elsewhere).
+        Anyone may ask, so the answer names no internal address (GATEWAY_COLLECTOR_ENDPOINT
+        is the operator's to look up)."""
         if (near := openfiles.near_limit()) is not None:
             return JSONResponse(
                 {
@@ -81,21 +84,15 @@ def _api(gateway: Gateway) -> FastAPI:
             )
         if await gateway.forwarder.is_ready():
             return JSONResponse({"status": "ready"})
+        several = len(gateway.settings.collector_endpoints) > 1
         return JSONResponse(
             {
                 "status": "not ready",
-                "reason": (
-                    f"a Collector of {gateway.settings.collector_endpoint} does not answer"
-                    if len(gateway.settings.collector_endpoints) > 1
-                    else f"the Collector at {gateway.settings.collector_endpoint} does not answer"
-                ),
+                "reason": f"{'a' if several else 'the'} Collector does not answer",
             },
             status_code=503,
         )
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """The gateway's own metrics in the Prometheus text format."""
-        return Response(generate_latest(gateway.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
-
+    if gateway.settings.metrics_port is None:
+        app.include_router(metrics_router(gateway))
     return app

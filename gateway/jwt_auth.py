@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +133,16 @@ class JwtVerifier:
         issuer: str | None = None,
         tenant_claim: str = "tenant_id",
         leeway_seconds: float = 30.0,
+        max_lifetime_seconds: float = 86400.0,
         reload_seconds: float = 2.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.audience = audience
         self.issuer = issuer
         self.tenant_claim = tenant_claim
         self.leeway_seconds = leeway_seconds
+        self.max_lifetime_seconds = max_lifetime_seconds
+        self._clock = clock
 
         def load(key_file: Path) -> KeySet:
             keys = loader(key_file)
@@ -190,7 +195,24 @@ class JwtVerifier:
                 if isinstance(exc, kind):
                     raise Unauthenticated(message, cause=cause) from exc
             raise Unauthenticated("the JWT cannot be decoded", cause="malformed_token") from exc
+        self._check_lifetime(claims)
         return self._tenant_of(claims)
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """A stolen token must stop working: refuse one that lives (from `iat`, or
+        from now when it has none) longer than the setting allows."""
+        expires = claims["exp"]  # required and checked by jwt.decode: a number
+        issued = claims.get("iat")
+        start = issued if isinstance(issued, int | float) else self._clock()
+        lifetime = expires - start
+        if lifetime > self.max_lifetime_seconds + self.leeway_seconds:
+            since = "iat" if isinstance(issued, int | float) else "now"
+            raise Unauthenticated(
+                f"the JWT lives {lifetime:.0f} s (exp - {since}), longer than the "
+                f"{self.max_lifetime_seconds:.0f} s allowed (GATEWAY_JWT_MAX_LIFETIME_SECONDS): "
+                "issue tokens with a shorter exp",
+                cause="lifetime_too_long",
+            )
 
     def _key_for(self, token: str) -> VerificationKey:
         try:
@@ -244,6 +266,7 @@ def jwt_verifier(settings: GatewaySettings) -> JwtVerifier | None:
                 issuer=settings.jwt_issuer,
                 tenant_claim=settings.jwt_tenant_claim,
                 leeway_seconds=settings.jwt_leeway_seconds,
+                max_lifetime_seconds=settings.jwt_max_lifetime_seconds,
                 reload_seconds=settings.tenants_reload_seconds,
             )
     return None

@@ -19,6 +19,7 @@ from gateway import fleet_series, openfiles
 from gateway.app import Gateway
 from gateway.grpc_server import create_grpc_server
 from gateway.http_app import create_app
+from gateway.metrics_http import metrics_app, warn_if_open
 from gateway.settings import GatewaySettings
 from gateway.tls import read_tls_file
 
@@ -103,11 +104,25 @@ def http_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
     )
 
 
-def _request_exit(http_server: uvicorn.Server, sig: signal.Signals) -> None:
+def _request_exit(servers: list[_HttpServer], sig: signal.Signals) -> None:
     logger.info("received %s", sig.name)
-    # A second signal while draining stops without waiting for open connections.
-    http_server.force_exit = http_server.should_exit
-    http_server.should_exit = True
+    for server in servers:
+        # A second signal while draining stops without waiting for open connections.
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+
+def metrics_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
+    """The uvicorn configuration of the separate /metrics port (GATEWAY_METRICS_PORT)."""
+    return uvicorn.Config(
+        app,
+        host=settings.metrics_host,
+        port=settings.metrics_port or 0,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
 
 
 async def serve(settings: GatewaySettings) -> None:
@@ -116,6 +131,10 @@ async def serve(settings: GatewaySettings) -> None:
     gateway = Gateway.create(settings)
     grpc_server, grpc_port = create_grpc_server(gateway)
     http_server = _HttpServer(http_config(settings, create_app(gateway)))
+    servers = [http_server]
+    if settings.metrics_port is not None:
+        servers.append(_HttpServer(metrics_config(settings, metrics_app(gateway))))
+    warn_if_open(gateway)
     # What start-up built lives as long as the process: out of the collector's way,
     # so that its full passes do not walk it again and again (pauses, not leaks).
     gc.collect()
@@ -141,11 +160,14 @@ async def serve(settings: GatewaySettings) -> None:
         settings.http_port,
         settings.collector_endpoint,
     )
+    if settings.metrics_port is not None:
+        logger.info("/metrics on %s:%d", settings.metrics_host, settings.metrics_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _request_exit, http_server, sig)
+        loop.add_signal_handler(sig, _request_exit, servers, sig)
     try:
-        await http_server.serve()  # returns once _request_exit has run
+        # Each returns once _request_exit has run.
+        await asyncio.gather(*(server.serve() for server in servers))
     finally:
         logger.info("gateway stopping")
         for task in (reloader, publisher):

@@ -19,12 +19,28 @@ class GatewaySettings(BaseSettings, LimitValues):
     The per-tenant limits come from `LimitValues` (gateway/limits.py), declared there once.
     """
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
+    # `none` unsets an optional setting (GATEWAY_METRICS_PORT=none).
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", frozen=True, extra="ignore", env_parse_none_str="none"
+    )
 
     grpc_host: str = Field("0.0.0.0", description="Address the OTLP/gRPC server binds to.")
     grpc_port: int = Field(4317, ge=0, le=65535, description="OTLP/gRPC port (0 picks a free one).")
     http_host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
     http_port: int = Field(4318, ge=0, le=65535, description="HTTP port (health, metrics).")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics port binds to (with metrics_port)."
+    )
+    metrics_port: int | None = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="The port of /metrics, plain HTTP (0 picks a free one); `none`: served on "
+        "the HTTP port instead, where agents reach it.",
+    )
+    metrics_token_file: Path | None = Field(
+        None, description="File of the bearer token a scrape of /metrics must send."
+    )
     tenants_file: Path = Field(
         Path("config/tenants.json"),
         description="JSON file of tenants and their key hashes (see `otel-gateway tenants`).",
@@ -83,6 +99,11 @@ class GatewaySettings(BaseSettings, LimitValues):
     jwt_tenant_claim: str = Field("tenant_id", min_length=1, description="Claim naming the tenant.")
     jwt_leeway_seconds: float = Field(
         30.0, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat."
+    )
+    jwt_max_lifetime_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="Longest a JWT may live: exp - iat (exp - now without iat); longer is refused.",
     )
     tls_cert_file: Path | None = Field(None, description="PEM server certificate: enables TLS.")
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
@@ -207,6 +228,11 @@ class GatewaySettings(BaseSettings, LimitValues):
             raise ValueError(
                 "GATEWAY_COLLECTOR_ENDPOINT takes host:port of each Collector, comma-separated, "
                 f"each once; got {self.collector_endpoint!r}"
+            )
+        if self.metrics_port and self.metrics_port in (self.http_port, self.grpc_port):
+            raise ValueError(
+                f"GATEWAY_METRICS_PORT {self.metrics_port} is the HTTP or gRPC port: give "
+                "/metrics a port of its own, or set it to `none` (served on the HTTP port)"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")

@@ -30,7 +30,8 @@ from gateway.watch import WatchedFile
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "oga"
-TENANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+TENANT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
+"""A tenant name, matched whole (`fullmatch`: `$` would let a trailing newline through)."""
 FILE_VERSION = 1
 
 
@@ -118,7 +119,7 @@ def new_key() -> tuple[str, str]:
 
 def validate_tenant_name(name: str) -> None:
     """Raise ValueError unless `name` is usable as a tenant id and a label value."""
-    if not TENANT_NAME.match(name):
+    if not TENANT_NAME.fullmatch(name):
         raise ValueError(
             f"invalid tenant name {name!r}: use 1-63 characters of a-z, 0-9, '-' and '_', "
             "starting and ending with a letter or digit"

@@ -74,24 +74,27 @@ def client_certificate_from_asgi(scope: Mapping[str, Any]) -> str | None:
 class CertificateIdentity:
     """What a certificate says about its holder."""
 
-    common_name: str | None
+    common_names: tuple[str, ...]
     uris: tuple[str, ...]
 
 
 @functools.lru_cache(maxsize=1024)  # agents reconnect with the same certificate
 def certificate_identity(pem: str) -> CertificateIdentity:
-    """The subject CN and SAN URIs of a PEM certificate; ValueError if unreadable."""
+    """The subject CNs and SAN URIs of a PEM certificate; ValueError if unreadable."""
     cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = names[0].value if names else None
+    common_names = tuple(
+        value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        for value in (
+            attribute.value
+            for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        )
+    )
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
     except x509.ExtensionNotFound:
         uris = ()
-    if isinstance(common_name, bytes):
-        common_name = common_name.decode("utf-8", "replace")
-    return CertificateIdentity(common_name, uris)
+    return CertificateIdentity(common_names, uris)
 
 
 @dataclass(frozen=True)
@@ -109,18 +112,25 @@ class CertificateTenants:
         return cls(settings.tls_client_tenant, settings.tls_client_uri_prefix)
 
     def tenant_of(self, pem: str) -> str:
-        """The tenant the certificate names; ValueError saying what was expected."""
+        """The tenant the certificate names; ValueError saying what was expected.
+
+        A certificate naming several (two subject CNs, or two SAN URIs under the
+        prefix) is refused: which one counts would depend on the reader."""
         identity = certificate_identity(pem)
         if self.source == "common_name":
-            candidates = [identity.common_name] if identity.common_name else []
-            expected = "a subject common name (CN) that is a tenant name"
+            candidates = list(identity.common_names)
+            expected = "one subject common name (CN) that is a tenant name"
         else:
             candidates = [
                 uri.removeprefix(self.uri_prefix)
                 for uri in identity.uris
                 if uri.startswith(self.uri_prefix)
             ]
-            expected = f"a SAN URI {self.uri_prefix}<tenant>"
+            expected = f"one SAN URI {self.uri_prefix}<tenant>"
+        if len(set(candidates)) > 1:
+            raise ValueError(
+                f"the client certificate names {len(candidates)} tenants: expected {expected}"
+            )
         for candidate in candidates:
             try:
                 validate_tenant_name(candidate)

@@ -34,6 +34,13 @@ SERVICE_FROM_JOB = '"service", "$1", "job", "(.*)"'
 label of the recording rules."""
 INSTANCE_KEY = "tenant_id, service, instance"
 """The labels that name one agent in tables and alerts."""
+GATEWAY = 'job="gateway"'
+"""The gateway's own series: a tenant's series come through the Collector's job
+under a job of the tenant's choosing, so platform panels select the scrape job."""
+COLLECTOR = 'job="collector-telemetry"'
+"""The Collector's own telemetry (otelcol_*)."""
+SCRAPED = 'tenant_id=""'
+"""`up` of a scrape target, never a tenant's series of that name."""
 
 
 # The contract's Prometheus names (otel_agents.names, their one home).
@@ -594,7 +601,7 @@ def agents_overview() -> Json:
         "Data Connectors and Data Agents per tenant: are they reporting, what they send, "
         "how their flows do. Alerts and runbooks: docs/operations.md.",
         fleet + connectors + data_agents,
-        [tenant_variable("gateway_data_points_total")],
+        [tenant_variable(f"gateway_data_points_total{{{GATEWAY}}}")],
     )
 
 
@@ -609,21 +616,21 @@ def gateway() -> Json:
         stat(
             "Gateway",
             "Whether Prometheus can scrape every gateway (alert GatewayDown).",
-            [target('min(up{job="gateway"})', instant=True)],
+            [target(f"min(up{{{GATEWAY}, {SCRAPED}}})", instant=True)],
             thresholds=_thresholds(("red", None), ("green", 1)),
             mappings=UP,
         ),
         stat(
             "Collector",
             "Whether Prometheus can scrape the Collector (alert CollectorDown).",
-            [target('min(up{job="collector"})', instant=True)],
+            [target(f'min(up{{job="collector", {SCRAPED}}})', instant=True)],
             thresholds=_thresholds(("red", None), ("green", 1)),
             mappings=UP,
         ),
         stat(
             "Requests",
             "Export requests per second, every tenant and transport.",
-            [target(f"sum(rate(gateway_requests_total{rate}))", instant=True)],
+            [target(f"sum(rate(gateway_requests_total{{{GATEWAY}}}{rate}))", instant=True)],
             unit="reqps",
         ),
         stat(
@@ -631,8 +638,9 @@ def gateway() -> Json:
             "Share of the selected tenants' requests the gateway refused.",
             [
                 target(
-                    f"(sum(rate(gateway_rejections_total{{{TENANT}}}{rate})) or vector(0))"
-                    f" / sum(rate(gateway_requests_total{{{TENANT}}}{rate}))",
+                    "(sum(rate("
+                    f"gateway_rejections_total{{{GATEWAY}, {TENANT}}}{rate})) or vector(0))"
+                    f" / sum(rate(gateway_requests_total{{{GATEWAY}, {TENANT}}}{rate}))",
                     instant=True,
                 )
             ],
@@ -642,7 +650,7 @@ def gateway() -> Json:
         stat(
             "In flight",
             "Export requests being handled right now.",
-            [target("sum(gateway_requests_in_flight)", instant=True)],
+            [target(f"sum(gateway_requests_in_flight{{{GATEWAY}}})", instant=True)],
         ),
         stat(
             "Forward p99",
@@ -650,7 +658,7 @@ def gateway() -> Json:
             [
                 target(
                     "histogram_quantile(0.99, sum by (le) "
-                    f"(rate(gateway_forward_duration_seconds_bucket{rate})))",
+                    f"(rate(gateway_forward_duration_seconds_bucket{{{GATEWAY}}}{rate})))",
                     instant=True,
                 )
             ],
@@ -665,7 +673,7 @@ def gateway() -> Json:
             "Export requests per second of the selected tenants, by outcome.",
             [
                 target(
-                    f"sum by (outcome) (rate(gateway_requests_total{{{TENANT}}}{rate}))",
+                    f"sum by (outcome) (rate(gateway_requests_total{{{GATEWAY}, {TENANT}}}{rate}))",
                     "{{outcome}}",
                 )
             ],
@@ -678,7 +686,7 @@ def gateway() -> Json:
             [
                 target(
                     "sum by (tenant_id, transport) "
-                    f"(rate(gateway_requests_total{{{TENANT}}}{rate}))",
+                    f"(rate(gateway_requests_total{{{GATEWAY}, {TENANT}}}{rate}))",
                     "{{tenant_id}} {{transport}}",
                 )
             ],
@@ -691,7 +699,7 @@ def gateway() -> Json:
             [
                 target(
                     "sum by (tenant_id, reason) "
-                    f"(rate(gateway_rejections_total{{{TENANT}}}{rate}))",
+                    f"(rate(gateway_rejections_total{{{GATEWAY}, {TENANT}}}{rate}))",
                     "{{tenant_id}} {{reason}}",
                 )
             ],
@@ -703,7 +711,8 @@ def gateway() -> Json:
             "(no tenant: the key named none).",
             [
                 target(
-                    f"sum by (transport, reason) (rate(gateway_auth_failures_total{rate}))",
+                    "sum by (transport, reason) "
+                    f"(rate(gateway_auth_failures_total{{{GATEWAY}}}{rate}))",
                     "{{transport}} {{reason}}",
                 )
             ],
@@ -714,7 +723,8 @@ def gateway() -> Json:
             "Data points per second of the selected tenants: forwarded to the Collector, or not.",
             [
                 target(
-                    f"sum by (outcome) (rate(gateway_data_points_total{{{TENANT}}}{rate}))",
+                    "sum by (outcome) "
+                    f"(rate(gateway_data_points_total{{{GATEWAY}, {TENANT}}}{rate}))",
                     "{{outcome}}",
                 )
             ],
@@ -727,7 +737,7 @@ def gateway() -> Json:
             [
                 target(
                     f"histogram_quantile({q}, sum by (le) "
-                    f"(rate(gateway_forward_duration_seconds_bucket{rate})))",
+                    f"(rate(gateway_forward_duration_seconds_bucket{{{GATEWAY}}}{rate})))",
                     f"p{round(q * 100)}",
                 )
                 for q in (0.5, 0.95, 0.99)
@@ -737,7 +747,11 @@ def gateway() -> Json:
         timeseries(
             "Requests in flight",
             "Export requests being handled, per gateway.",
-            [target("sum by (instance) (gateway_requests_in_flight)", "{{instance}}")],
+            [
+                target(
+                    f"sum by (instance) (gateway_requests_in_flight{{{GATEWAY}}})", "{{instance}}"
+                )
+            ],
             width=24,
         ),
     ]
@@ -748,9 +762,11 @@ def gateway() -> Json:
             "Points the Collector's OTLP receiver accepted, refused (memory limiter: the "
             "gateway answers UNAVAILABLE, agents retry) and failed, per second.",
             [
-                target(f"sum(rate(otelcol_receiver_accepted_metric_points{rate}))", "accepted"),
-                target(f"sum(rate(otelcol_receiver_refused_metric_points{rate}))", "refused"),
-                target(f"sum(rate(otelcol_receiver_failed_metric_points{rate}))", "failed"),
+                target(
+                    f"sum(rate(otelcol_receiver_{outcome}_metric_points{{{COLLECTOR}}}{rate}))",
+                    outcome,
+                )
+                for outcome in ("accepted", "refused", "failed")
             ],
             unit="cps",
         ),
@@ -759,10 +775,11 @@ def gateway() -> Json:
             "Points each exporter sent per second, and the Collector's resident memory.",
             [
                 target(
-                    f"sum by (exporter) (rate(otelcol_exporter_sent_metric_points{rate}))",
+                    "sum by (exporter) "
+                    f"(rate(otelcol_exporter_sent_metric_points{{{COLLECTOR}}}{rate}))",
                     "sent by {{exporter}}",
                 ),
-                target("sum(otelcol_process_memory_rss)", "memory (bytes)"),
+                target(f"sum(otelcol_process_memory_rss{{{COLLECTOR}}})", "memory (bytes)"),
             ],
             unit="cps",
         ),
@@ -783,7 +800,7 @@ def gateway() -> Json:
         "The gateway (requests, rejections, latency) and the Collector behind it. "
         "Alerts and runbooks: docs/operations.md.",
         health + requests + collector,
-        [tenant_variable("gateway_requests_total")],
+        [tenant_variable(f"gateway_requests_total{{{GATEWAY}}}")],
     )
 
 

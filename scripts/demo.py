@@ -59,6 +59,7 @@ PORTS = Ports(
     prometheus=9090,
     gateway_grpc=4317,
     gateway_http=4318,
+    gateway_metrics=9464,
     alertmanager=9093,
 )
 
@@ -274,7 +275,7 @@ def run(collectors: int = 1, recipe: str = "") -> int:
         supervisor.watch(gateway)
         say(
             f"gateway ready in {seconds:.1f} s: OTLP/gRPC {stack.gateway_grpc_endpoint}, "
-            f"{stack.gateway_http_url}/readyz, {stack.gateway_http_url}/metrics"
+            f"{stack.gateway_http_url}/readyz, {stack.gateway_metrics_url}/metrics"
         )
         if collectors > 1:
             say(f"the gateway spreads the agents over {collectors} Collectors by their id")

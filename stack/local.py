@@ -142,6 +142,7 @@ class Ports:
     prometheus: int = 0
     gateway_grpc: int = 0
     gateway_http: int = 0
+    gateway_metrics: int = 0
     alertmanager: int = 0
 
     def resolved(self) -> Ports:
@@ -235,6 +236,11 @@ class LocalStack:
         return f"http://127.0.0.1:{self.ports.gateway_http}"
 
     @property
+    def gateway_metrics_url(self) -> str:
+        """The gateway's own /metrics server (GATEWAY_METRICS_PORT), which Prometheus scrapes."""
+        return f"http://127.0.0.1:{self.ports.gateway_metrics}"
+
+    @property
     def prometheus_url(self) -> str:
         """Prometheus's web UI and API."""
         return f"http://127.0.0.1:{self.ports.prometheus}"
@@ -285,7 +291,7 @@ class LocalStack:
         if (PROMETHEUS_CONFIG.parent / "rules").is_dir() and not rules.exists():
             rules.symlink_to(PROMETHEUS_CONFIG.parent / "rules")
         targets: dict[str, str | list[str]] = {
-            "gateway": f"127.0.0.1:{p.gateway_http}",
+            "gateway": f"127.0.0.1:{p.gateway_metrics}",
             "prometheus": f"127.0.0.1:{p.prometheus}",
             # Where alerts go (the alerting section of prometheus.yml); nothing
             # listens there unless start_alertmanager runs too.
@@ -370,6 +376,9 @@ class LocalStack:
             "GATEWAY_GRPC_PORT": str(p.gateway_grpc),
             "GATEWAY_HTTP_HOST": "127.0.0.1",
             "GATEWAY_HTTP_PORT": str(p.gateway_http),
+            # /metrics on a port of its own, as deployed (docs/deploy.md).
+            "GATEWAY_METRICS_HOST": "127.0.0.1",
+            "GATEWAY_METRICS_PORT": str(p.gateway_metrics),
             "GATEWAY_COLLECTOR_ENDPOINT": self.collector_endpoints,
             "GATEWAY_TENANTS_FILE": str(self.tenants_file),
             # Its own fleet table: stacks may share a tenants file, beside which

@@ -69,10 +69,21 @@ class Authority:
         self.cert_file = directory / f"{name.replace(' ', '-')}.pem"
         self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, file_name: str, common_name: str, *sans: x509.GeneralName) -> Issued:
-        """A certificate signed by this CA."""
+    def issue(
+        self,
+        file_name: str,
+        common_name: str,
+        *sans: x509.GeneralName,
+        more_common_names: tuple[str, ...] = (),
+    ) -> Issued:
+        """A certificate signed by this CA (its subject may hold several CNs)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, name)
+                for name in (common_name, *more_common_names)
+            ]
+        )
         cert = self._sign(subject, key.public_key(), ca=False, sans=sans)
         issued = Issued(self.directory / f"{file_name}.crt", self.directory / f"{file_name}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

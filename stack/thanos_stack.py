@@ -163,7 +163,7 @@ def thanos_stack(
                 for lane in lane_stacks
                 for collector in lane.collector_ports
             ],
-            "gateway": [f"127.0.0.1:{lane.ports.gateway_http}" for lane in lane_stacks],
+            "gateway": [f"127.0.0.1:{lane.ports.gateway_metrics}" for lane in lane_stacks],
             "alertmanager": [f"127.0.0.1:{core.ports.alertmanager}"],
             "thanos": [
                 f"127.0.0.1:{port}"

@@ -137,9 +137,10 @@ class Bench:
         grpc_port = free_port()
         sut.grpc_addr = f"127.0.0.1:{grpc_port}"
         for number in range(count):
-            http_port = free_port()
+            http_port, metrics_port = free_port(), free_port()
             url = f"http://127.0.0.1:{http_port}"
             env = {
+                "GATEWAY_METRICS_PORT": str(metrics_port),
                 "GATEWAY_GRPC_HOST": "127.0.0.1",
                 "GATEWAY_GRPC_PORT": str(grpc_port),
                 "GATEWAY_HTTP_HOST": "127.0.0.1",
@@ -152,7 +153,7 @@ class Bench:
             argv = [sys.executable, "-m", "gateway.cli", "serve"]
             process = self.stack.start_process(f"{sut.name}-{number}", argv, env, f"{url}/healthz")
             sut.add(process)
-            sut.metrics_urls.append(f"{url}/metrics")
+            sut.metrics_urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
             sut.http_url = sut.http_url or url
             self.stack.wait_ready(process, timeout=30)
 

@@ -64,7 +64,7 @@ def _collector_targets(stack: LocalStack) -> dict[str, str]:
     for index, ports in enumerate(stack.collector_ports):
         names[f"127.0.0.1:{ports.prometheus}"] = f"collector-{index}"
         names[f"127.0.0.1:{ports.telemetry}"] = f"collector-{index} telemetry"
-    names[f"127.0.0.1:{stack.ports.gateway_http}"] = "gateway"
+    names[f"127.0.0.1:{stack.ports.gateway_metrics}"] = "gateway"
     return names
 
 

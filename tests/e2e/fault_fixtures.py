@@ -132,9 +132,10 @@ class RssSampler:
         self._thread.join()
 
 
-def gateway_requests(http_url: str) -> dict[tuple[str, str, str], float]:
-    """gateway_requests_total by (tenant_id, transport, outcome), read from its /metrics."""
-    status, body = http_get(f"{http_url}/metrics", timeout=5.0)
+def gateway_requests(metrics_url: str) -> dict[tuple[str, str, str], float]:
+    """gateway_requests_total by (tenant_id, transport, outcome), read from its /metrics
+    (`metrics_url`: LocalStack.gateway_metrics_url)."""
+    status, body = http_get(f"{metrics_url}/metrics", timeout=5.0)
     assert status == 200, f"the gateway's /metrics answered {status}"
     counts: dict[tuple[str, str, str], float] = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -276,12 +277,12 @@ class Flood:
 
 
 def wait_for_outcome_increase(
-    http_url: str, outcome: str, tenants: set[str], since: float, timeout: float = 60.0
+    metrics_url: str, outcome: str, tenants: set[str], since: float, timeout: float = 60.0
 ) -> float:
     """Seconds until the gateway counts more `outcome` requests of `tenants` than `since`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if outcome_total(gateway_requests(http_url), outcome, tenants) > since:
+        if outcome_total(gateway_requests(metrics_url), outcome, tenants) > since:
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"no {outcome} request of {tenants} within {timeout:.0f} s")

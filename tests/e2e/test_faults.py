@@ -107,7 +107,7 @@ class Faulty:
 
     def accepted(self) -> float:
         """The agents' accepted requests, as the gateway counts them."""
-        counts = gateway_requests(self.stack.gateway_http_url)
+        counts = gateway_requests(self.stack.gateway_metrics_url)
         return outcome_total(counts, "accepted", set(AGENT_TENANTS))
 
 
@@ -240,7 +240,7 @@ def test_a_gateway_killed_and_restarted_later_loses_no_count(
         restarted = time.monotonic()
         ready_after = faulty.stack.wait_ready(gateway, timeout=30)
         wait_for_outcome_increase(
-            faulty.stack.gateway_http_url, "accepted", set(AGENT_TENANTS), since=0
+            faulty.stack.gateway_metrics_url, "accepted", set(AGENT_TENANTS), since=0
         )
         first_accepted = time.monotonic() - restarted
         time.sleep(1.0)  # keep counting with the gateway back
@@ -280,7 +280,7 @@ def test_a_restarted_collector_loses_no_count(
         time.sleep(max(0.0, PAUSE - (time.monotonic() - stopped)))
 
         unavailable = outcome_total(
-            gateway_requests(faulty.stack.gateway_http_url),
+            gateway_requests(faulty.stack.gateway_metrics_url),
             "collector_unavailable",
             set(AGENT_TENANTS),
         )
@@ -291,7 +291,7 @@ def test_a_restarted_collector_loses_no_count(
         since = faulty.accepted()
         recovery = probe.seconds_until_accepted()
         agents_recovery = wait_for_outcome_increase(
-            faulty.stack.gateway_http_url, "accepted", set(AGENT_TENANTS), since
+            faulty.stack.gateway_metrics_url, "accepted", set(AGENT_TENANTS), since
         )
         readyz_after = _wait_readyz(faulty, 200)
         probe.close()
@@ -385,7 +385,7 @@ def test_a_cut_to_the_collector_is_answered_unavailable_and_heals_by_itself(
         gateway_pid = faulty.gateway.popen.pid
         probe = faulty.probe()
         unavailable_before = outcome_total(
-            gateway_requests(faulty.stack.gateway_http_url), "collector_unavailable"
+            gateway_requests(faulty.stack.gateway_metrics_url), "collector_unavailable"
         )
         rss_before = rss_bytes(gateway_pid)
         health_seconds: list[float] = []
@@ -412,10 +412,10 @@ def test_a_cut_to_the_collector_is_answered_unavailable_and_heals_by_itself(
             since = faulty.accepted()
             recovery = probe.seconds_until_accepted(timeout=RECOVERY_SECONDS)
             agents_recovery = wait_for_outcome_increase(
-                faulty.stack.gateway_http_url, "accepted", set(AGENT_TENANTS), since
+                faulty.stack.gateway_metrics_url, "accepted", set(AGENT_TENANTS), since
             )
         readyz_200 = _wait_readyz(faulty, 200)
-        counts = gateway_requests(faulty.stack.gateway_http_url)
+        counts = gateway_requests(faulty.stack.gateway_metrics_url)
         unavailable = outcome_total(counts, "collector_unavailable") - unavailable_before
         agents_unavailable = outcome_total(counts, "collector_unavailable", set(AGENT_TENANTS))
         assert agents_unavailable > 0  # the agents' exporters were answered UNAVAILABLE

@@ -215,7 +215,7 @@ def test_every_agent_series_is_stored_once_from_its_lanes_shard(fleet: Fleet) ->
 
 def test_gateway_series_come_from_every_shard_and_merge_into_one(fleet: Fleet) -> None:
     query = fleet.stack.query
-    gateways = {f"127.0.0.1:{lane.ports.gateway_http}" for lane in fleet.stack.lanes}
+    gateways = {f"127.0.0.1:{lane.ports.gateway_metrics}" for lane in fleet.stack.lanes}
 
     def from_both_shards() -> list[dict[str, Any]] | None:
         result = query.query('up{job="gateway"}', dedup=False)

@@ -78,7 +78,7 @@ def live_gateway(tmp_path: Path, **overrides: Any) -> Iterator[LiveGateway]:
                 http_port=0,
                 tenants_file=tmp_path / "tenants.json",
                 collector_endpoint=f"127.0.0.1:{collector_port}",
-                **overrides,
+                **({"metrics_port": None} | overrides),
             )
             gateway = Gateway.create(settings)
             grpc_server, grpc_port = create_grpc_server(gateway)

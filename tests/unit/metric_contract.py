@@ -99,3 +99,37 @@ def recorded_names() -> set[str]:
     """Names the recording rules define."""
     rules = [rule for group in rule_groups() for rule in group["rules"]]
     return {rule["record"] for rule in rules if "record" in rule}
+
+
+PLATFORM_JOBS = {
+    "up": ('job="gateway"', 'job="collector"'),
+    "gateway_": ('job="gateway"',),
+    "otelcol_": ('job="collector-telemetry"',),
+    "prometheus_": ('job=~"prometheus|thanos"',),
+}
+"""Name prefix of a platform series → the scrape jobs a selector of it may name."""
+_SELECTOR = re.compile(r"\b([A-Za-z_:][A-Za-z0-9_:]*)(\{[^{}]*\})?")
+
+
+def unguarded_platform_selectors(expr: str) -> list[str]:
+    """Selectors of platform series (`up`, gateway_*, otelcol_*, prometheus_*) that do
+    not name the platform's own scrape job: a tenant's series of the same name, which
+    arrives through the Collector's job with a job of the tenant's choosing, would
+    count. `up` also needs `tenant_id=""` (a tenant's series always carry one)."""
+    strings = [m.span() for m in _STRING.finditer(expr)]
+    found = []
+    for match in _SELECTOR.finditer(expr):
+        if any(start <= match.start() < end for start, end in strings):
+            continue  # a label value such as state=~"up|silent"
+        name, matchers = match.group(1), match.group(2) or ""
+        if not matchers and expr[match.end() :].lstrip().startswith("("):
+            continue  # a function call, not a selector
+        for prefix, jobs in PLATFORM_JOBS.items():
+            exact = prefix == "up"
+            if (name == prefix) if exact else name.startswith(prefix):
+                guarded = any(job in matchers for job in jobs)
+                if exact:
+                    guarded = guarded and 'tenant_id=""' in matchers
+                if not guarded:
+                    found.append(match.group(0))
+    return found

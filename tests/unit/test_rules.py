@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
-from metric_contract import CONTRACT, RULES_DIR, metric_names, recorded_names, rule_groups
+from metric_contract import (
+    CONTRACT,
+    RULES_DIR,
+    metric_names,
+    recorded_names,
+    rule_groups,
+    unguarded_platform_selectors,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RULE_TESTS_DIR = REPO / "prometheus" / "tests"
@@ -196,3 +203,20 @@ def test_silence_detection_fits_the_three_minute_target() -> None:
     constant = re.fullmatch(r"vector\((\d+)\)", threshold.strip())
     assert constant, threshold
     assert float(constant[1]) + 10 + 10 <= 180
+
+
+def test_platform_rules_read_only_the_platform_jobs() -> None:
+    # A tenant can send a series named up, gateway_fleet_agents... with a job of its
+    # choosing (prometheus/tests/platform_test.yml): rules that judge the pipeline
+    # must select the gateway's, the Collector's or Prometheus's own scrape job.
+    for group in rule_groups():
+        for rule in group["rules"]:
+            unguarded = unguarded_platform_selectors(rule["expr"])
+            assert not unguarded, f"{rule.get('alert') or rule.get('record')}: {unguarded}"
+
+
+def test_the_platform_selector_check_finds_forgeable_selectors() -> None:
+    assert unguarded_platform_selectors('up{job="gateway"} == 0') == ['up{job="gateway"}']
+    assert unguarded_platform_selectors("sum(gateway_fleet_agents)") == ["gateway_fleet_agents"]
+    assert unguarded_platform_selectors('sum(x{state=~"up|silent"})') == []
+    assert unguarded_platform_selectors('up{job="gateway", tenant_id=""} == 0') == []

@@ -47,7 +47,7 @@ async def http_gateway(tmp_path: Path, **overrides: object) -> AsyncIterator[Htt
             collector_endpoint=f"127.0.0.1:{port}",
             forward_timeout_seconds=2.0,
             admin_key_sha256=ADMIN_DIGEST,
-            **overrides,  # type: ignore[arg-type]
+            **({"metrics_port": None} | overrides),  # type: ignore[arg-type]
         )
         gateway = Gateway.create(settings)
         transport = httpx.ASGITransport(app=create_app(gateway), client=("127.0.0.1", 40000))

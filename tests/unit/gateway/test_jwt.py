@@ -140,6 +140,10 @@ def test_a_jwks_file_picks_the_key_by_kid_and_skips_unusable_keys(
         ({"tenant_id": "Not Valid"}, "bad_tenant", "not a valid tenant name"),
         ({"tenant_id": ["acme"]}, "bad_tenant", "not a valid tenant name"),
         ({"tenant_id": "initech"}, "unknown_tenant", "'initech', which is not registered"),
+        # Longer than GATEWAY_JWT_MAX_LIFETIME_SECONDS (1 day): from iat, else from now.
+        ({"exp": 10**12}, "lifetime_too_long", "(exp - iat), longer than the 86400 s allowed"),
+        ({"exp": 2 * 86400, "iat": None}, "lifetime_too_long", "(exp - now), longer than"),
+        ({"exp": 600, "iat": -3 * 86400}, "lifetime_too_long", "GATEWAY_JWT_MAX_LIFETIME_SECONDS"),
     ],
 )
 def test_each_bad_token_is_refused_with_its_cause(
@@ -153,6 +157,16 @@ def test_each_bad_token_is_refused_with_its_cause(
     refused = _refusal(auth, _token(**claims))
     assert (refused.cause, refused.reason) == (cause, "unauthenticated")
     assert message in refused.message
+
+
+def test_the_maximum_lifetime_is_a_setting(tmp_path: Path) -> None:
+    now = int(time.time())
+    week = _token(exp=now + 7 * 86400)
+    assert _refusal(_authenticator(tmp_path), week).cause == "lifetime_too_long"
+    auth = _authenticator(tmp_path, jwt_max_lifetime_seconds=7 * 86400)
+    assert auth.authenticate(Credentials(f"Bearer {week}")) == Tenant("acme")
+    day = _token(exp=now + 86400)
+    assert _authenticator(tmp_path).authenticate(Credentials(f"Bearer {day}")) == Tenant("acme")
 
 
 def test_small_clock_skew_is_tolerated(tmp_path: Path) -> None:

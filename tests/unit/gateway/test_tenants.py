@@ -35,7 +35,9 @@ def test_keys_are_stored_only_as_hashes_and_authenticate_their_tenant(tmp_path: 
     assert loaded.authenticate("oga__") is None
 
 
-@pytest.mark.parametrize("name", ["", "Acme", "a b", "-acme", "acme-", "x" * 64, "é"])
+@pytest.mark.parametrize(
+    "name", ["", "Acme", "a b", "-acme", "acme-", "x" * 64, "é", "charlie\n", "\ncharlie"]
+)
 def test_tenant_names_must_be_label_safe(name: str) -> None:
     with pytest.raises(ValueError, match="invalid tenant name"):
         tenants.add_key(tenants.TenantTable(), name)

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from cryptography import x509
 from gateway_fixtures import EXPORT, counter_request, fake_collector, make_tenants
 from pydantic import ValidationError
 
@@ -32,7 +33,7 @@ from gateway.tls import (
     client_certificate_from_grpc,
     grpc_server_credentials,
 )
-from stack.pki import SPIFFE, Issued, Pki
+from stack.pki import SPIFFE, Authority, Issued, Pki
 
 
 def _settings(tmp_path: Path, pki: Pki, collector_port: int = 1, **overrides: Any) -> Any:
@@ -96,13 +97,33 @@ def test_a_certificate_names_its_tenant_by_uri_or_common_name(pki: Pki) -> None:
     globex = pki.globex_cn.cert.read_text()
     by_uri = CertificateTenants("uri", SPIFFE)
     assert by_uri.tenant_of(acme) == "acme"
-    with pytest.raises(ValueError, match=f"expected a SAN URI {SPIFFE}<tenant>"):
+    with pytest.raises(ValueError, match=f"expected one SAN URI {SPIFFE}<tenant>"):
         by_uri.tenant_of(globex)
     with pytest.raises(ValueError, match="names no tenant"):
         CertificateTenants("uri", "spiffe://other.org/tenant/").tenant_of(acme)
     by_cn = CertificateTenants("common_name")
     assert by_cn.tenant_of(globex) == "globex"
     assert by_cn.tenant_of(acme) == "agent-7"
+
+
+def test_a_certificate_naming_two_tenants_is_refused(tmp_path: Path) -> None:
+    # Readers disagree on which of two CNs counts (the first, the last, the most
+    # specific): the gateway takes none rather than guess.
+    ca = Authority(tmp_path)
+    two_cns = ca.issue("two-cns", "acme", more_common_names=("globex",)).cert.read_text()
+    with pytest.raises(ValueError, match="names 2 tenants: expected one subject common name"):
+        CertificateTenants("common_name").tenant_of(two_cns)
+    two_uris = ca.issue(
+        "two-uris",
+        "agent-7",
+        x509.UniformResourceIdentifier(f"{SPIFFE}acme"),
+        x509.UniformResourceIdentifier(f"{SPIFFE}globex"),
+    ).cert.read_text()
+    with pytest.raises(ValueError, match=f"names 2 tenants: expected one SAN URI {SPIFFE}"):
+        CertificateTenants("uri", SPIFFE).tenant_of(two_uris)
+    # The same name twice names one tenant.
+    twice = ca.issue("twice", "acme", more_common_names=("acme",)).cert.read_text()
+    assert CertificateTenants("common_name").tenant_of(twice) == "acme"
 
 
 # -- gRPC ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import jwt
@@ -40,7 +41,7 @@ def _touch(path: Path, text: str | bytes, mtime: float) -> None:
 
 
 def _token(secret: bytes, tenant: str) -> str:
-    claims = {"tenant_id": tenant, "aud": "otel-gateway", "exp": 4_000_000_000}
+    claims = {"tenant_id": tenant, "aud": "otel-gateway", "exp": int(time.time()) + 3600}
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
