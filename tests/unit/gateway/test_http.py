@@ -23,7 +23,7 @@ def _gateway(tmp_path: Path, collector_port: int, **settings: Any) -> Gateway:
         GatewaySettings(
             tenants_file=tmp_path / "tenants.json",
             collector_endpoint=f"127.0.0.1:{collector_port}",
-            **settings,
+            **({"metrics_port": None} | settings),
         )
     )
 
@@ -109,7 +109,7 @@ def test_open_metrics_are_warned_about(tmp_path: Path, caplog: pytest.LogCapture
     own_port = _gateway(tmp_path, free_port_now(), metrics_port=0)
     with caplog.at_level(logging.WARNING, "gateway.metrics_http"):
         warn_if_open(open_metrics)
-        assert "GATEWAY_METRICS_PORT or GATEWAY_METRICS_TOKEN_FILE" in caplog.text
+        assert "give it a port of its own or set GATEWAY_METRICS_TOKEN_FILE" in caplog.text
         caplog.clear()
         warn_if_open(own_port)
         assert not caplog.text
@@ -118,3 +118,14 @@ def test_open_metrics_are_warned_about(tmp_path: Path, caplog: pytest.LogCapture
 def test_the_metrics_port_must_be_its_own(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="GATEWAY_METRICS_PORT 4318 is the HTTP or gRPC"):
         GatewaySettings(tenants_file=tmp_path / "tenants.json", metrics_port=4318)
+
+
+def test_by_default_metrics_are_on_their_own_loopback_port_and_none_moves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = GatewaySettings(tenants_file=tmp_path / "tenants.json")
+    assert (default.metrics_host, default.metrics_port) == ("127.0.0.1", 9464)
+    with TestClient(create_app(Gateway.create(default))) as client:
+        assert client.get("/metrics").status_code == 404  # not on the agents' port
+    monkeypatch.setenv("GATEWAY_METRICS_PORT", "none")
+    assert GatewaySettings(tenants_file=tmp_path / "tenants.json").metrics_port is None
