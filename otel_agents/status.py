@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from otel_agents.forks import reset_in_children
+
 
 class AgentStatus:
     """`<prefix>.uptime` (s) and `<prefix>.connected` (0/1).
@@ -31,6 +33,7 @@ class AgentStatus:
         self._clock = clock
         self._started = clock()
         self._connected: bool | None = None
+        reset_in_children(self)
         meter.create_observable_gauge(
             f"{prefix}.uptime",
             callbacks=[self._observe_uptime],
@@ -43,6 +46,10 @@ class AgentStatus:
             callbacks=[self._observe_connected],
             description=f"1 while the {prefix} is connected to its upstream, else 0.",
         )
+
+    def after_fork_in_child(self) -> None:
+        """A forked child is up since the fork (otel_agents.forks)."""
+        self._started = self._clock()
 
     def set_connected(self, connected: bool) -> None:
         """Record the connection state (reported from the next collection on)."""
