@@ -13,6 +13,7 @@ import pytest
 
 from otel_agents.identity import (
     SERVICE_INSTANCE_NAMESPACE,
+    child_instance_id,
     machine_id,
     release_slots,
     slot_instance_id,
@@ -160,3 +161,16 @@ def test_a_new_lock_directory_is_private(tmp_path: Path) -> None:
     release_slots()
     assert lock_dir.stat().st_mode & 0o777 == 0o700
     assert list(lock_dir.iterdir()) == []  # removed by release_slots
+
+
+def test_without_slot_locks_a_child_id_comes_from_its_parents_and_its_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(blocked))  # no lock directory possible
+    parent = slot_instance_id(machine_id(), "no-locks", 0)
+    child = child_instance_id("no-locks", parent)
+    expected = uuid.uuid5(SERVICE_INSTANCE_NAMESPACE, f"{parent}\x00{os.getpid()}")
+    assert child == str(expected)
+    assert child_instance_id("no-locks", parent) == child  # deterministic
