@@ -229,7 +229,8 @@ class ConnectorMetrics:
 
 
 # A fork while another thread holds one of these locks would leave it held forever in
-# the child; the hook is registered on first use (no side effects on import).
+# the child, and the child must not report its parent's totals; the hook is registered
+# on first use (no side effects on import).
 _live: weakref.WeakSet[ConnectorMetrics] = weakref.WeakSet()
 _fork_hook_registered = False
 
@@ -239,14 +240,17 @@ def _track_for_fork(metrics: ConnectorMetrics) -> None:
     _live.add(metrics)
     if not _fork_hook_registered:
         _fork_hook_registered = True
-        os.register_at_fork(after_in_child=_reset_locks_after_fork)
+        os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _reset_locks_after_fork() -> None:
+def _reset_after_fork() -> None:
     global _by_meter_lock
     _by_meter_lock = threading.Lock()
     for metrics in list(_live):
         metrics._lock = threading.Lock()
+        # A forked child is an agent of its own: it counts from zero (otel_agents.forks).
+        metrics._rows = metrics._bytes = metrics._queries = 0
+        metrics._errors = {}
         if metrics.certificate is not None:
             metrics.certificate._lock = threading.Lock()
 

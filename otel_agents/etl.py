@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
 
 from otel_agents import names
+from otel_agents.forks import reset_in_children
 from otel_agents.status import AgentStatus
 from otel_agents.telemetry import AgentTelemetry
 
@@ -111,6 +112,14 @@ class EtlMetrics:
         self._seen_flows: set[str] = set()
         self._seen_tasks: set[tuple[str, str | None]] = set()
         self._warned_states: set[str] = set()
+        reset_in_children(self)
+
+    def after_fork_in_child(self) -> None:
+        """A forked child counts from zero: its flows start at 0 again (otel_agents.forks)."""
+        self._lock = threading.Lock()
+        self._last_duration = {}
+        self._seen_flows = set()
+        self._seen_tasks = set()
 
     def flow_started(self, flow_name: str) -> None:
         """Note that `flow_name` runs: its counters start at 0 the first time.

@@ -45,6 +45,7 @@ from opentelemetry.sdk.metrics.view import (
 )
 
 from otel_agents.config import AgentConfig, ConfigError
+from otel_agents.overflow import OverflowWarning
 from otel_agents.tlsprobe import probe_tls
 
 _logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def build_exporter(config: AgentConfig) -> MetricExporter:
             exporter = _grpc_exporter(config, timeout_s, aggregation, root, key, chain)
         else:
             exporter = _http_exporter(config, timeout_s, aggregation, key is not None)
-    return TlsMismatchHint(exporter, config)
+    return OverflowWarning(TlsMismatchHint(exporter, config))
 
 
 def _grpc_exporter(

@@ -22,22 +22,29 @@ takes the lowest free *slot* for its (machine, service): slot 0 is the plain
 id, slot n mixes n in. A slot is held by an advisory lock on a file, which the
 kernel releases when the process ends however it ends, so a restarted process
 gets its slot, and with it its id, back.
+
+The lock files' names are predictable, so they live only in a directory no other user
+can write: the user's runtime directory, else one in /tmp created 0700 and checked
+(ours, not a symlink, not group/world writable) through the descriptor that is then
+used; lock files are opened without following links. A clean exit removes them.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import Any, NamedTuple
 
 _logger = logging.getLogger(__name__)
 
@@ -64,8 +71,8 @@ POD_VARIABLES = {
 the same key in OTEL_RESOURCE_ATTRIBUTES wins over all of them."""
 
 _lock = threading.Lock()
-_held: dict[tuple[str, str], tuple[int, str, IO[bytes] | None]] = {}
-"""(machine, service) → (pid, instance id, open lock file) of this process."""
+_held: dict[tuple[str, str], _Held] = {}
+"""(machine, service) → (pid, instance id, held slot lock) of this process."""
 
 
 def machine_id() -> str:
@@ -160,15 +167,28 @@ def stable_instance_id(
     key = (machine, service_name)
     with _lock:
         held = _held.get(key)
-        if held is not None and held[0] == os.getpid():
-            return held[1]
-        slot, handle = _take_slot(machine, service_name, lock_dir or default_lock_dir())
+        if held is not None and held.pid == os.getpid():
+            return held.instance
+        slot, lock = _take_slot(machine, service_name, lock_dir or default_lock_dir())
         if pod:
             instance = pod if slot == 0 else f"{pod}.{slot}"
         else:
             instance = slot_instance_id(machine, service_name, slot)
-        _held[key] = (os.getpid(), instance, handle)
+        _held[key] = _Held(os.getpid(), instance, lock)
         return instance
+
+
+def child_instance_id(service_name: str, parent_id: str) -> str:
+    """The instance id of a forked child whose parent is `parent_id`.
+
+    The child's own slot (as if it had been started separately); without slot locks,
+    which would give it its parent's id, a UUID v5 of the parent's id and the child's
+    pid.
+    """
+    instance = stable_instance_id(service_name)
+    if instance == parent_id:
+        instance = str(uuid.uuid5(SERVICE_INSTANCE_NAMESPACE, f"{parent_id}\x00{os.getpid()}"))
+    return instance
 
 
 def default_lock_dir() -> Path:
@@ -178,31 +198,40 @@ def default_lock_dir() -> Path:
     return base / f"otel-agents-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
-def _take_slot(machine: str, service_name: str, lock_dir: Path) -> tuple[int, IO[bytes] | None]:
+class _Held(NamedTuple):
+    pid: int
+    instance: str
+    lock: _SlotLock | None
+
+
+class _SlotLock(NamedTuple):
+    """A held slot: the open, locked file and its directory, to remove it at exit."""
+
+    fd: int
+    dir_fd: int
+    name: str
+
+
+def _take_slot(machine: str, service_name: str, lock_dir: Path) -> tuple[int, _SlotLock | None]:
     try:
         import fcntl
     except ImportError:  # not POSIX: one process per service and machine
         return 0, None
-    digest = hashlib.sha256(f"{machine}\x00{service_name}".encode()).hexdigest()[:24]
-    try:
-        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        _logger.debug("otel_agents: no slot locks in %s (%s); using slot 0", lock_dir, exc)
+    dir_fd = _open_private_dir(lock_dir)
+    if dir_fd is None:
         return 0, None
+    digest = hashlib.sha256(f"{machine}\x00{service_name}".encode()).hexdigest()[:24]
     for slot in range(MAX_SLOTS):
-        path = lock_dir / f"{digest}.{slot}.lock"
-        try:
-            handle = open(path, "ab")  # noqa: SIM115 (held open for the process's lifetime)
-        except OSError as exc:
-            _logger.debug("otel_agents: cannot open %s (%s); using slot 0", path, exc)
-            return 0, None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
+        name = f"{digest}.{slot}.lock"
+        fd = _lock_file(fcntl, dir_fd, name)
+        if fd == _BUSY:
             continue
-        os.set_inheritable(handle.fileno(), False)
-        return slot, handle
+        if fd is None:  # unusable: logged; slot 0 without a lock
+            os.close(dir_fd)
+            return 0, None
+        _register_cleanup()
+        return slot, _SlotLock(fd, dir_fd, name)
+    os.close(dir_fd)
     _logger.warning(
         "otel_agents: over %d processes of service %r on this machine share one instance "
         "id; set service.instance.id in OTEL_RESOURCE_ATTRIBUTES to tell them apart",
@@ -210,3 +239,116 @@ def _take_slot(machine: str, service_name: str, lock_dir: Path) -> tuple[int, IO
         service_name,
     )
     return MAX_SLOTS - 1, None
+
+
+_BUSY = -1
+
+
+def _lock_file(fcntl: Any, dir_fd: int, name: str) -> int | None:
+    """An open file descriptor holding the lock on `name`, _BUSY if another process
+    holds it, None if it cannot be used."""
+    # O_NOFOLLOW: never write where a planted link points. The directory is ours, so
+    # only this user can have created what is in it, but the check costs nothing.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(3):  # the file may be removed between open and lock: try again
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            _logger.debug("otel_agents: cannot open slot lock %s (%s); using slot 0", name, exc)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return _BUSY
+        # A process that ended cleanly removes its file: the lock just taken must be
+        # on the file that is still there, or two processes would share a slot.
+        try:
+            same = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    return None
+
+
+def _open_private_dir(lock_dir: Path) -> int | None:
+    """A descriptor of `lock_dir`, created 0700 if missing, or None (warned once) if
+    another user could write in it: not ours, a symlink, or group/world writable."""
+    with contextlib.suppress(FileExistsError, OSError):
+        os.mkdir(lock_dir, 0o700)
+    try:
+        dir_fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        link = os.path.islink(lock_dir)
+        _unsafe_dir(lock_dir, "is a symlink" if link else f"cannot be opened ({exc})")
+        return None
+    info = os.fstat(dir_fd)
+    problem: str | None = None
+    if info.st_uid != os.geteuid():
+        problem = f"belongs to uid {info.st_uid}, not to this user ({os.geteuid()})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem is not None:
+        os.close(dir_fd)
+        _unsafe_dir(lock_dir, problem)
+        return None
+    return dir_fd
+
+
+_warned_dirs: set[Path] = set()
+
+
+def _unsafe_dir(lock_dir: Path, problem: str) -> None:
+    if lock_dir in _warned_dirs:
+        return
+    _warned_dirs.add(lock_dir)
+    _logger.warning(
+        "otel_agents: slot lock directory %s %s; not using it, so every process of a "
+        "service on this machine gets the same instance id. Remove it, set "
+        "XDG_RUNTIME_DIR to a directory only this user can write, or set "
+        "service.instance.id in OTEL_RESOURCE_ATTRIBUTES",
+        lock_dir,
+        problem,
+    )
+
+
+_cleanup_registered = False
+
+
+def _register_cleanup() -> None:
+    global _cleanup_registered
+    if not _cleanup_registered:
+        _cleanup_registered = True
+        atexit.register(release_slots)
+        os.register_at_fork(after_in_child=_forget_parent_slots)
+
+
+def release_slots() -> None:
+    """Remove the lock files this process holds and free its slots (run at exit)."""
+    with _lock:
+        for key, held in list(_held.items()):
+            if held.lock is not None and held.pid == os.getpid():
+                # Removed while still locked: see the inode check in `_lock_file`.
+                with contextlib.suppress(OSError):
+                    os.unlink(held.lock.name, dir_fd=held.lock.dir_fd)
+                _close(held.lock)
+                del _held[key]
+
+
+def _forget_parent_slots() -> None:
+    # The child's copies of the parent's descriptors would keep the parent's slots
+    # locked after the parent ends; closing them (no unlock) leaves the parent's lock.
+    global _lock
+    _lock = threading.Lock()
+    for held in _held.values():
+        if held.lock is not None:
+            _close(held.lock)
+    _held.clear()
+
+
+def _close(lock: _SlotLock) -> None:
+    for fd in (lock.fd, lock.dir_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)

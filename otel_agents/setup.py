@@ -31,6 +31,7 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 
 from otel_agents.config import AgentConfig, ConfigError
 from otel_agents.exporters import build_exporter, exemplar_filter
+from otel_agents.forks import follow_forks
 from otel_agents.identity import host_name, stable_instance_id
 from otel_agents.lifecycle import SigtermHandler, StopAnnouncingExporter
 from otel_agents.telemetry import AgentTelemetry
@@ -173,6 +174,7 @@ def _start(
         config=config,
         service_version=_text(resource.attributes.get(SERVICE_VERSION)),
     )
+    follow_forks(telemetry, provider, resource)  # right after the SDK's fork hook
     atexit.register(telemetry.at_exit)
     if announcer is not None and config.handle_sigterm:
         SigtermHandler(telemetry.shutdown).install()

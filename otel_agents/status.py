@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from otel_agents import names
+from otel_agents.forks import reset_in_children
 
 
 class AgentStatus:
@@ -33,6 +34,7 @@ class AgentStatus:
         self._started = clock()
         self._connected: bool | None = None
         uptime, connected = names.STATUS[prefix]
+        reset_in_children(self)
         meter.create_observable_gauge(
             uptime.name,
             callbacks=[self._observe_uptime],
@@ -46,6 +48,10 @@ class AgentStatus:
             unit=connected.unit,
             description=f"1 while the {prefix} is connected to its upstream, else 0.",
         )
+
+    def after_fork_in_child(self) -> None:
+        """A forked child is up since the fork (otel_agents.forks)."""
+        self._started = self._clock()
 
     def set_connected(self, connected: bool) -> None:
         """Record the connection state (reported from the next collection on)."""

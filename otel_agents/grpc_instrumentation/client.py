@@ -9,6 +9,7 @@ import grpc
 import grpc.aio
 
 from otel_agents.connector import ConnectorMetrics, error_type_of
+from otel_agents.grpc_instrumentation._call import CountedCall
 from otel_agents.grpc_instrumentation._counting import (
     Measure,
     _AioStreamStream,
@@ -47,18 +48,15 @@ class ClientInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
             self._counting.ended(error_type_of(exc))
             raise
         try:
-            # Blocking calls are already done and run the callback at once; futures
-            # and response streams run it when the call ends, on a gRPC thread.
-            call.add_done_callback(self._call_ended)
+            if call.done():  # a blocking call, or one that failed at once
+                self._counting.ended(_error_type(call.code()))
+                return call
+            # Futures and response streams: no done-callback, which would keep an
+            # abandoned call alive (see CountedCall).
+            return CountedCall(call, self._counting)
         except Exception:
             self._counting.log_once("watching a gRPC call")
         return call
-
-    def _call_ended(self, call: Any) -> None:
-        try:
-            self._counting.ended(_error_type(call.code()))
-        except Exception:
-            self._counting.log_once("counting an ended gRPC call")
 
     def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any

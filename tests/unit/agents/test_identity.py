@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -15,8 +16,10 @@ import pytest
 
 from otel_agents.identity import (
     SERVICE_INSTANCE_NAMESPACE,
+    child_instance_id,
     kubernetes_instance_id,
     machine_key,
+    release_slots,
     slot_instance_id,
     stable_instance_id,
 )
@@ -68,6 +71,8 @@ def test_a_restarted_process_gets_its_id_back_a_concurrent_one_gets_another(
     again, again_id = _holder("billing", tmp_path)
     assert again_id == first_id
     _end(again)
+    # A clean exit removes the process's lock file (the killed one's was reused).
+    assert not list(tmp_path.glob("otel-agents-*/*")), "lock files left behind"
 
 
 def test_ids_are_uuid_v5_in_the_semantic_conventions_namespace() -> None:
@@ -200,3 +205,86 @@ def test_in_kubernetes_a_second_process_of_the_service_gets_a_slot_of_its_own(
         check=True,
     )
     assert other.stdout.strip() == f"{first}.1"
+
+
+NOBODY = 65534
+
+
+def _unsafe_dir_is_not_used(lock_dir: Path, service: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="otel_agents.identity"):
+        first = stable_instance_id(service, lock_dir)
+        stable_instance_id(service + "-other", lock_dir)
+    release_slots()
+    assert first == slot_instance_id(machine_key(), service, 0)
+    warnings = [r.getMessage() for r in caplog.records if str(lock_dir) in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per directory, not per service
+    assert "service.instance.id" in warnings[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_lock_directory_owned_by_another_user_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock_dir = tmp_path / "otel-agents-0"
+    lock_dir.mkdir(mode=0o700)
+    os.chown(lock_dir, NOBODY, NOBODY)  # created first by someone else
+    _unsafe_dir_is_not_used(lock_dir, "owned-by-nobody", caplog)
+    assert list(lock_dir.iterdir()) == []
+    assert "belongs to uid 65534" in caplog.text
+
+
+def test_a_symlinked_lock_directory_is_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    lock_dir = tmp_path / "otel-agents-0"
+    lock_dir.symlink_to(target)
+    _unsafe_dir_is_not_used(lock_dir, "symlinked", caplog)
+    assert list(target.iterdir()) == []
+    assert "is a symlink" in caplog.text
+
+
+def test_a_world_writable_lock_directory_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock_dir = tmp_path / "otel-agents-0"
+    lock_dir.mkdir()
+    lock_dir.chmod(0o777)
+    _unsafe_dir_is_not_used(lock_dir, "world-writable", caplog)
+    assert list(lock_dir.iterdir()) == []
+
+
+def test_a_symlink_planted_as_a_lock_file_is_not_followed(tmp_path: Path) -> None:
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    first = stable_instance_id("planted", lock_dir)  # learn the file name, then free it
+    [name] = [path.name for path in lock_dir.iterdir()]
+    release_slots()
+    (lock_dir / name).symlink_to(victim)
+    assert stable_instance_id("planted", lock_dir) == first  # slot 0, without a lock
+    release_slots()
+    assert not victim.exists()
+    assert (lock_dir / name).is_symlink()
+
+
+def test_a_new_lock_directory_is_private(tmp_path: Path) -> None:
+    lock_dir = tmp_path / "otel-agents-0"
+    stable_instance_id("private", lock_dir)
+    release_slots()
+    assert lock_dir.stat().st_mode & 0o777 == 0o700
+    assert list(lock_dir.iterdir()) == []  # removed by release_slots
+
+
+def test_without_slot_locks_a_child_id_comes_from_its_parents_and_its_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(blocked))  # no lock directory possible
+    parent = slot_instance_id(machine_key(), "no-locks", 0)
+    child = child_instance_id("no-locks", parent)
+    expected = uuid.uuid5(SERVICE_INSTANCE_NAMESPACE, f"{parent}\x00{os.getpid()}")
+    assert child == str(expected)
+    assert child_instance_id("no-locks", parent) == child  # deterministic
