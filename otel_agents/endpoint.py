@@ -149,7 +149,13 @@ def _split(value: str, source: str, *, insecure: bool) -> tuple[str, str, str, s
             f"{source}={raw!r}: scheme {scheme!r} is not supported; "
             "write http://host:port (plaintext) or https://host:port (TLS)"
         )
-    parts = urlsplit(f"//{rest}")
+    try:
+        parts = urlsplit(f"//{rest}")
+    except ValueError as exc:  # an unclosed IPv6 bracket: http://[::1:4317
+        raise EndpointError(
+            f"{source}={raw!r} is not a URL ({exc}); write scheme://host:port, with an IPv6 "
+            f"address in brackets, e.g. http://[::1]:{GRPC_PORT}"
+        ) from None
     try:
         port = parts.port
     except ValueError:

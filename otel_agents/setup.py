@@ -32,7 +32,8 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from otel_agents.config import AgentConfig, ConfigError
 from otel_agents.exporters import build_exporter, exemplar_filter
 from otel_agents.identity import host_name, stable_instance_id
-from otel_agents.lifecycle import SigtermHandler, StopAnnouncingExporter
+from otel_agents.lifecycle import StopAnnouncingExporter
+from otel_agents.signals import on_sigterm, signals_blocked
 from otel_agents.telemetry import AgentTelemetry
 
 _logger = logging.getLogger(__name__)
@@ -130,12 +131,14 @@ def _start(
 ) -> AgentTelemetry:
     announcer = None
     if reader is None:
-        announcer = StopAnnouncingExporter(_build_exporter(config))
-        reader = PeriodicExportingMetricReader(
-            announcer,
-            export_interval_millis=config.export_interval_ms,
-            export_timeout_millis=config.export_timeout_ms,
-        )
+        # gRPC's and the reader's threads must leave the host's signals to its main thread.
+        with signals_blocked():
+            announcer = StopAnnouncingExporter(_build_exporter(config))
+            reader = PeriodicExportingMetricReader(
+                announcer,
+                export_interval_millis=config.export_interval_ms,
+                export_timeout_millis=config.export_timeout_ms,
+            )
         client_certificate = config.use_tls and config.client_certificate_file
         if not client_certificate and not any(
             key == "authorization" for key, _ in config.grpc_metadata()
@@ -160,13 +163,13 @@ def _start(
         provider,
         sdk_provider=provider,
         shutdown_timeout_s=config.shutdown_timeout_s,
-        announce_stop=announcer.announce_stop if announcer is not None else None,
+        exporter=announcer,
         config=config,
         service_version=_text(resource.attributes.get(SERVICE_VERSION)),
     )
     atexit.register(telemetry.at_exit)
     if announcer is not None and config.handle_sigterm:
-        SigtermHandler(telemetry.shutdown).install()
+        on_sigterm(telemetry.shutdown)
     if set_global:
         _install_global(provider)
     return telemetry
