@@ -114,9 +114,12 @@ def test_settings_out_of_range_are_clamped_with_one_warning(
     assert warning.startswith(f"{variable}={value}")
 
 
-def test_a_huge_export_interval_keeps_the_final_export() -> None:
+@pytest.mark.parametrize(
+    "setting", [("OTEL_METRIC_EXPORT_INTERVAL", "1e13"), ("OTEL_AGENTS_SHUTDOWN_TIMEOUT", "1e10")]
+)
+def test_huge_settings_keep_the_final_export(setting: tuple[str, str]) -> None:
     with otlp_receiver() as (receiver, endpoint):
-        telemetry = agent(endpoint, OTEL_METRIC_EXPORT_INTERVAL="1e13")
+        telemetry = agent(endpoint, **dict([setting]))
         assert within(10, telemetry.shutdown)
         assert len(receiver.requests) == 1
 

@@ -73,6 +73,8 @@ AGENT = textwrap.dedent(
     if mode == "sdk-counter":  # the SDK's own locks, held inside Counter.add
         counter = telemetry.meter.create_counter("host.loops")
         counter.add(1)
+    if mode == "flushed":  # gRPC's threads exist once an export has run
+        telemetry.force_flush(5)
     print("ready", flush=True)
     if mode == "errors":
         while True:
@@ -274,3 +276,25 @@ def test_a_host_handler_still_runs_when_the_gateway_is_blackholed(tmp_path: Path
     assert marker.read_text() == "cleaned"
     assert status == 0
     assert took < SHUTDOWN_TIMEOUT_S + SLACK_S
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_the_library_threads_leave_the_host_signals_to_the_main_thread(tmp_path: Path) -> None:
+    """A signal taken by another thread does not wake a main thread in time.sleep()."""
+    host_signals = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    with otlp_receiver() as (receiver, endpoint):
+        process = start(endpoint, "flushed", tmp_path / "marker")
+        blocked: dict[str, bool] = {}
+        for task in Path(f"/proc/{process.pid}/task").iterdir():
+            status = dict(
+                line.split(":\t", 1) for line in (task / "status").read_text().splitlines()
+            )
+            name = "main" if task.name == str(process.pid) else status["Name"].strip() + task.name
+            blocked[name] = int(status["SigBlk"], 16) & host_signals == host_signals
+        process.send_signal(signal.SIGTERM)
+        ended_within(process, time.monotonic())
+        exported = len(receiver.requests)
+    assert blocked.pop("main") is False
+    assert len(blocked) >= 3  # gRPC's and the reader's threads at least
+    assert all(blocked.values()), blocked
+    assert exported == 2  # the flush and the final export
