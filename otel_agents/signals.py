@@ -1,4 +1,4 @@
-"""SIGTERM: the final export first, then what SIGTERM did before; nothing that can hang.
+"""SIGTERM: the final export first, then the default action; nothing that can hang.
 
 Where this sits: agent code ──(otel_agents: *signals*)──▶ OTLP/gRPC ──▶ gateway.
 
@@ -12,13 +12,16 @@ never ended, or a lost export). So the handler waits for nothing:
    interrupted code goes on and releases what it holds;
 2. when that export ends (bounded by the shutdown timeout) the thread sends SIGTERM
    again, and the handler does what SIGTERM did before `setup_metrics`: the default
-   action (the process dies of SIGTERM, exit status 143) or the host's own handler;
+   action (the process dies of SIGTERM, exit status 143);
 3. SIGTERMs that arrive during the export change nothing (the export's deadline ends it).
 
-A handler the host installs later and that chains to this one gets the final export
-started and its own way of ending; this one then never ends the process. SIGINT is left
-alone: hosts catch KeyboardInterrupt to cancel work and go on, and when it ends the
-process the exit hook exports.
+The handler is installed only over SIGTERM's default action. A host's own handler (set
+before `setup_metrics`, or after it, chaining to this one or not) decides how the host
+stops, and the final export comes from the exit hook when the host exits: then it
+carries what the host counted while winding down, and a host that goes on running after
+a SIGTERM (a reload) keeps its metrics. Called by such a handler, this one does nothing.
+SIGINT is left alone: hosts catch KeyboardInterrupt to cancel work and go on, and when
+it ends the process the exit hook exports.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
 
 _logger = logging.getLogger(__name__)
 
@@ -64,12 +66,11 @@ def signals_blocked() -> Iterator[None]:
 
 
 class SigtermHandler:
-    """The process's SIGTERM handler: final exports of every `add`ed stop, then chain."""
+    """The process's SIGTERM handler: the final export of every `add`ed stop, then die."""
 
     def __init__(self) -> None:
         """Not installed until the first `add`."""
         self._stops: list[Callable[[], object]] = []
-        self._previous: Any = signal.SIG_DFL
         self._state = _IDLE
         self._callback = self._handle  # one bound method, to recognise it with `is`
         self.installed = False
@@ -90,20 +91,17 @@ class SigtermHandler:
             )
             return False
         try:
-            previous = signal.getsignal(signal.SIGTERM)
-            if previous is signal.SIG_IGN or previous is None or _asyncio_handler(previous):
-                # Ignored on purpose, set outside Python, or an asyncio loop's (which
-                # learns of the signal before any Python handler runs): theirs to handle;
-                # the exit hook sends the final export when they end the process.
-                return False
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return False  # the host's own way of stopping (see the module's docstring)
             signal.signal(signal.SIGTERM, self._callback)
         except (ValueError, OSError, AttributeError):  # no SIGTERM here (Windows)
             return False
-        self._previous = previous
         os.register_at_fork(after_in_child=self._reset_after_fork)
         return True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self._on_top(signum):
+            return  # a handler installed later called us: the host stops its own way
         if self._state == _IDLE:
             self._state = _EXPORTING
             try:
@@ -114,31 +112,26 @@ class SigtermHandler:
                         name="otel-agents-sigterm",
                         daemon=True,
                     ).start()
-            except RuntimeError:  # the interpreter is exiting: its exit hook exports
-                self._state = _DONE
-                self._chain(signum, frame)
-            else:
-                if not self._on_top(signum) and callable(self._previous):
-                    self._previous(signum, frame)  # a chain through us goes on at once
+            except RuntimeError:
+                pass  # no new threads at interpreter exit: the exit hook is exporting
         elif self._state == _DONE:
-            self._chain(signum, frame)
+            self._die(signum)
 
     def _export_then_resignal(self, signum: int) -> None:
         started = time.monotonic()
         self._stop_all()
         self._state = _DONE
         if not self._on_top(signum):
-            return  # a handler installed later called us: it ends the process its way
-        os.kill(os.getpid(), signum)  # the main thread's handler now chains
-        if self._previous is signal.SIG_DFL:
-            time.sleep(GRACE_S)
-            _logger.warning(
-                "otel_agents: the main thread did not end the process %.1f s after SIGTERM "
-                "(busy in a C call?); exiting with status %d",
-                time.monotonic() - started,
-                128 + signum,
-            )
-            os._exit(128 + signum)
+            return  # replaced during the export: the new handler decides
+        os.kill(os.getpid(), signum)  # the main thread's handler now dies of it
+        time.sleep(GRACE_S)
+        _logger.warning(
+            "otel_agents: the main thread did not end the process %.1f s after SIGTERM "
+            "(busy in a C call?); exiting with status %d",
+            time.monotonic() - started,
+            128 + signum,
+        )
+        os._exit(128 + signum)
 
     def _stop_all(self) -> None:
         """Every stop at once: each is bounded, so all end by the longest deadline."""
@@ -151,14 +144,9 @@ class SigtermHandler:
         for worker in workers:
             worker.join()
 
-    def _chain(self, signum: int, frame: FrameType | None) -> None:
-        """What SIGTERM did before: the host's handler, or the default action."""
-        if not self._on_top(signum):
-            return
-        previous = self._previous
-        if callable(previous):
-            previous(signum, frame)
-            return
+    @staticmethod
+    def _die(signum: int) -> None:
+        """SIGTERM's default action: the process dies of it (its parent sees that)."""
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
@@ -177,14 +165,10 @@ def _quietly(stop: Callable[[], object]) -> None:
         _logger.debug("otel_agents: final export on SIGTERM raised", exc_info=True)
 
 
-def _asyncio_handler(handler: object) -> bool:
-    return str(getattr(handler, "__module__", "")).startswith("asyncio")
-
-
 _handler = SigtermHandler()
 
 
 def on_sigterm(stop: Callable[[], object]) -> bool:
-    """Run `stop` on SIGTERM, then let SIGTERM do what it did (see the module's docstring);
-    call from the main thread. True if SIGTERM is handled here."""
+    """Run `stop` on SIGTERM, then die of it (see the module's docstring); call from the
+    main thread. True if SIGTERM is handled here."""
     return _handler.add(stop)

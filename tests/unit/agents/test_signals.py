@@ -41,6 +41,7 @@ AGENT = textwrap.dedent(
 
     def cleanup():
         time.sleep(0.3)  # a host's cleanup takes a while
+        metrics.record_batch(1, 100)  # and counts its last batch
         with open(marker, "w") as done:
             done.write("cleaned")
 
@@ -250,9 +251,13 @@ def test_a_sigterm_while_the_host_holds_a_counting_lock_still_sends_the_final_ex
 
 
 @pytest.mark.parametrize("mode", ["chain-first", "chain-last", "own-before"])
-def test_a_host_handler_runs_its_cleanup_after_the_final_export(tmp_path: Path, mode: str) -> None:
+def test_a_host_handler_runs_its_cleanup_and_its_exit_sends_the_final_export(
+    tmp_path: Path, mode: str
+) -> None:
     """chain-*: installed after setup_metrics, it calls the library's handler itself;
-    own-before: installed before, the library's handler calls it after the final export."""
+    own-before: installed before, it is left in place. Either way the host stops its own
+    way and the exit hook sends the final export, once, with what it counted while
+    winding down."""
     marker = tmp_path / "marker"
     with otlp_receiver() as (receiver, endpoint):
         process = start(endpoint, mode, marker)
@@ -262,7 +267,7 @@ def test_a_host_handler_runs_its_cleanup_after_the_final_export(tmp_path: Path, 
         exports = final_exports(receiver)
     assert marker.read_text() == "cleaned"
     assert status == 0
-    assert exports == [("stopped", 5, 0)]
+    assert exports == [("stopped", 6, 0)]
     assert took < SHUTDOWN_TIMEOUT_S + SLACK_S
 
 
