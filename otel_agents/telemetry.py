@@ -64,10 +64,7 @@ class AgentTelemetry:
         self._sdk = sdk_provider
         self._shutdown_timeout_s = shutdown_timeout_s
         self._exporter = exporter
-        # Held only to create the final export, never while waiting for it: a signal
-        # handler or an exit hook that runs in a thread holding it must not wait on it.
-        self._lock = threading.Lock()
-        self._final: _BoundedCall | None = None
+        self._final: dict[str, _BoundedCall] = {}  # at most one entry: the final export
         self._warned: set[str] = set()
 
     @classmethod
@@ -107,20 +104,24 @@ class AgentTelemetry:
         sdk = self._sdk
         if sdk is None:
             return True
-        with self._lock:
-            final, first = self._final, self._final is None
-            if final is None:
-                if clean and self._exporter is not None:
-                    self._exporter.announce_stop()
-                budget = self._budget(timeout_s, "shutdown")
-                final = self._final = _BoundedCall(
-                    lambda: sdk.shutdown(timeout_millis=budget * 1000 * _SDK_SHARE),
-                    budget,
-                    "shutdown",
-                    arrived=self._exporter.final_export_arrived if self._exporter else None,
-                )
-        if first:
-            final.start()
+        exporter = self._exporter
+        budget = self._budget(timeout_s, "shutdown")
+
+        def final_export() -> None:
+            if clean and exporter is not None:
+                exporter.announce_stop()
+            sdk.shutdown(timeout_millis=budget * 1000 * _SDK_SHARE)
+
+        candidate = _BoundedCall(
+            final_export,
+            budget,
+            "shutdown",
+            arrived=exporter.final_export_arrived if exporter is not None else None,
+        )
+        # No lock: a host's signal handler may call this while the thread it interrupted
+        # is in here. dict.setdefault is atomic, so exactly one candidate is the final one.
+        final = self._final.setdefault("final", candidate)
+        final.start()
         # The exit hook stays registered: when another thread started the final export,
         # it makes the interpreter wait for it instead of killing it mid-way.
         return final.wait()
@@ -134,26 +135,26 @@ class AgentTelemetry:
             _logger.warning("otel_agents: final export abandoned (interrupted at exit)")
 
     def _budget(self, timeout_s: object, what: str) -> float:
+        """`timeout_s` as seconds to wait: the default for None or what is not a number,
+        at most `MAX_SHUTDOWN_TIMEOUT_S` (`inf` included), 0 for a negative one."""
         if timeout_s is None:
             return self._shutdown_timeout_s
-        if isinstance(timeout_s, int | float) and not isinstance(timeout_s, bool):
-            if math.isnan(timeout_s):
-                pass
-            elif timeout_s <= MAX_SHUTDOWN_TIMEOUT_S:
-                return max(0.0, float(timeout_s))
-            else:
-                self._warn_once(
-                    what,
-                    f"{what}(timeout_s={timeout_s!r}) waits at most {MAX_SHUTDOWN_TIMEOUT_S:g} s; "
-                    f"pass {MAX_SHUTDOWN_TIMEOUT_S:g} or less",
-                )
-                return MAX_SHUTDOWN_TIMEOUT_S
-        self._warn_once(
-            what,
-            f"{what}(timeout_s={timeout_s!r}) is not a number of seconds; using "
-            f"{self._shutdown_timeout_s:g} s: pass a number, or None for the default",
-        )
-        return self._shutdown_timeout_s
+        number = timeout_s if isinstance(timeout_s, int | float) else math.nan
+        if isinstance(timeout_s, bool) or math.isnan(number):
+            self._warn_once(
+                what,
+                f"{what}(timeout_s={timeout_s!r}) is not a number of seconds; using "
+                f"{self._shutdown_timeout_s:g} s: pass a number, or None for the default",
+            )
+            return self._shutdown_timeout_s
+        if number > MAX_SHUTDOWN_TIMEOUT_S:
+            self._warn_once(
+                what,
+                f"{what}(timeout_s={timeout_s!r}) waits at most {MAX_SHUTDOWN_TIMEOUT_S:g} s; "
+                f"pass {MAX_SHUTDOWN_TIMEOUT_S:g} or less",
+            )
+            return MAX_SHUTDOWN_TIMEOUT_S
+        return max(0.0, float(number))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -180,9 +181,12 @@ class _BoundedCall:
         self._succeeded = False
         self._deadline = time.monotonic() + timeout_s
         self._reported = False
+        self._unstarted = threading.Lock()  # taken, never waited for, by the one starter
 
     def start(self) -> None:
-        """Start the action (once); its deadline runs from construction."""
+        """Start the action; later calls do nothing. Its deadline runs from construction."""
+        if not self._unstarted.acquire(blocking=False):
+            return
         worker = threading.Thread(target=self._run, name=f"otel-agents-{self._what}", daemon=True)
         try:
             with signals_blocked():

@@ -45,6 +45,11 @@ AGENT = textwrap.dedent(
         with open(marker, "w") as done:
             done.write("cleaned")
 
+    if mode == "own-shutdown":  # the host's handler sends the final export itself
+        def own(signum, frame):
+            telemetry.shutdown()
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, own)
     if mode == "own-before":  # the host's handler exists before setup_metrics
         def own(signum, frame):
             cleanup()
@@ -69,7 +74,7 @@ AGENT = textwrap.dedent(
         signal.signal(signal.SIGTERM, host)
     if mode == "exit":
         atexit.register(lambda: print("exiting", flush=True))
-    if mode == "errors":
+    if mode in ("errors", "own-shutdown"):
         metrics.record_error("UNAVAILABLE")
     if mode == "sdk-counter":  # the SDK's own locks, held inside Counter.add
         counter = telemetry.meter.create_counter("host.loops")
@@ -77,7 +82,7 @@ AGENT = textwrap.dedent(
     if mode == "flushed":  # gRPC's threads exist once an export has run
         telemetry.force_flush(5)
     print("ready", flush=True)
-    if mode == "errors":
+    if mode in ("errors", "own-shutdown"):
         while True:
             metrics.record_error("UNAVAILABLE")
     if mode == "sdk-counter":
@@ -228,12 +233,16 @@ def test_the_final_export_arrives_once_whatever_the_signals(
     assert took < SHUTDOWN_TIMEOUT_S + SLACK_S
 
 
-@pytest.mark.parametrize("mode", ["errors", "sdk-counter"])
+@pytest.mark.parametrize(
+    ("mode", "exit_status"),
+    [("errors", -signal.SIGTERM), ("sdk-counter", -signal.SIGTERM), ("own-shutdown", 0)],
+)
 def test_a_sigterm_while_the_host_holds_a_counting_lock_still_sends_the_final_export(
-    tmp_path: Path, mode: str
+    tmp_path: Path, mode: str, exit_status: int
 ) -> None:
-    """The signal lands while the main thread holds a lock the export's collection needs
-    (ConnectorMetrics' in `record_error`, the SDK's in `Counter.add`): most of each loop."""
+    """The signal lands while the main thread holds a lock of the counting path
+    (ConnectorMetrics' in `record_error`, the SDK's in `Counter.add`) for most of each
+    loop; own-shutdown: the host's handler waits there for `telemetry.shutdown()`."""
     trials = 8
     for trial in range(trials):
         with otlp_receiver() as (receiver, endpoint):
@@ -243,11 +252,11 @@ def test_a_sigterm_while_the_host_holds_a_counting_lock_still_sends_the_final_ex
             process.send_signal(signal.SIGTERM)
             status, took = ended_within(process, started)
             exports = final_exports(receiver)
-        assert status == -signal.SIGTERM, f"trial {trial}"
+        assert status == exit_status, f"trial {trial}"
         assert took < SHUTDOWN_TIMEOUT_S + SLACK_S, f"trial {trial}"
         [(state, records, errors)] = exports  # one final export, every trial
         assert (state, records) == ("stopped", 5)
-        assert errors > 0 if mode == "errors" else errors == 0
+        assert errors > 0 if mode != "sdk-counter" else errors == 0
 
 
 @pytest.mark.parametrize("mode", ["chain-first", "chain-last", "own-before"])
