@@ -120,12 +120,14 @@ class EnvReader:
         if number == 0:
             return NO_LIMIT_MS
         if number < SURELY_SECONDS_BELOW_MS:
-            self.warn(
-                f"{name}={raw} is read as {number:g} seconds, not milliseconds: the "
-                f"OpenTelemetry specification says milliseconds, and {number:g} ms is too short "
-                f"to be meant; write {number * 1000:g} to say {number:g} s"
-            )
+            seconds = number
             number *= 1000
+            if minimum_ms <= number:  # else the out-of-range warning below says it all
+                self.warn(
+                    f"{name}={raw} is read as {seconds:g} seconds, not milliseconds: the "
+                    f"OpenTelemetry specification says milliseconds, and {seconds:g} ms is too "
+                    f"short to be meant; write {number:g} to say {seconds:g} s"
+                )
         return self._clamped(name, raw, number, minimum_ms, NO_LIMIT_MS, "ms")
 
     def seconds(self, *names: str, default_s: float, maximum_s: float) -> float:
@@ -150,12 +152,12 @@ class EnvReader:
     def _clamped(
         self, name: str, raw: str, number: float, low: float, high: float, unit: str
     ) -> float:
-        bound = low if number < low else high if number > high else None
-        if bound is None:
+        if low <= number <= high:
             return number
+        bound, limit = (low, "at least") if number < low else (high, "at most")
         self.warn(
-            f"{name}={raw} is out of range; using {bound:g} {unit}: write a value from "
-            f"{low:g} to {high:g} {unit}"
+            f"{name}={raw} is out of range; using {bound:.15g} {unit}: write {limit} "
+            f"{bound:.15g} ({unit})"
         )
         return bound
 

@@ -96,7 +96,8 @@ class SigtermHandler:
             signal.signal(signal.SIGTERM, self._callback)
         except (ValueError, OSError, AttributeError):  # no SIGTERM here (Windows)
             return False
-        os.register_at_fork(after_in_child=self._reset_after_fork)
+        if hasattr(os, "register_at_fork"):  # not on Windows
+            os.register_at_fork(after_in_child=self._reset_after_fork)
         return True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
