@@ -164,7 +164,14 @@ def test_a_fifo_as_certificate_is_refused_without_blocking(
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["http://[::1:4317", "http://::1]:4317", "http://[zz]:4317", "https://[::1"]
+    "endpoint",
+    [
+        "http://[::1:4317",
+        "http://::1]:4317",
+        "http://[zz]:4317",
+        "https://[::1",
+        "http://[::1]]:4317",
+    ],
 )
 def test_a_malformed_endpoint_is_one_line_without_traceback(
     caplog: pytest.LogCaptureFixture, endpoint: str
