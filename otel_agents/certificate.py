@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,22 @@ _PEM_BLOCK = re.compile(
 )
 _SEQUENCE, _INTEGER, _EXPLICIT_0 = 0x30, 0x02, 0xA0
 _UTC_TIME, _GENERALIZED_TIME = 0x17, 0x18
+
+
+def read_regular_file(path: str, limit: int = _MAX_FILE_BYTES) -> bytes:
+    """The content of the regular file at `path` (at most `limit` bytes); OSError otherwise.
+
+    Opened without blocking and checked before reading: a FIFO given as a certificate
+    would block `open` until someone writes to it, and a device could be read forever.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
+    return data
 
 
 class CertificateError(ValueError):
@@ -147,8 +165,7 @@ class CertificateFile:
             key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if self._parsed is not None and self._parsed[0] == key:
                 return self._parsed[1]
-            with open(self.path, "rb") as pem:
-                data = pem.read(_MAX_FILE_BYTES)
+            data = read_regular_file(self.path)
         except OSError as exc:
             self._parsed = None
             return f"cannot read it ({exc.strerror or exc})"

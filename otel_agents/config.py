@@ -40,6 +40,12 @@ ExemplarFilter = Literal["trace_based", "always_on", "always_off"]
 # gRPC metadata values (and so an API key) must be printable ASCII.
 _API_KEY = re.compile(r"[\x21-\x7e]+")
 
+MAX_SHUTDOWN_TIMEOUT_S = 60.0
+"""Longest wait for a final export or a flush: a minute is longer than any export lasts
+(the exporter gives up after OTEL_EXPORTER_OTLP_TIMEOUT), and a host must be able to stop."""
+MIN_EXPORT_INTERVAL_MS = 100.0
+"""Shortest export interval: shorter ones would export in a busy loop."""
+
 _M = "OTEL_EXPORTER_OTLP_METRICS_"
 _G = "OTEL_EXPORTER_OTLP_"
 
@@ -124,7 +130,10 @@ class AgentConfig:
             )
             / 1000.0,
             export_interval_ms=env.milliseconds(
-                "OTEL_METRIC_EXPORT_INTERVAL", default_ms=30_000.0, zero_is_no_limit=False
+                "OTEL_METRIC_EXPORT_INTERVAL",
+                default_ms=30_000.0,
+                zero_is_no_limit=False,
+                minimum_ms=MIN_EXPORT_INTERVAL_MS,
             ),
             export_timeout_ms=env.milliseconds(
                 "OTEL_METRIC_EXPORT_TIMEOUT", default_ms=30_000.0, zero_is_no_limit=True
@@ -140,7 +149,9 @@ class AgentConfig:
                 default="trace_based",
             ),
             exporter_enabled=_exporter_enabled(env),
-            shutdown_timeout_s=env.seconds("OTEL_AGENTS_SHUTDOWN_TIMEOUT", default_s=5.0),
+            shutdown_timeout_s=env.seconds(
+                "OTEL_AGENTS_SHUTDOWN_TIMEOUT", default_s=5.0, maximum_s=MAX_SHUTDOWN_TIMEOUT_S
+            ),
             service_name=env.value("OTEL_SERVICE_NAME"),
             resource_attributes=env.resource_attributes("OTEL_RESOURCE_ATTRIBUTES"),
             sdk_disabled=env.boolean("OTEL_SDK_DISABLED"),

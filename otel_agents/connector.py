@@ -219,8 +219,10 @@ class ConnectorMetrics:
         return [Observation(self._queries)]
 
     def _observe_errors(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            errors = list(self._errors.items())
+        # No lock: dict.copy() is one atomic step, and a collection must never wait for a
+        # lock a host thread holds (a handler that waits for the final export in the very
+        # frame that holds it would lose it).
+        errors = self._errors.copy().items()
         return [Observation(count, {"error_type": name}) for name, count in errors]
 
     def _observe_certificate(self, options: CallbackOptions) -> Iterable[Observation]:

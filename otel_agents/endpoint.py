@@ -15,6 +15,7 @@ The gateway listens for OTLP/gRPC on 4317 and OTLP/HTTP on 4318, the OTLP defaul
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,8 @@ HTTP_PORT = 4318
 METRICS_PATH = "/v1/metrics"
 DEFAULT_GRPC_ENDPOINT = f"http://localhost:{GRPC_PORT}"
 DEFAULT_HTTP_ENDPOINT = f"http://localhost:{HTTP_PORT}{METRICS_PATH}"
+# An IPv6 host in brackets, then an optional port: what urlsplit checks only in part.
+_BRACKETED = re.compile(r"\[[0-9A-Fa-f:.]+(%[\w.-]+)?\](:\d*)?")
 
 
 class EndpointError(ValueError):
@@ -149,7 +152,18 @@ def _split(value: str, source: str, *, insecure: bool) -> tuple[str, str, str, s
             f"{source}={raw!r}: scheme {scheme!r} is not supported; "
             "write http://host:port (plaintext) or https://host:port (TLS)"
         )
-    parts = urlsplit(f"//{rest}")
+    try:
+        parts = urlsplit(f"//{rest}")
+    except ValueError as exc:  # an unclosed IPv6 bracket: http://[::1:4317
+        raise EndpointError(
+            f"{source}={raw!r} is not a URL ({exc}); write scheme://host:port, with an IPv6 "
+            f"address in brackets, e.g. http://[::1]:{GRPC_PORT}"
+        ) from None
+    if ("[" in parts.netloc or "]" in parts.netloc) and not _BRACKETED.fullmatch(parts.netloc):
+        raise EndpointError(
+            f"{source}={raw!r} is not a URL (stray brackets); write scheme://host:port, with "
+            f"an IPv6 address in brackets, e.g. http://[::1]:{GRPC_PORT}"
+        )
     try:
         port = parts.port
     except ValueError:

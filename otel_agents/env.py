@@ -91,11 +91,15 @@ class EnvReader:
         )
         return default
 
-    def milliseconds(self, *names: str, default_ms: float, zero_is_no_limit: bool) -> float:
+    def milliseconds(
+        self, *names: str, default_ms: float, zero_is_no_limit: bool, minimum_ms: float = 0.0
+    ) -> float:
         """A duration or timeout in milliseconds (specification), with the fallbacks above.
 
         0 is no limit for a timeout (`zero_is_no_limit`) and unusable for an interval. A value
-        under `SURELY_SECONDS_BELOW_MS` is read as seconds, with a warning.
+        under `SURELY_SECONDS_BELOW_MS` is read as seconds, with a warning. The result is
+        clamped to [`minimum_ms`, `NO_LIMIT_MS`], with a warning: longer waits overflow
+        Python's and gRPC's timers, and a tiny interval would export in a busy loop.
         """
         found = self.get(*names)
         if found is None:
@@ -116,16 +120,19 @@ class EnvReader:
         if number == 0:
             return NO_LIMIT_MS
         if number < SURELY_SECONDS_BELOW_MS:
-            self.warn(
-                f"{name}={raw} is read as {number:g} seconds, not milliseconds: the "
-                f"OpenTelemetry specification says milliseconds, and {number:g} ms is too short "
-                f"to be meant; write {number * 1000:g} to say {number:g} s"
-            )
-            return number * 1000
-        return number
+            seconds = number
+            number *= 1000
+            if minimum_ms <= number:  # else the out-of-range warning below says it all
+                self.warn(
+                    f"{name}={raw} is read as {seconds:g} seconds, not milliseconds: the "
+                    f"OpenTelemetry specification says milliseconds, and {seconds:g} ms is too "
+                    f"short to be meant; write {number:g} to say {seconds:g} s"
+                )
+        return self._clamped(name, raw, number, minimum_ms, NO_LIMIT_MS, "ms")
 
-    def seconds(self, *names: str, default_s: float) -> float:
-        """A positive number of seconds (this project's own variables); else `default_s`."""
+    def seconds(self, *names: str, default_s: float, maximum_s: float) -> float:
+        """A positive number of seconds (this project's own variables), else `default_s`;
+        clamped to `maximum_s` with a warning."""
         found = self.get(*names)
         if found is None:
             return default_s
@@ -140,7 +147,19 @@ class EnvReader:
                 f"{default_s:g}: write e.g. {default_s:g}"
             )
             return default_s
-        return number
+        return self._clamped(name, raw, number, 0.0, maximum_s, "s")
+
+    def _clamped(
+        self, name: str, raw: str, number: float, low: float, high: float, unit: str
+    ) -> float:
+        if low <= number <= high:
+            return number
+        bound, limit = (low, "at least") if number < low else (high, "at most")
+        self.warn(
+            f"{name}={raw} is out of range; using {bound:.15g} {unit}: write {limit} "
+            f"{bound:.15g} ({unit})"
+        )
+        return bound
 
     def headers(self, *names: str) -> tuple[tuple[str, str], ...]:
         """``k1=v1,k2=v2`` with URL-decoded values, keys lower-cased; bad items are skipped."""

@@ -199,8 +199,9 @@ class EtlMetrics:
         return False
 
     def _observe_last_duration(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            last = list(self._last_duration.items())
+        # No lock: dict.copy() is one atomic step, and a collection must never wait for a
+        # lock a host thread holds (see ConnectorMetrics._observe_errors).
+        last = self._last_duration.copy().items()
         return [Observation(seconds, {"flow": flow}) for flow, seconds in last]
 
 

@@ -44,6 +44,7 @@ from opentelemetry.sdk.metrics.view import (
     ExponentialBucketHistogramAggregation,
 )
 
+from otel_agents.certificate import read_regular_file
 from otel_agents.config import AgentConfig, ConfigError
 from otel_agents.overflow import OverflowWarning
 from otel_agents.tlsprobe import probe_tls
@@ -71,6 +72,8 @@ CUMULATIVE: dict[type, AggregationTemporality] = {
 }
 
 _METRICS_TIMEOUT = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"
+# A CA bundle is a few hundred KiB (the system's is ~220 KiB).
+_MAX_TLS_FILE_BYTES = 16 << 20
 # Loggers through which the SDK repeats what the settings reported, and its messages.
 _REPEATS = {
     "opentelemetry.exporter.otlp.common._aggregation": ("Invalid value for %s",),
@@ -203,8 +206,7 @@ def _read(path: str | None, variable: str, what: str) -> bytes | None:
     if not path:
         return None
     try:
-        with open(path, "rb") as pem:
-            return pem.read()
+        return read_regular_file(path, _MAX_TLS_FILE_BYTES)
     except OSError as exc:
         raise ConfigError(
             f"OTEL_EXPORTER_OTLP_(METRICS_){variable}: cannot read {path!r} ({exc.strerror}); "

@@ -12,7 +12,7 @@ What counts as a clean stop, decided at the final export:
 | how the process ends | final export | says stopped |
 |---|---|---|
 | end of the script, `sys.exit()`, Ctrl-C (SIGINT) | yes | yes |
-| SIGTERM (handler installed here unless the host has its own) | yes | yes |
+| SIGTERM (see `otel_agents.signals`) | yes | yes |
 | an uncaught exception out of a Prefect flow run (counted as a failed flow) | yes | yes |
 | any other uncaught exception | yes | no: a crash |
 | SIGKILL, out of memory, `os._exit`, power loss | no | no |
@@ -20,13 +20,9 @@ What counts as a clean stop, decided at the final export:
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -36,8 +32,6 @@ from opentelemetry.sdk.metrics.export import (
     ResourceMetrics,
 )
 from opentelemetry.sdk.resources import Resource
-
-_logger = logging.getLogger(__name__)
 
 STATE_KEY = "otel_agents.state"
 """Resource attribute of the final export of a clean stop; the gateway reads it."""
@@ -62,6 +56,8 @@ class StopAnnouncingExporter(MetricExporter):
         )
         self.inner = inner
         self._stopping = False
+        self._last_result: MetricExportResult | None = None
+        self._in_flight = 0  # only the reader's thread exports (one at a time)
 
     def announce_stop(self) -> None:
         """From now on (the final export of a shutdown), tell the gateway we stopped."""
@@ -73,7 +69,22 @@ class StopAnnouncingExporter(MetricExporter):
         """Export, with the stop notice on the resource once announced."""
         if self._stopping:
             metrics_data = _with_stop_notice(metrics_data)
-        return self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        self._in_flight += 1
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+            raise
+        finally:
+            self._in_flight -= 1
+            self._last_result = result
+        return result
+
+    def final_export_arrived(self) -> bool:
+        """After a shutdown: False while an export is still on its way (the SDK gave up
+        waiting for it) or when the last one failed: the latest totals never reached the
+        gateway. The SDK's reader drops export results; this keeps them."""
+        return self._in_flight == 0 and self._last_result is not MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Flush the wrapped exporter."""
@@ -114,42 +125,3 @@ def _raised_by_flow_run(tb: TracebackType | None) -> bool:
             return True
         tb = tb.tb_next
     return False
-
-
-class SigtermHandler:
-    """On SIGTERM: run `stop` (bounded), then die of SIGTERM as the default would.
-
-    Installed only from the main thread and only where SIGTERM has its default
-    action: a host with its own handler stops its own way and then exits through
-    the interpreter's normal exit, which runs the exit hook anyway.
-    """
-
-    def __init__(self, stop: Callable[[], object]) -> None:
-        """`stop` exports the final values; it must return within its own deadline."""
-        self._stop = stop
-        self.installed = False
-
-    def install(self) -> bool:
-        """Install the handler if SIGTERM has its default action; True if installed."""
-        if threading.current_thread() is not threading.main_thread():
-            _logger.info(
-                "otel_agents: setup_metrics ran outside the main thread; on SIGTERM the "
-                "final export is not sent (call telemetry.shutdown() in your own handler)"
-            )
-            return False
-        try:
-            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-                return False
-            signal.signal(signal.SIGTERM, self._handle)
-        except (ValueError, OSError, AttributeError):  # no SIGTERM here (Windows)
-            return False
-        self.installed = True
-        return True
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        try:
-            self._stop()
-        finally:
-            # Die the way SIGTERM's default action does: exit status, parent's view.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)

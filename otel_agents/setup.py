@@ -33,7 +33,8 @@ from otel_agents.config import AgentConfig, ConfigError
 from otel_agents.exporters import build_exporter, exemplar_filter
 from otel_agents.forks import follow_forks
 from otel_agents.identity import host_name, stable_instance_id
-from otel_agents.lifecycle import SigtermHandler, StopAnnouncingExporter
+from otel_agents.lifecycle import StopAnnouncingExporter
+from otel_agents.signals import on_sigterm, signals_blocked
 from otel_agents.telemetry import AgentTelemetry
 
 _logger = logging.getLogger(__name__)
@@ -140,12 +141,14 @@ def _start(
 ) -> AgentTelemetry:
     announcer = None
     if reader is None:
-        announcer = StopAnnouncingExporter(_build_exporter(config))
-        reader = PeriodicExportingMetricReader(
-            announcer,
-            export_interval_millis=config.export_interval_ms,
-            export_timeout_millis=config.export_timeout_ms,
-        )
+        # gRPC's and the reader's threads must leave the host's signals to its main thread.
+        with signals_blocked():
+            announcer = StopAnnouncingExporter(_build_exporter(config))
+            reader = PeriodicExportingMetricReader(
+                announcer,
+                export_interval_millis=config.export_interval_ms,
+                export_timeout_millis=config.export_timeout_ms,
+            )
         client_certificate = config.use_tls and config.client_certificate_file
         if not client_certificate and not any(
             key == "authorization" for key, _ in config.grpc_metadata()
@@ -170,14 +173,14 @@ def _start(
         provider,
         sdk_provider=provider,
         shutdown_timeout_s=config.shutdown_timeout_s,
-        announce_stop=announcer.announce_stop if announcer is not None else None,
+        exporter=announcer,
         config=config,
         service_version=_text(resource.attributes.get(SERVICE_VERSION)),
     )
     follow_forks(telemetry, provider, resource)  # right after the SDK's fork hook
     atexit.register(telemetry.at_exit)
     if announcer is not None and config.handle_sigterm:
-        SigtermHandler(telemetry.shutdown).install()
+        on_sigterm(telemetry.shutdown)
     if set_global:
         _install_global(provider)
     return telemetry

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from otel_agents.certificate import read_regular_file
 from otel_agents.config import AgentConfig
 
 TENANT_HEADER = "x-otel-tenant"
@@ -154,8 +155,14 @@ def send_http(url: str, config: AgentConfig) -> Attempt:
 
 
 def _ssl_context(config: AgentConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=config.certificate_file)
+    ca = config.certificate_file
+    context = ssl.create_default_context(
+        cadata=read_regular_file(ca, 16 << 20).decode("ascii", "replace") if ca else None
+    )
     if config.client_certificate_file and config.client_key_file:
+        # ssl opens these by path only: refuse a FIFO (which would block) first.
+        _read(config.client_certificate_file)
+        _read(config.client_key_file)
         context.load_cert_chain(config.client_certificate_file, config.client_key_file)
     return context
 
@@ -169,5 +176,4 @@ def _client_pair(config: AgentConfig) -> tuple[bytes | None, bytes | None]:
 def _read(path: str | None) -> bytes | None:
     if not path:
         return None
-    with open(path, "rb") as pem:
-        return pem.read()
+    return read_regular_file(path, 16 << 20)

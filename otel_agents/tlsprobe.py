@@ -11,6 +11,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Literal
 
+from otel_agents.certificate import read_regular_file
+
 Verdict = Literal["tls", "untrusted", "plaintext", "unreachable"]
 
 
@@ -36,7 +38,10 @@ def probe_tls(host: str, port: int, ca_file: str | None, timeout_s: float = 5.0)
     except OSError as exc:
         return TlsProbe("unreachable", f"cannot connect to {host}:{port} ({exc.strerror or exc})")
     try:
-        context = ssl.create_default_context(cafile=ca_file)
+        # Read here, not by ssl from the path: a FIFO would block ssl's open forever.
+        pem = read_regular_file(ca_file, 16 << 20) if ca_file else None
+        cadata = pem.decode("ascii", "replace") if pem is not None else None
+        context = ssl.create_default_context(cadata=cadata)
     except (OSError, ssl.SSLError) as exc:
         raw.close()
         return TlsProbe("unreachable", f"cannot read the CA file {ca_file!r} ({exc})")

@@ -27,6 +27,7 @@ from uuid import UUID
 from otel_agents.etl import EtlMetrics
 from otel_agents.prefect.spool import pid_alive, writer_pid
 from otel_agents.prefect.tracker import FINAL_STATES
+from otel_agents.signals import signals_blocked
 
 _logger = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class SpoolReader:
         self._thread = threading.Thread(
             target=self._loop, args=(interval_s,), name="otel-agents-prefect-spool", daemon=True
         )
-        self._thread.start()
+        with signals_blocked():  # the host's signals stay with its main thread
+            self._thread.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop the thread, read what is left, and remove the directory if it is empty."""

@@ -9,6 +9,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from otel_agents.signals import signals_blocked
+
 _logger = logging.getLogger(__name__)
 
 
@@ -41,7 +43,8 @@ class ApiProbe:
 
     def start(self) -> None:
         """Start probing (the first check runs at once)."""
-        self._thread.start()
+        with signals_blocked():  # the host's signals stay with its main thread
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop after the current check."""
