@@ -125,8 +125,9 @@ def _start_child(provider: SdkMeterProvider, resource: Resource, explicit: bool)
 
 
 def telemetry_after_fork(telemetry: AgentTelemetry) -> None:
-    """Fresh locks for `telemetry`; a multiprocessing child exports once more at its end."""
-    telemetry._lock = threading.Lock()
+    """The child's own final export (not one its parent may have started before the
+    fork); a multiprocessing child exports once more at its end."""
+    telemetry._final.clear()
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         # Run by multiprocessing in its child after it clears the parent's finalizers.
