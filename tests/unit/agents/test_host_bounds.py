@@ -24,12 +24,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from otlp_receiver import OtlpReceiver, otlp_receiver
 
 from otel_agents import AgentTelemetry, connector_metrics, setup_metrics
 from otel_agents.certificate import CertificateFile
 from otel_agents.config import MAX_SHUTDOWN_TIMEOUT_S, MIN_EXPORT_INTERVAL_MS, AgentConfig
 from otel_agents.env import NO_LIMIT_MS
-from tests.e2e.prefect_fixtures import OtlpReceiver, otlp_receiver
 
 
 def agent(endpoint: str, **environ: str) -> AgentTelemetry:

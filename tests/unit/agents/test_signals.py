@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from otlp_receiver import OtlpReceiver, otlp_receiver
 
 from otel_agents.lifecycle import STATE_KEY
-from tests.e2e.prefect_fixtures import OtlpReceiver, otlp_receiver
 
 pytestmark = pytest.mark.slow
 
