@@ -17,7 +17,9 @@ decides, per metric, on the name the Collector will make of it:
 
 The last one is a table in this process's memory, bounded: a name unused for
 `idle_seconds` (longer than the Collector's `metric_expiration`) is forgotten,
-and past `max_names` the least recently used goes first. It starts empty when the
+and past `max_names` the least recently used goes first. Each tenant may bring
+at most its `max_metric_names` names into the table (`metric_name_limit`), so
+that one tenant cannot push the others' names out. It starts empty when the
 gateway starts, and each gateway process has its own.
 """
 
@@ -128,6 +130,8 @@ class _Entry:
     name: str
     """The OpenTelemetry name it was first seen as (for the message)."""
     seen: float
+    owner: str
+    """The tenant that brought it into use: it counts against that tenant's names."""
 
 
 class MetricNamespace:
@@ -139,12 +143,28 @@ class MetricNamespace:
         self._names: OrderedDict[str, _Entry] = OrderedDict()
         self._fixed: dict[tuple[str, str, str, bool, bool], tuple[Naming | None, Problem | None]]
         self._fixed = {}
+        self._owned: dict[str, int] = {}
+        """Names in the table per tenant that brought them into use."""
 
     def __len__(self) -> int:
         return len(self._names)
 
-    def check(self, metric: Metric, kind: str, data: Any, now: float) -> Problem | None:
-        """Why `metric`'s points may not be sent, or None (and the name is noted as in use)."""
+    def owned(self, tenant_id: str) -> int:
+        """Names `tenant_id` brought into use that the table still holds."""
+        return self._owned.get(tenant_id, 0)
+
+    def check(
+        self,
+        metric: Metric,
+        kind: str,
+        data: Any,
+        now: float,
+        tenant_id: str = "",
+        tenant_max_names: int = 0,
+    ) -> Problem | None:
+        """Why `metric`'s points may not be sent, or None (and the name is noted as in
+        use). A name new to the table counts against `tenant_id`'s `tenant_max_names`
+        (0: no limit), so that no tenant can fill the table and push others' names out."""
         monotonic = kind == "sum" and data.is_monotonic
         key = (metric.name, metric.unit, kind, monotonic, kind == "gauge" and untyped(metric))
         # What a name is does not change: worked out once (~8 µs), then looked up.
@@ -156,13 +176,15 @@ class MetricNamespace:
         found, problem = known
         if found is None:
             return problem
-        return self._note(metric.name, metric.unit, found, now)
+        return self._note(metric.name, metric.unit, found, now, tenant_id, tenant_max_names)
 
-    def _note(self, name: str, unit: str, found: Naming, now: float) -> Problem | None:
+    def _note(
+        self, name: str, unit: str, found: Naming, now: float, tenant_id: str, max_names: int
+    ) -> Problem | None:
         names = self._names
         entry = names.get(found.prometheus)
         if entry is not None and now - entry.seen > self.idle_seconds:
-            del names[found.prometheus]
+            self._drop(found.prometheus)
             entry = None
         if entry is not None:
             if entry.type != found.type or entry.unit != unit:
@@ -182,7 +204,17 @@ class MetricNamespace:
                 f"metric {shown(name)} ({found.type}) becomes {found.prometheus}, "
                 f"which clashes with the {clash}: use another name",
             )
-        names[found.prometheus] = _Entry(found.type, unit, name, now)
+        if max_names and self.owned(tenant_id) >= max_names:
+            self._forget(now)  # its idle names first
+            if self.owned(tenant_id) >= max_names:
+                return (
+                    "metric_name_limit",
+                    f"metric {shown(name)}: tenant {tenant_id!r} has {max_names} metric names "
+                    f"in use (limit max_metric_names={max_names}); a name unused for "
+                    f"{self.idle_seconds:g} s is forgotten",
+                )
+        names[found.prometheus] = _Entry(found.type, unit, name, now, tenant_id)
+        self._owned[tenant_id] = self.owned(tenant_id) + 1
         self._forget(now)
         return None
 
@@ -220,4 +252,12 @@ class MetricNamespace:
             oldest = next(iter(names.values()))
             if now - oldest.seen <= self.idle_seconds and len(names) <= self.max_names:
                 break
-            names.popitem(last=False)
+            self._drop(next(iter(names)))
+
+    def _drop(self, prometheus: str) -> None:
+        entry = self._names.pop(prometheus)
+        left = self._owned[entry.owner] - 1
+        if left:
+            self._owned[entry.owner] = left
+        else:
+            del self._owned[entry.owner]

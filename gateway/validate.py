@@ -186,7 +186,9 @@ class _Checker:
                 f"metric {shown(name)} does not match metric_name_patterns",
             )
         if self.namespace is not None:
-            problem = self.namespace.check(metric, kind, data, self.now)
+            problem = self.namespace.check(
+                metric, kind, data, self.now, self.tenant_id, self.limits.max_metric_names
+            )
             if problem is not None:
                 return problem
         value_problem = metric_problem(kind, data)

@@ -133,3 +133,20 @@ def test_contract_names_are_checked_against_the_contract_not_noted() -> None:
     problem = names.check(*_gauge("agent.flow.duration.seconds.count"), now=0.0)
     assert problem is not None
     assert "is a histogram of the metric contract" in problem[1]
+
+
+def test_a_tenant_brings_at_most_its_quota_of_names_into_the_table() -> None:
+    names = MetricNamespace(max_names=100, idle_seconds=100.0)
+    for index in range(3):
+        assert names.check(*_gauge(f"app.a{index}"), 0.0, "alpha", 3) is None
+    problem = names.check(*_gauge("app.a3"), 1.0, "alpha", 3)
+    assert problem is not None
+    assert problem[0] == "metric_name_limit"
+    assert "tenant 'alpha' has 3 metric names in use (limit max_metric_names=3)" in problem[1]
+    # Names in use cost nothing more, whoever sends them; beta has its own quota.
+    assert names.check(*_gauge("app.a0"), 2.0, "beta", 3) is None
+    assert names.check(*_gauge("app.b0"), 2.0, "beta", 3) is None
+    assert (names.owned("alpha"), names.owned("beta")) == (3, 1)
+    # alpha's idle names make room for new ones (app.a0 was used by beta at 2.0).
+    assert names.check(*_gauge("app.a3"), 101.5, "alpha", 3) is None
+    assert names.owned("alpha") == 2

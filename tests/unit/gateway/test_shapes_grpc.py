@@ -357,3 +357,24 @@ def test_long_resource_values_are_refused(tmp_path: Path) -> None:
             assert _names(collector) == [GOOD]
 
     asyncio.run(scenario())
+
+
+def test_one_tenant_cannot_fill_the_table_of_names(tmp_path: Path) -> None:
+    keys = make_tenants(tmp_path / "tenants.json", "alpha", "beta")
+    flood = [_gauge(f"app.flood{index}") for index in range(5)]
+
+    async def scenario() -> None:
+        async with (
+            fake_collector() as (collector, port),
+            gateway(tmp_path / "tenants.json", port, max_metric_names=3) as gw,
+        ):
+            response = await gw.export(_request(_resource(flood)), keys["alpha"])
+            message = _refused(response, "metric_name_limit", points=2)
+            assert "metric 'app.flood3': tenant 'alpha' has 3 metric names in use" in message
+            # beta brings its own names, and uses alpha's.
+            beta = _request(_resource([_gauge("app.beta"), _gauge("app.flood0")]))
+            assert not (await gw.export(beta, keys["beta"])).HasField("partial_success")
+            kept = ["app.flood0", "app.flood1", "app.flood2"]
+            assert _names(collector) == [*kept, "app.beta", "app.flood0"]
+
+    asyncio.run(scenario())
