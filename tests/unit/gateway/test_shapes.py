@@ -1,4 +1,5 @@
-"""Shapes and names one tenant could hurt the others with, through the real gRPC gateway.
+"""Shapes and names one tenant could hurt the others with, through the real gateway
+(gRPC, and OTLP/HTTP JSON once).
 
 Each request carries a hostile item and a good one: the hostile item is refused
 in `partial_success`, named, counted under its reason, and the good data points of
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from gateway_fixtures import FakeCollector, fake_collector, make_tenants
 from gateway_fixtures import running_gateway as gateway
+from gateway_http_fixtures import http_gateway
+from google.protobuf import json_format
 from middle import sample
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -376,5 +379,34 @@ def test_one_tenant_cannot_fill_the_table_of_names(tmp_path: Path) -> None:
             assert not (await gw.export(beta, keys["beta"])).HasField("partial_success")
             kept = ["app.flood0", "app.flood1", "app.flood2"]
             assert _names(collector) == [*kept, "app.beta", "app.flood0"]
+
+    asyncio.run(scenario())
+
+
+def test_over_otlp_http_json_the_same_refusals_answer_in_partial_success(tmp_path: Path) -> None:
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[
+            _resource([_gauge("connector.connected", value=1.0)], {"-": "x"}, "dash"),
+            _resource([_gauge("connector.errors_total"), _counter()]),
+        ]
+    )
+    body = json_format.MessageToJson(request)
+
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as gw:
+            headers = {"content-type": "application/json", **gw.auth("acme")}
+            answer = await gw.client.post("/v1/metrics", content=body, headers=headers)
+            assert answer.status_code == 200
+            partial = answer.json()["partialSuccess"]
+            assert partial["rejectedDataPoints"] == "2"
+            assert (
+                "attribute_key_not_allowed: 1 (resource attribute key '-'"
+                in (partial["errorMessage"])
+            )
+            assert (
+                "metric_type_conflict: 1 (metric 'connector.errors_total'"
+                in (partial["errorMessage"])
+            )
+            assert _names(gw.collector) == [GOOD]
 
     asyncio.run(scenario())
