@@ -10,8 +10,8 @@ decides, per metric, on the name the Collector will make of it:
   `scrape_*`, `otelcol_*`, `prometheus_*`, `ALERTS`, recording rules' names with
   `:`, anything with `__`) are never taken from tenants (`metric_name_reserved`),
   whatever the case, separators or unit suffix (`Connector-Last_Seen` too);
-- the names of the metric contract (otel_agents.names) keep their kind and unit
-  (`metric_type_conflict`);
+- the names of the metric contract and the library's other instruments
+  (otel_agents.names) keep their kind and unit (`metric_type_conflict`);
 - any other name keeps the type and unit it was first seen with, across tenants,
   while it is in use (`metric_type_conflict`).
 
@@ -33,7 +33,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from gateway.labels import Problem, shown
 from gateway.promnames import Naming, naming, tokens, untyped
-from otel_agents.names import CONTRACT, ContractMetric
+from otel_agents.names import CONTRACT, OTHER_INSTRUMENTS, ContractMetric
 
 RESERVED_PREFIXES = ("gateway_", "otelcol_", "prometheus_", "scrape_")
 RESERVED_NAMES = frozenset({"up", "target_info", "alerts", "alerts_for_state"})
@@ -54,7 +54,7 @@ def reserved(name: str, found: Naming) -> bool:
 
 def _contract_index() -> dict[str, ContractMetric]:
     index: dict[str, ContractMetric] = {}
-    for row in CONTRACT:
+    for row in CONTRACT + OTHER_INSTRUMENTS:
         index["_".join(tokens(row.name)).lower()] = row
         index[row.prometheus.lower()] = row
         if row.kind == "histogram":
@@ -73,11 +73,11 @@ _KINDS: dict[str, tuple[str, ...]] = {
 
 def _contract_problem(row: ContractMetric, metric: Metric, kind: str, data: Any) -> str | None:
     if kind not in _KINDS[row.kind]:
-        return f"is a {row.kind} of the metric contract, sent as a {_described(kind, data)}"
+        return f"is a {row.kind} of otel_agents' metrics, sent as a {_described(kind, data)}"
     if row.kind == "counter" and not data.is_monotonic:
-        return f"is a {row.kind} of the metric contract, sent as a non-monotonic sum"
+        return f"is a {row.kind} of otel_agents' metrics, sent as a non-monotonic sum"
     if metric.unit != row.unit:
-        return f"has unit {row.unit!r} in the metric contract, sent with {metric.unit!r}"
+        return f"has unit {row.unit!r} in otel_agents' metrics, sent with {metric.unit!r}"
     return None
 
 

@@ -2,8 +2,8 @@
 
 One row per instrument: its OpenTelemetry name, its kind, its unit and the name
 Prometheus shows (the Collector's `UnderscoreEscapingWithSuffixes` translation).
-Plain data, no OpenTelemetry import: the gateway reads it to keep these names to
-their kind and unit whichever tenant sends them.
+Plain data, no OpenTelemetry import: the gateway reads it to keep these names (and
+the library's other instruments) to their kind and unit whichever tenant sends them.
 """
 
 from __future__ import annotations
@@ -52,3 +52,10 @@ CONTRACT: tuple[ContractMetric, ...] = (
     ContractMetric("agent.connected", "gauge", "", "agent_connected"),
 )
 """Every instrument of the contract, in the order of docs/architecture.md."""
+
+OTHER_INSTRUMENTS: tuple[ContractMetric, ...] = (
+    ContractMetric("agent.tasks_failed", "counter", "{task}", "agent_tasks_failed_total"),
+    ContractMetric("agent.task_retries", "counter", "{retry}", "agent_task_retries_total"),
+)
+"""The library's instruments outside the contract (no rule or dashboard reads them):
+the gateway holds them to their kind and unit all the same."""

@@ -12,7 +12,7 @@ from gateway.labels import label_name
 from gateway.namespace import MetricNamespace
 from gateway.promnames import prometheus_name
 from otel_agents import connector, etl
-from otel_agents.names import CONTRACT
+from otel_agents.names import CONTRACT, OTHER_INSTRUMENTS
 
 # Each expected value is what prometheus/otlptranslator v1.0.0 (the Collector
 # 0.165.0 exporter's translator, UnderscoreEscapingWithSuffixes) returned for it.
@@ -69,9 +69,9 @@ def test_the_contract_table_is_the_agents_instruments_and_their_prometheus_names
     names = {row.name for row in CONTRACT}
     for constant in (connector.BYTES_SENT, connector.ERRORS, etl.FLOWS_EXECUTED, etl.FLOW_DURATION):
         assert constant in names
-    for row in CONTRACT:
-        kind = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}[row.kind]
-        assert prometheus_name(row.name, row.unit, kind) == row.prometheus
+    assert {row.name for row in OTHER_INSTRUMENTS} == {etl.TASKS_FAILED, etl.TASK_RETRIES}
+    for row in CONTRACT + OTHER_INSTRUMENTS:
+        assert prometheus_name(row.name, row.unit, row.kind) == row.prometheus
 
 
 def test_the_contract_module_imports_nothing_of_opentelemetry() -> None:
@@ -129,10 +129,10 @@ def test_contract_names_are_checked_against_the_contract_not_noted() -> None:
     assert len(names) == 0
     problem = names.check(*_gauge("agent.connected", "1"), now=0.0)
     assert problem is not None
-    assert "has unit '' in the metric contract, sent with '1'" in problem[1]
+    assert "has unit '' in otel_agents' metrics, sent with '1'" in problem[1]
     problem = names.check(*_gauge("agent.flow.duration.seconds.count"), now=0.0)
     assert problem is not None
-    assert "is a histogram of the metric contract" in problem[1]
+    assert "is a histogram of otel_agents' metrics" in problem[1]
 
 
 def test_a_tenant_brings_at_most_its_quota_of_names_into_the_table() -> None:

@@ -104,7 +104,7 @@ def test_a_tenant_cannot_send_a_contract_counter_as_a_gauge(tmp_path: Path) -> N
             forged = _gauge("connector.errors_total")
             response = await gw.export(_request(_resource([forged, _counter()])), keys["alpha"])
             message = _refused(response, "metric_type_conflict")
-            assert "'connector.errors_total' is a counter of the metric contract" in message
+            assert "'connector.errors_total' is a counter of otel_agents' metrics" in message
             assert "send connector.errors as a counter with unit '{error}'" in message
             # The contract's name with another unit, or as an up-down counter.
             for wrong in (_counter("connector.errors", unit="By"), _counter("connector.errors")):
