@@ -410,3 +410,24 @@ def test_over_otlp_http_json_the_same_refusals_answer_in_partial_success(tmp_pat
             assert _names(gw.collector) == [GOOD]
 
     asyncio.run(scenario())
+
+
+def test_a_scope_key_cannot_repeat_the_exporters_own_scope_labels(tmp_path: Path) -> None:
+    keys = make_tenants(tmp_path / "tenants.json", "alpha")
+    resource = _resource([_counter()])
+    scope = m.ScopeMetrics(metrics=[_counter("app.scoped")])
+    # otel_scope_schema_url is the exporter's own label; `schema_url` itself it skips.
+    scope.scope.attributes.extend(_kvs({"schema.url": "x"}))
+    resource.scope_metrics.append(scope)
+
+    async def scenario() -> None:
+        async with (
+            fake_collector() as (collector, port),
+            gateway(tmp_path / "tenants.json", port, attribute_key_patterns=(".*",)) as gw,
+        ):
+            response = await gw.export(_request(resource), keys["alpha"])
+            message = _refused(response, "attribute_key_not_allowed")
+            assert "becomes the exporter's own otel_scope_schema_url label" in message
+            assert _names(collector) == [GOOD]
+
+    asyncio.run(scenario())
