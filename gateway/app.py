@@ -79,7 +79,9 @@ class Gateway:
             series_window_seconds=settings.active_series_window_seconds,
             max_request_bytes_cap=2 * settings.max_request_bytes,
         )
-        namespace = MetricNamespace(settings.max_metric_names, settings.metric_name_idle_seconds)
+        namespace = MetricNamespace(
+            settings.metric_name_table_size, settings.metric_name_idle_seconds
+        )
         ingestor = Ingestor(
             forwarder,
             telemetry.metrics,

@@ -81,6 +81,7 @@ REASONS: dict[str, Reason] = {
         # keep their type and unit (gateway/namespace.py).
         Reason("metric_name_reserved", _OK, 200, "points"),
         Reason("metric_type_conflict", _OK, 200, "points"),
+        Reason("metric_name_limit", _OK, 200, "points", "max_metric_names"),
         Reason("invalid_value", _OK, 200, "points"),
         Reason(
             "attribute_limit",

@@ -95,6 +95,12 @@ class LimitValues(BaseModel):
     max_resource_bytes: int = Field(
         8192, ge=0, description="Encoded size of one resource; over it, all its points drop."
     )
+    max_metric_names: int = Field(
+        2000,
+        ge=0,
+        description="Metric names a tenant may bring into use across all tenants' namespace "
+        "(gateway/namespace.py); new ones over it drop.",
+    )
     metric_name_patterns: tuple[str, ...] = Field(
         (r"[a-zA-Z][a-zA-Z0-9_.]{0,254}",),
         description="Regular expressions; a metric name must match one of them whole.",

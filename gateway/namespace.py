@@ -10,14 +10,16 @@ decides, per metric, on the name the Collector will make of it:
   `scrape_*`, `otelcol_*`, `prometheus_*`, `ALERTS`, recording rules' names with
   `:`, anything with `__`) are never taken from tenants (`metric_name_reserved`),
   whatever the case, separators or unit suffix (`Connector-Last_Seen` too);
-- the names of the metric contract (otel_agents.names) keep their kind and unit
-  (`metric_type_conflict`);
+- the names of the metric contract and the library's other instruments
+  (otel_agents.names) keep their kind and unit (`metric_type_conflict`);
 - any other name keeps the type and unit it was first seen with, across tenants,
   while it is in use (`metric_type_conflict`).
 
 The last one is a table in this process's memory, bounded: a name unused for
 `idle_seconds` (longer than the Collector's `metric_expiration`) is forgotten,
-and past `max_names` the least recently used goes first. It starts empty when the
+and past `max_names` the least recently used goes first. Each tenant may bring
+at most its `max_metric_names` names into the table (`metric_name_limit`), so
+that one tenant cannot push the others' names out. It starts empty when the
 gateway starts, and each gateway process has its own.
 """
 
@@ -31,7 +33,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from gateway.labels import Problem, shown
 from gateway.promnames import Naming, naming, tokens, untyped
-from otel_agents.names import CONTRACT, ContractMetric
+from otel_agents.names import CONTRACT, OTHER_INSTRUMENTS, ContractMetric
 
 RESERVED_PREFIXES = ("gateway_", "otelcol_", "prometheus_", "scrape_")
 RESERVED_NAMES = frozenset({"up", "target_info", "alerts", "alerts_for_state"})
@@ -52,7 +54,7 @@ def reserved(name: str, found: Naming) -> bool:
 
 def _contract_index() -> dict[str, ContractMetric]:
     index: dict[str, ContractMetric] = {}
-    for row in CONTRACT:
+    for row in CONTRACT + OTHER_INSTRUMENTS:
         index["_".join(tokens(row.name)).lower()] = row
         index[row.prometheus.lower()] = row
         if row.kind == "histogram":
@@ -71,11 +73,11 @@ _KINDS: dict[str, tuple[str, ...]] = {
 
 def _contract_problem(row: ContractMetric, metric: Metric, kind: str, data: Any) -> str | None:
     if kind not in _KINDS[row.kind]:
-        return f"is a {row.kind} of the metric contract, sent as a {_described(kind, data)}"
+        return f"is a {row.kind} of otel_agents' metrics, sent as a {_described(kind, data)}"
     if row.kind == "counter" and not data.is_monotonic:
-        return f"is a {row.kind} of the metric contract, sent as a non-monotonic sum"
+        return f"is a {row.kind} of otel_agents' metrics, sent as a non-monotonic sum"
     if metric.unit != row.unit:
-        return f"has unit {row.unit!r} in the metric contract, sent with {metric.unit!r}"
+        return f"has unit {row.unit!r} in otel_agents' metrics, sent with {metric.unit!r}"
     return None
 
 
@@ -128,6 +130,8 @@ class _Entry:
     name: str
     """The OpenTelemetry name it was first seen as (for the message)."""
     seen: float
+    owner: str
+    """The tenant that brought it into use: it counts against that tenant's names."""
 
 
 class MetricNamespace:
@@ -139,12 +143,28 @@ class MetricNamespace:
         self._names: OrderedDict[str, _Entry] = OrderedDict()
         self._fixed: dict[tuple[str, str, str, bool, bool], tuple[Naming | None, Problem | None]]
         self._fixed = {}
+        self._owned: dict[str, int] = {}
+        """Names in the table per tenant that brought them into use."""
 
     def __len__(self) -> int:
         return len(self._names)
 
-    def check(self, metric: Metric, kind: str, data: Any, now: float) -> Problem | None:
-        """Why `metric`'s points may not be sent, or None (and the name is noted as in use)."""
+    def owned(self, tenant_id: str) -> int:
+        """Names `tenant_id` brought into use that the table still holds."""
+        return self._owned.get(tenant_id, 0)
+
+    def check(
+        self,
+        metric: Metric,
+        kind: str,
+        data: Any,
+        now: float,
+        tenant_id: str = "",
+        tenant_max_names: int = 0,
+    ) -> Problem | None:
+        """Why `metric`'s points may not be sent, or None (and the name is noted as in
+        use). A name new to the table counts against `tenant_id`'s `tenant_max_names`
+        (0: no limit), so that no tenant can fill the table and push others' names out."""
         monotonic = kind == "sum" and data.is_monotonic
         key = (metric.name, metric.unit, kind, monotonic, kind == "gauge" and untyped(metric))
         # What a name is does not change: worked out once (~8 µs), then looked up.
@@ -156,13 +176,15 @@ class MetricNamespace:
         found, problem = known
         if found is None:
             return problem
-        return self._note(metric.name, metric.unit, found, now)
+        return self._note(metric.name, metric.unit, found, now, tenant_id, tenant_max_names)
 
-    def _note(self, name: str, unit: str, found: Naming, now: float) -> Problem | None:
+    def _note(
+        self, name: str, unit: str, found: Naming, now: float, tenant_id: str, max_names: int
+    ) -> Problem | None:
         names = self._names
         entry = names.get(found.prometheus)
         if entry is not None and now - entry.seen > self.idle_seconds:
-            del names[found.prometheus]
+            self._drop(found.prometheus)
             entry = None
         if entry is not None:
             if entry.type != found.type or entry.unit != unit:
@@ -182,7 +204,17 @@ class MetricNamespace:
                 f"metric {shown(name)} ({found.type}) becomes {found.prometheus}, "
                 f"which clashes with the {clash}: use another name",
             )
-        names[found.prometheus] = _Entry(found.type, unit, name, now)
+        if max_names and self.owned(tenant_id) >= max_names:
+            self._forget(now)  # its idle names first
+            if self.owned(tenant_id) >= max_names:
+                return (
+                    "metric_name_limit",
+                    f"metric {shown(name)}: tenant {tenant_id!r} has {max_names} metric names "
+                    f"in use (limit max_metric_names={max_names}); a name unused for "
+                    f"{self.idle_seconds:g} s is forgotten",
+                )
+        names[found.prometheus] = _Entry(found.type, unit, name, now, tenant_id)
+        self._owned[tenant_id] = self.owned(tenant_id) + 1
         self._forget(now)
         return None
 
@@ -220,4 +252,12 @@ class MetricNamespace:
             oldest = next(iter(names.values()))
             if now - oldest.seen <= self.idle_seconds and len(names) <= self.max_names:
                 break
-            names.popitem(last=False)
+            self._drop(next(iter(names)))
+
+    def _drop(self, prometheus: str) -> None:
+        entry = self._names.pop(prometheus)
+        left = self._owned[entry.owner] - 1
+        if left:
+            self._owned[entry.owner] = left
+        else:
+            del self._owned[entry.owner]

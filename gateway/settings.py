@@ -139,11 +139,11 @@ class GatewaySettings(BaseSettings, LimitValues):
         600.0, gt=0, description="A series not seen for this long stops counting as active."
     )
     # The metric names in use, shared by all tenants (docs/gateway.md, "One namespace").
-    max_metric_names: int = Field(
+    metric_name_table_size: int = Field(
         50_000,
         ge=1,
-        description="Metric names whose type and unit the gateway remembers; past it the "
-        "least recently used is forgotten.",
+        description="Metric names whose type and unit the gateway remembers, all tenants "
+        "together; past it the least recently used is forgotten.",
     )
     metric_name_idle_seconds: float = Field(
         600.0,

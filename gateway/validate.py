@@ -4,7 +4,9 @@ Every data point is checked in the order of the rejection table
 (gateway/errors.py) and the first failing check names its reason. Dropped
 points are removed from the request in place and summed up in `Rejections`,
 which becomes the OTLP response's `partial_success`. One pass, linear in the
-number of points and attributes.
+number of points and attributes. A resource or a scope over its own limits
+(gateway.labels) leaves the request with all its points; each metric's name is
+checked against the namespace all tenants share (gateway.namespace).
 
 Agents send the same series again and again: only values and timestamps change.
 A gauge's or counter's point is therefore looked at in its serialized form: its
@@ -186,7 +188,9 @@ class _Checker:
                 f"metric {shown(name)} does not match metric_name_patterns",
             )
         if self.namespace is not None:
-            problem = self.namespace.check(metric, kind, data, self.now)
+            problem = self.namespace.check(
+                metric, kind, data, self.now, self.tenant_id, self.limits.max_metric_names
+            )
             if problem is not None:
                 return problem
         value_problem = metric_problem(kind, data)

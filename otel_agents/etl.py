@@ -43,10 +43,6 @@ from otel_agents.telemetry import AgentTelemetry
 
 _logger = logging.getLogger(__name__)
 
-TASKS_FAILED = "agent.tasks_failed"
-"""Counter: task runs that failed (after their last retry) or crashed."""
-TASK_RETRIES = "agent.task_retries"
-"""Counter: retries of task runs (attempts after the first)."""
 
 STATES = ("completed", "failed", "crashed", "cancelled")
 """The final state types of a run, as `record_*` take them. Not an attribute: a cancelled
@@ -89,12 +85,10 @@ class EtlMetrics:
         self._tasks = _counter(
             meter, names.AGENT_TASKS_EXECUTED, "Task runs that reached a final state."
         )
-        self._tasks_failed = meter.create_counter(
-            TASKS_FAILED, unit="{task}", description="Task runs that failed or crashed."
+        self._tasks_failed = _counter(
+            meter, names.AGENT_TASKS_FAILED, "Task runs that failed or crashed."
         )
-        self._retries = meter.create_counter(
-            TASK_RETRIES, unit="{retry}", description="Task run retries."
-        )
+        self._retries = _counter(meter, names.AGENT_TASK_RETRIES, "Task run retries.")
         self._duration = meter.create_histogram(
             names.AGENT_FLOW_DURATION.name,
             unit=names.AGENT_FLOW_DURATION.unit,

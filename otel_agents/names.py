@@ -7,8 +7,8 @@ own, declared with its other metrics in gateway/instruments.py.
 
 One row per instrument: its OpenTelemetry name, its kind, its unit and the name
 Prometheus shows (the Collector's `UnderscoreEscapingWithSuffixes` translation).
-Plain data, no OpenTelemetry import: the gateway reads it to keep these names to
-their kind and unit whichever tenant sends them.
+Plain data, no OpenTelemetry import: the gateway reads it to keep these names (and
+the library's other instruments) to their kind and unit whichever tenant sends them.
 """
 
 from __future__ import annotations
@@ -100,3 +100,13 @@ CONTRACT: tuple[ContractMetric, ...] = (
     AGENT_CONNECTED,
 )
 """Every instrument of the contract, in the order of docs/architecture.md."""
+
+AGENT_TASKS_FAILED = ContractMetric(
+    "agent.tasks_failed", "counter", "{task}", "agent_tasks_failed_total"
+)
+AGENT_TASK_RETRIES = ContractMetric(
+    "agent.task_retries", "counter", "{retry}", "agent_task_retries_total"
+)
+OTHER_INSTRUMENTS: tuple[ContractMetric, ...] = (AGENT_TASKS_FAILED, AGENT_TASK_RETRIES)
+"""The library's instruments outside the contract (no rule or dashboard reads them):
+the gateway holds them to their kind and unit all the same."""

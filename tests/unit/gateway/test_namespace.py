@@ -11,7 +11,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 from gateway.labels import label_name
 from gateway.namespace import MetricNamespace
 from gateway.promnames import prometheus_name
-from otel_agents.names import CONTRACT
+from otel_agents.names import CONTRACT, OTHER_INSTRUMENTS
 
 # Each expected value is what prometheus/otlptranslator v1.0.0 (the Collector
 # 0.165.0 exporter's translator, UnderscoreEscapingWithSuffixes) returned for it.
@@ -65,9 +65,8 @@ def test_label_names_are_the_exporters(key: str, expected: str) -> None:
 
 def test_the_contract_table_is_the_agents_instruments_and_their_prometheus_names() -> None:
     assert len(CONTRACT) == 15
-    for row in CONTRACT:
-        kind = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}[row.kind]
-        assert prometheus_name(row.name, row.unit, kind) == row.prometheus
+    for row in CONTRACT + OTHER_INSTRUMENTS:
+        assert prometheus_name(row.name, row.unit, row.kind) == row.prometheus
 
 
 def test_the_contract_module_imports_nothing_of_opentelemetry() -> None:
@@ -125,7 +124,24 @@ def test_contract_names_are_checked_against_the_contract_not_noted() -> None:
     assert len(names) == 0
     problem = names.check(*_gauge("agent.connected", "1"), now=0.0)
     assert problem is not None
-    assert "has unit '' in the metric contract, sent with '1'" in problem[1]
+    assert "has unit '' in otel_agents' metrics, sent with '1'" in problem[1]
     problem = names.check(*_gauge("agent.flow.duration.seconds.count"), now=0.0)
     assert problem is not None
-    assert "is a histogram of the metric contract" in problem[1]
+    assert "is a histogram of otel_agents' metrics" in problem[1]
+
+
+def test_a_tenant_brings_at_most_its_quota_of_names_into_the_table() -> None:
+    names = MetricNamespace(max_names=100, idle_seconds=100.0)
+    for index in range(3):
+        assert names.check(*_gauge(f"app.a{index}"), 0.0, "alpha", 3) is None
+    problem = names.check(*_gauge("app.a3"), 1.0, "alpha", 3)
+    assert problem is not None
+    assert problem[0] == "metric_name_limit"
+    assert "tenant 'alpha' has 3 metric names in use (limit max_metric_names=3)" in problem[1]
+    # Names in use cost nothing more, whoever sends them; beta has its own quota.
+    assert names.check(*_gauge("app.a0"), 2.0, "beta", 3) is None
+    assert names.check(*_gauge("app.b0"), 2.0, "beta", 3) is None
+    assert (names.owned("alpha"), names.owned("beta")) == (3, 1)
+    # alpha's idle names make room for new ones (app.a0 was used by beta at 2.0).
+    assert names.check(*_gauge("app.a3"), 101.5, "alpha", 3) is None
+    assert names.owned("alpha") == 2

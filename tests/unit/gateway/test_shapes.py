@@ -1,4 +1,5 @@
-"""Shapes and names one tenant could hurt the others with, through the real gRPC gateway.
+"""Shapes and names one tenant could hurt the others with, through the real gateway
+(gRPC, and OTLP/HTTP JSON once).
 
 Each request carries a hostile item and a good one: the hostile item is refused
 in `partial_success`, named, counted under its reason, and the good data points of
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from gateway_fixtures import FakeCollector, fake_collector, make_tenants
 from gateway_fixtures import running_gateway as gateway
+from gateway_http_fixtures import http_gateway
+from google.protobuf import json_format
 from middle import sample
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -101,7 +104,7 @@ def test_a_tenant_cannot_send_a_contract_counter_as_a_gauge(tmp_path: Path) -> N
             forged = _gauge("connector.errors_total")
             response = await gw.export(_request(_resource([forged, _counter()])), keys["alpha"])
             message = _refused(response, "metric_type_conflict")
-            assert "'connector.errors_total' is a counter of the metric contract" in message
+            assert "'connector.errors_total' is a counter of otel_agents' metrics" in message
             assert "send connector.errors as a counter with unit '{error}'" in message
             # The contract's name with another unit, or as an up-down counter.
             for wrong in (_counter("connector.errors", unit="By"), _counter("connector.errors")):
@@ -354,6 +357,77 @@ def test_long_resource_values_are_refused(tmp_path: Path) -> None:
             response = await gw.export(_request(long_value, _resource([_counter()])), keys["alpha"])
             message = _refused(response, "attribute_value_too_long")
             assert "resource attribute 'deployment.note'" in message
+            assert _names(collector) == [GOOD]
+
+    asyncio.run(scenario())
+
+
+def test_one_tenant_cannot_fill_the_table_of_names(tmp_path: Path) -> None:
+    keys = make_tenants(tmp_path / "tenants.json", "alpha", "beta")
+    flood = [_gauge(f"app.flood{index}") for index in range(5)]
+
+    async def scenario() -> None:
+        async with (
+            fake_collector() as (collector, port),
+            gateway(tmp_path / "tenants.json", port, max_metric_names=3) as gw,
+        ):
+            response = await gw.export(_request(_resource(flood)), keys["alpha"])
+            message = _refused(response, "metric_name_limit", points=2)
+            assert "metric 'app.flood3': tenant 'alpha' has 3 metric names in use" in message
+            # beta brings its own names, and uses alpha's.
+            beta = _request(_resource([_gauge("app.beta"), _gauge("app.flood0")]))
+            assert not (await gw.export(beta, keys["beta"])).HasField("partial_success")
+            kept = ["app.flood0", "app.flood1", "app.flood2"]
+            assert _names(collector) == [*kept, "app.beta", "app.flood0"]
+
+    asyncio.run(scenario())
+
+
+def test_over_otlp_http_json_the_same_refusals_answer_in_partial_success(tmp_path: Path) -> None:
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[
+            _resource([_gauge("connector.connected", value=1.0)], {"-": "x"}, "dash"),
+            _resource([_gauge("connector.errors_total"), _counter()]),
+        ]
+    )
+    body = json_format.MessageToJson(request)
+
+    async def scenario() -> None:
+        async with http_gateway(tmp_path) as gw:
+            headers = {"content-type": "application/json", **gw.auth("acme")}
+            answer = await gw.client.post("/v1/metrics", content=body, headers=headers)
+            assert answer.status_code == 200
+            partial = answer.json()["partialSuccess"]
+            assert partial["rejectedDataPoints"] == "2"
+            assert (
+                "attribute_key_not_allowed: 1 (resource attribute key '-'"
+                in (partial["errorMessage"])
+            )
+            assert (
+                "metric_type_conflict: 1 (metric 'connector.errors_total'"
+                in (partial["errorMessage"])
+            )
+            assert _names(gw.collector) == [GOOD]
+
+    asyncio.run(scenario())
+
+
+def test_a_scope_key_cannot_repeat_the_exporters_own_scope_labels(tmp_path: Path) -> None:
+    keys = make_tenants(tmp_path / "tenants.json", "alpha")
+    resource = _resource([_counter()])
+    scope = m.ScopeMetrics(metrics=[_counter("app.scoped")])
+    # otel_scope_schema_url is the exporter's own label; `schema_url` itself it skips.
+    scope.scope.attributes.extend(_kvs({"schema.url": "x"}))
+    resource.scope_metrics.append(scope)
+
+    async def scenario() -> None:
+        async with (
+            fake_collector() as (collector, port),
+            gateway(tmp_path / "tenants.json", port, attribute_key_patterns=(".*",)) as gw,
+        ):
+            response = await gw.export(_request(resource), keys["alpha"])
+            message = _refused(response, "attribute_key_not_allowed")
+            assert "becomes the exporter's own otel_scope_schema_url label" in message
             assert _names(collector) == [GOOD]
 
     asyncio.run(scenario())
