@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -275,20 +276,39 @@ def test_a_connection_that_does_not_send_its_headers_is_closed(tmp_path: Path) -
         run(scenario)
 
 
-async def timed_exports(channel: grpc.aio.Channel, key: str, count: int) -> list[float | None]:
-    """`count` exports one after the other: each one's seconds, None when refused."""
-    latencies: list[float | None] = []
+@dataclass
+class Timings:
+    """Exports one after the other: the accepted ones' seconds, the others' statuses."""
+
+    seconds: list[float] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def add(self, accepted: bool, status: object, started: float) -> None:
+        """One export, started at `started` (perf_counter)."""
+        if accepted:
+            self.seconds.append(time.perf_counter() - started)
+        else:
+            self.refused[str(status)] += 1
+
+    @property
+    def p99(self) -> float:
+        """The 99th percentile of the accepted exports' latencies."""
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+    def __str__(self) -> str:
+        p99 = f"{self.p99 * 1000:.1f} ms"
+        return f"{len(self.seconds)} accepted (p99 {p99}), refused {dict(self.refused)}"
+
+
+async def timed_exports(channel: grpc.aio.Channel, key: str, count: int) -> Timings:
+    """`count` gRPC exports one after the other."""
+    timings = Timings()
     for _ in range(count):
         started = time.perf_counter()
         code = await export(channel, key)
-        latencies.append(time.perf_counter() - started if code == grpc.StatusCode.OK else None)
-    return latencies
-
-
-def p99(latencies: list[float | None]) -> float:
-    """The 99th percentile of the accepted exports' latencies."""
-    accepted = sorted(latency for latency in latencies if latency is not None)
-    return accepted[min(len(accepted) - 1, round(0.99 * (len(accepted) - 1)))]
+        timings.add(code == grpc.StatusCode.OK, code, started)
+    return timings
 
 
 @pytest.mark.slow
@@ -319,27 +339,26 @@ def test_a_strangers_header_only_flood_leaves_a_tenants_exports_alone(tmp_path: 
                 stop.set()
                 await flooding
             print(
-                f"stranger flood: {codes.total()} calls refused; globex "
-                f"{sum(x is not None for x in loaded)}/100 accepted, p99 quiet "
-                f"{p99(quiet) * 1000:.1f} ms, under the flood {p99(loaded) * 1000:.1f} ms"
+                f"stranger flood: {codes.total()} calls refused; globex quiet {quiet}, "
+                f"loaded {loaded}"
             )
             assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
             assert codes.total() >= 1030
-            assert None not in loaded
+            assert len(loaded.seconds) == 100, loaded
             assert _gateway(live).in_flight.requests == 0
 
         run(scenario)
 
 
-async def timed_http_exports(client: httpx.AsyncClient, key: str, count: int) -> list[float | None]:
-    """`count` OTLP/HTTP exports one after the other: each one's seconds, None when refused."""
-    latencies: list[float | None] = []
+async def timed_http_exports(client: httpx.AsyncClient, key: str, count: int) -> Timings:
+    """`count` OTLP/HTTP exports one after the other."""
+    timings = Timings()
     headers = {"content-type": "application/x-protobuf", "authorization": f"Bearer {key}"}
     for _ in range(count):
         started = time.perf_counter()
         answer = await client.post("/v1/metrics", content=BODY, headers=headers)
-        latencies.append(time.perf_counter() - started if answer.status_code == 200 else None)
-    return latencies
+        timings.add(answer.status_code == 200, answer.status_code, started)
+    return timings
 
 
 @pytest.mark.slow
@@ -377,16 +396,61 @@ def test_slow_uploads_of_one_tenant_leave_the_others_exports_alone(tmp_path: Pat
                 for _, writer in uploads:
                     writer.close()
             print(
-                f"slow uploads: globex gRPC {sum(x is not None for x in loaded)}/20, HTTP "
-                f"{sum(x is not None for x in loaded_http)}/20 accepted; p99 gRPC quiet "
-                f"{p99(quiet) * 1000:.1f} ms, loaded {p99(loaded) * 1000:.1f} ms; HTTP quiet "
-                f"{p99(quiet_http) * 1000:.1f} ms, loaded {p99(loaded_http) * 1000:.1f} ms"
+                f"slow uploads: globex gRPC quiet {quiet}, loaded {loaded}; "
+                f"HTTP quiet {quiet_http}, loaded {loaded_http}"
             )
             assert outcomes == {(503, "body_timeout"): 4, (429, "tenant_overloaded"): 4}
-            assert None not in loaded + loaded_http
+            assert (len(loaded.seconds), len(loaded_http.seconds)) == (20, 20), (
+                loaded,
+                loaded_http,
+            )
             # At most twice the quiet p99 (floored: a quiet p99 of a few ms is noise here).
-            assert p99(loaded) <= 2 * max(p99(quiet), NOISE_SECONDS)
-            assert p99(loaded_http) <= 2 * max(p99(quiet_http), NOISE_SECONDS)
+            assert loaded.p99 <= 2 * max(quiet.p99, NOISE_SECONDS)
+            assert loaded_http.p99 <= 2 * max(quiet_http.p99, NOISE_SECONDS)
             assert gateway.in_flight.requests == 0
+
+        run(scenario)
+
+
+@pytest.mark.slow
+def test_a_tenants_header_only_calls_hold_its_share_only(tmp_path: Path) -> None:
+    """1,030 calls with acme's key that send their headers and never a message: acme
+    holds its share of the in-flight bound (128 of 256), the rest is refused with
+    RetryInfo, and globex's exports pass as fast as when all is quiet."""
+    settings = {
+        "max_grpc_calls_per_peer": 0,  # both tenants come from 127.0.0.1 here
+        # The share alone bounds acme (at its allowed 20 calls/s, held for the
+        # message's 74 s, it would reach the share within 7 s all the same).
+        "rate_limit_requests_per_second": 0,
+        "body_timeout_seconds": 60,
+    }
+    with live_gateway(tmp_path, **settings) as live:
+        gateway = _gateway(live)
+        endpoint = f"127.0.0.1:{live.grpc_port}"
+
+        async def scenario() -> None:
+            async with (
+                grpc.aio.insecure_channel(endpoint) as victim,
+                grpc.aio.insecure_channel(endpoint) as attacker,
+            ):
+                quiet = await timed_exports(victim, live.keys["globex"], 100)
+                calls = [await header_only_call(attacker, live.keys["acme"]) for _ in range(1030)]
+                share = gateway.in_flight.tenant_max_requests
+                await until(lambda: sum(call.done() for call in calls) == 1030 - share)
+                refused = [await ended(call) for call in calls if call.done()]
+                loaded = await timed_exports(victim, live.keys["globex"], 100)
+                assert gateway.in_flight.held_by("acme")[0] == share
+                for call in calls:
+                    call.cancel()
+            print(
+                f"acme's header-only calls: {share} held, {len(refused)} refused; "
+                f"globex quiet {quiet}, loaded {loaded}"
+            )
+            assert share == 128
+            assert {code for code, _, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert all(1 <= (delay or 0) <= 3 for _, _, delay in refused)
+            assert len(loaded.seconds) == 100, loaded
+            assert loaded.p99 <= 2 * max(quiet.p99, NOISE_SECONDS)
+            await until(lambda: gateway.in_flight.requests == 0)
 
         run(scenario)
