@@ -36,6 +36,8 @@ from gateway.app import Gateway
 # Attacker and victim share 127.0.0.1 here: the failed-authentication block
 # (which refuses a whole address) would stop the victim along with the stranger.
 SHARED_ADDRESS = {"auth_failure_limit": 0}
+UNLIMITED = {"rate_limit_requests_per_second": 0}
+"""Globex measures with more exports per second than its own rate allows."""
 BODY = counter_request().SerializeToString()
 NOISE_SECONDS = 0.025
 """Latencies below this are taken as equal: the machine's noise, not the gateway's."""
@@ -315,7 +317,7 @@ async def timed_exports(channel: grpc.aio.Channel, key: str, count: int) -> Timi
 def test_a_strangers_header_only_flood_leaves_a_tenants_exports_alone(tmp_path: Path) -> None:
     """1,030 calls without a key that send their headers and never a message, again and
     again: each is refused at once, none holds a place, globex's exports pass."""
-    with live_gateway(tmp_path, **SHARED_ADDRESS) as live:
+    with live_gateway(tmp_path, **SHARED_ADDRESS, **UNLIMITED) as live:
         endpoint = f"127.0.0.1:{live.grpc_port}"
 
         async def scenario() -> None:
@@ -366,7 +368,7 @@ def test_slow_uploads_of_one_tenant_leave_the_others_exports_alone(tmp_path: Pat
     """8 uploads with acme's key declaring 8 MiB and sending one byte: acme holds its
     share of the in-flight bytes (4 of them), the rest is refused 429, globex's exports
     pass on gRPC and HTTP, and the held uploads are answered 503 when their time is up."""
-    with live_gateway(tmp_path, body_timeout_seconds=6.0) as live:
+    with live_gateway(tmp_path, body_timeout_seconds=6.0, **UNLIMITED) as live:
         gateway = _gateway(live)
         endpoint = f"127.0.0.1:{live.grpc_port}"
 
