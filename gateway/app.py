@@ -9,7 +9,7 @@ from opentelemetry.metrics import Observation
 
 from gateway import instruments
 from gateway.auth import Authenticator
-from gateway.chain import Chain
+from gateway.chain import BodyPace, Chain
 from gateway.fleet import FleetTracker, create_fleet
 from gateway.forwarder import Collectors
 from gateway.inflight import InFlight
@@ -59,7 +59,11 @@ class Gateway:
         replaces the Collector (tests, benchmarks of the request path)."""
         telemetry = GatewayTelemetry.create()
         provider = telemetry.provider
-        in_flight = InFlight(settings.max_in_flight_requests, settings.max_in_flight_bytes)
+        in_flight = InFlight(
+            settings.max_in_flight_requests,
+            settings.max_in_flight_bytes,
+            settings.in_flight_tenant_share,
+        )
         if forwarder is None:
             collector = Collectors.connect(
                 settings.collector_endpoints,
@@ -104,7 +108,8 @@ class Gateway:
             watcher.watch(limits.file)
         if authenticator.jwt is not None:
             watcher.watch(authenticator.jwt.file)
-        chain = Chain(authenticator, in_flight, ingestor, telemetry.metrics)
+        pace = BodyPace(settings.body_timeout_seconds, settings.body_min_bytes_per_second)
+        chain = Chain(authenticator, in_flight, ingestor, telemetry.metrics, pace)
         return cls(
             settings,
             tenants,

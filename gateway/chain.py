@@ -5,9 +5,11 @@
 Adapters (gateway.grpc_server, gateway.otlp_http, gateway.legacy) gather the
 request's credentials, say how their body is read and decoded, and turn the
 `Outcome` into their protocol's answer; none of them calls a step itself. The
-in-flight bound is taken before the body is read or decompressed: a `Body` reads
-under the request's `Lease`, so what bodies hold in memory counts against the
-bound as it arrives (gateway.inflight).
+in-flight bound (of the gateway, and the tenant's share of it) is taken before
+the body is read or decompressed: a `Body` reads under the request's `Lease`, so
+what bodies hold in memory counts against the bound as it arrives
+(gateway.inflight), and at a `BodyPace`, so a caller that sends slowly or not at
+all lets go of its place in time.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway.auth import Authenticator, Credentials
-from gateway.errors import GatewayError, RequestTooLarge, Unauthenticated
-from gateway.inflight import InFlight, Lease
+from gateway.errors import BodyTimeout, GatewayError, RequestTooLarge, Unauthenticated
+from gateway.inflight import InFlight, Lease, retry_delay
 from gateway.ingest import Ingestor
 from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
@@ -38,6 +40,29 @@ TENANT_HEADER = "x-otel-tenant"
 stored under: `otel-agents check` shows it."""
 
 
+@dataclass(frozen=True)
+class BodyPace:
+    """How long a body may take to arrive: `grace_seconds`, plus its bytes at
+    `min_bytes_per_second` (settings body_timeout_seconds, body_min_bytes_per_second)."""
+
+    grace_seconds: float = 10.0
+    min_bytes_per_second: float = 128 * 1024
+
+    def seconds_for(self, size: int) -> float:
+        """The time allowed for `size` bytes, from the moment reading began."""
+        return self.grace_seconds + size / self.min_bytes_per_second
+
+    def too_slow(self, received: int, waited: float) -> BodyTimeout:
+        """The refusal of a body that is late, with `received` bytes after `waited` s."""
+        return BodyTimeout(
+            f"the request body came too slowly ({received} bytes after {waited:.0f} s; a body "
+            f"gets {self.grace_seconds:g} s plus its bytes at {self.min_bytes_per_second:g} "
+            "bytes/s: settings body_timeout_seconds, body_min_bytes_per_second); retry from a "
+            "faster link or send smaller requests",
+            retry_after_seconds=retry_delay(),
+        )
+
+
 class Body(Protocol):
     """A request body as its transport has it, read under the in-flight bound."""
 
@@ -46,9 +71,10 @@ class Body(Protocol):
         """Bytes known before reading: the whole body (gRPC), Content-Length, or 0."""
         ...
 
-    async def read(self, lease: Lease, limit: int) -> bytes:
+    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
         """The body, decompressed, at most `limit` bytes (else RequestTooLarge);
-        every byte it comes to hold is taken into `lease` first."""
+        every byte it comes to hold is taken into `lease` first; arriving at `pace`
+        (else BodyTimeout)."""
         ...
 
 
@@ -63,9 +89,9 @@ class BytesBody:
         """All of it."""
         return len(self.data)
 
-    async def read(self, lease: Lease, limit: int) -> bytes:
+    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
         """The bytes (the lease holds them since the request entered)."""
-        del lease
+        del lease, pace
         if len(self.data) > limit:
             raise RequestTooLarge.over(limit, len(self.data))
         return self.data
@@ -108,11 +134,13 @@ class Chain:
         in_flight: InFlight,
         ingestor: Ingestor,
         metrics: GatewayMetrics,
+        pace: BodyPace | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.in_flight = in_flight
         self.ingestor = ingestor
         self.metrics = metrics
+        self.pace = pace or BodyPace()
 
     async def export(
         self,
@@ -138,12 +166,12 @@ class Chain:
             outcome.tenant_id = tenant.id
             if vet is not None:
                 vet(tenant)
-            lease = self.in_flight.enter(body.size_hint)
+            lease = self.in_flight.enter(body.size_hint, tenant.id)
             limits = self.ingestor.admit(tenant, body.size_hint)
             limit = limits.max_request_bytes
             if max_body_bytes is not None:
                 limit = min(limit, max_body_bytes)
-            raw = await body.read(lease, limit)
+            raw = await body.read(lease, limit, self.pace)
             request = decode(tenant, raw)
             outcome.response = await self.ingestor.ingest(
                 tenant, request, raw if protobuf else None

@@ -62,6 +62,24 @@ REASONS: dict[str, Reason] = {
             "request",
             "max_in_flight_requests, max_in_flight_bytes",
         ),
+        # RetryInfo is attached, with a jittered delay of a few seconds: one tenant
+        # holds its share of the in-flight bound, one address its calls or
+        # connections, or a body came too slowly.
+        Reason("tenant_overloaded", _EXHAUSTED, 429, "request", "in_flight_tenant_share"),
+        Reason(
+            "peer_overloaded",
+            _EXHAUSTED,
+            429,
+            "request",
+            "max_grpc_calls_per_peer, max_http_connections_per_peer",
+        ),
+        Reason(
+            "body_timeout",
+            grpc.StatusCode.UNAVAILABLE,
+            503,
+            "request",
+            "body_timeout_seconds, body_min_bytes_per_second",
+        ),
         Reason("collector_unavailable", grpc.StatusCode.UNAVAILABLE, 503, "request"),
         Reason("internal", grpc.StatusCode.INTERNAL, 500, "request"),
         # HTTP only: a body the gateway does not read, a legacy report it cannot use,
@@ -175,6 +193,30 @@ class TooManyDataPoints(GatewayError, reason="too_many_data_points"):
 
 class Overloaded(GatewayError, reason="overloaded"):
     """The gateway is handling as much as its in-flight limits allow."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class TenantOverloaded(GatewayError, reason="tenant_overloaded"):
+    """The tenant holds its share of the gateway's in-flight bound."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class PeerOverloaded(GatewayError, reason="peer_overloaded"):
+    """The client's address holds as many calls or connections as it may."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class BodyTimeout(GatewayError, reason="body_timeout"):
+    """The body or message did not arrive within its deadline."""
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)

@@ -2,9 +2,18 @@
 
 The adapter gathers the call's credentials and maps the outcome to gRPC: a status
 with RetryInfo when the refusal may be retried, the tenant in trailing metadata.
+
+Export is registered as a client-streaming method (the same on the wire as a
+unary one): the handler runs as soon as the call's headers arrive, so a call
+from an address over its cap, or without a valid credential, is ended before
+its message is awaited, and an authenticated one awaits its message under the
+chain's body deadline, holding its place in the in-flight bound meanwhile.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -18,9 +27,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from gateway.app import Gateway
 from gateway.auth import Credentials, authorization_from
-from gateway.chain import TENANT_HEADER, BytesBody, Chain
-from gateway.errors import GatewayError
+from gateway.chain import TENANT_HEADER, BodyPace, Chain, Outcome
+from gateway.errors import GatewayError, InvalidRequest, PeerOverloaded, RequestTooLarge
+from gateway.inflight import Lease
 from gateway.ingest import decode_protobuf
+from gateway.peers import PeerCounts
 from gateway.tenants import Tenant
 from gateway.tls import client_certificate_from_grpc, grpc_server_credentials
 
@@ -28,32 +39,78 @@ SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 TRANSPORT = "grpc"
 
 
-class MetricsExportHandler:
-    """Export calls with the raw request bytes (so that a malformed body is answered
-    INVALID_ARGUMENT by the gateway rather than INTERNAL by grpcio), run through the chain."""
+class MessageBody:
+    """The call's one request message, awaited when the chain reads it (after
+    authentication and the in-flight lease), as raw bytes: a malformed message is
+    answered INVALID_ARGUMENT by the gateway rather than INTERNAL by grpcio."""
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[bytes, ExportMetricsServiceResponse]):
+        self._context = context
+
+    @property
+    def size_hint(self) -> int:
+        """Unknown until the message has arrived."""
+        return 0
+
+    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
+        """The message, taken into `lease`; at most `limit` bytes. grpcio hands it
+        over whole, so it gets the time `pace` allows for `limit` bytes."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(pace.seconds_for(limit)):
+                message = await self._context.read()
+        except TimeoutError as exc:
+            raise pace.too_slow(0, loop.time() - started) from exc
+        if not isinstance(message, bytes):  # grpc.aio.EOF: the client sent none
+            raise InvalidRequest("the call ended without a request message")
+        if len(message) > limit:
+            raise RequestTooLarge.over(limit, len(message))
+        lease.grow(len(message))
+        return message
+
+
+class MetricsExportHandler:
+    """Export calls, run through the chain; refusals end the call with their status."""
+
+    def __init__(self, chain: Chain, peers: PeerCounts) -> None:
         self._chain = chain
+        self._peers = peers
         self._certificates = chain.authenticator.certificates is not None
 
     async def export(
-        self, body: bytes, context: grpc.aio.ServicerContext[bytes, ExportMetricsServiceResponse]
+        self,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[bytes, ExportMetricsServiceResponse],
     ) -> ExportMetricsServiceResponse:
         """One Export call; refusals end the call with the error's gRPC status."""
-        credentials = Credentials(
-            authorization_from(
-                value
-                for key, value in context.invocation_metadata() or ()
-                if key == "authorization"
-            ),
-            peer=context.peer(),
-            client_certificate=(
-                client_certificate_from_grpc(context.auth_context()) if self._certificates else None
-            ),
-        )
-        outcome = await self._chain.export(
-            TRANSPORT, credentials, BytesBody(body), _decode, protobuf=True
-        )
+        del requests  # read through the context, under the chain's deadline
+        peer = context.peer()
+        try:
+            address = self._peers.enter(peer)
+        except PeerOverloaded as exc:
+            self._chain.count(TRANSPORT, Outcome(error=exc))
+            code, details, trailers = grpc_status(exc)
+            await context.abort(code, details, trailing_metadata=trailers)
+        try:
+            credentials = Credentials(
+                authorization_from(
+                    value
+                    for key, value in context.invocation_metadata() or ()
+                    if key == "authorization"
+                ),
+                peer=peer,
+                client_certificate=(
+                    client_certificate_from_grpc(context.auth_context())
+                    if self._certificates
+                    else None
+                ),
+            )
+            outcome = await self._chain.export(
+                TRANSPORT, credentials, MessageBody(context), _decode, protobuf=True
+            )
+        finally:
+            self._peers.leave(address)
         if outcome.error is not None:
             code, details, trailers = grpc_status(outcome.error)
             await context.abort(code, details, trailing_metadata=trailers)
@@ -99,11 +156,14 @@ def grpc_status(error: GatewayError) -> tuple[grpc.StatusCode, str, Trailers]:
 def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
     """A server with the Export handler bound to the configured address; and its port."""
     settings = gateway.settings
-    handler = MetricsExportHandler(gateway.chain)
+    peers = PeerCounts(settings.max_grpc_calls_per_peer, "gRPC calls", "max_grpc_calls_per_peer")
+    handler = MetricsExportHandler(gateway.chain, peers)
+    # No `maximum_concurrent_rpcs`: grpcio's own refusal carries no RetryInfo
+    # (exporters drop the data) and counts calls still waiting for their
+    # message. The handler runs at once for every call and the gateway's own
+    # bounds refuse, retryably: calls per address, the credential, the in-flight
+    # bound and each tenant's share of it, the message's deadline.
     server = grpc.aio.server(
-        # The in-flight bound refuses politely (RetryInfo, counted); this is the
-        # hard stop for calls that arrive faster than the handler can refuse them.
-        maximum_concurrent_rpcs=settings.max_in_flight_requests * 4,
         options=[
             # grpcio shares ports between servers by default (SO_REUSEPORT): a
             # second gateway on the same port must fail, not split the traffic,
@@ -114,7 +174,7 @@ def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
             ("grpc.max_receive_message_length", settings.max_request_bytes * 2),
         ],
     )
-    rpc = grpc.unary_unary_rpc_method_handler(
+    rpc = grpc.stream_unary_rpc_method_handler(
         handler.export,
         request_deserializer=None,
         response_serializer=ExportMetricsServiceResponse.SerializeToString,

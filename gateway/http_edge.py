@@ -21,6 +21,7 @@ from typing import Any
 from starlette.responses import Response
 
 from gateway.auth import Credentials, authorization_from
+from gateway.chain import BodyPace
 from gateway.errors import GatewayError, InvalidReport, InvalidRequest, RequestTooLarge
 from gateway.errors import UnsupportedMediaType as UnsupportedMediaType
 from gateway.inflight import Lease
@@ -82,15 +83,22 @@ class RequestBody:
         """Content-Length, or 0 when the client did not say."""
         return self._declared
 
-    async def read(self, lease: Lease, limit: int) -> bytes:
-        """The body, decompressed, at most `limit` bytes either way."""
+    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
+        """The body, decompressed, at most `limit` bytes either way; each chunk due by
+        the time `pace` allows for the bytes received before it."""
         if self._declared > limit:
             raise RequestTooLarge.over(limit)
         chunks: list[bytes] = []
         size = 0
         more = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while more:
-            message = await self._receive()
+            try:
+                async with asyncio.timeout_at(started + pace.seconds_for(size)):
+                    message = await self._receive()
+            except TimeoutError as exc:
+                raise pace.too_slow(size, loop.time() - started) from exc
             if message["type"] == "http.disconnect":
                 raise InvalidRequest("the client closed the connection before the body ended")
             chunk = message.get("body", b"")

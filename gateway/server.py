@@ -17,9 +17,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway import fleet_series, openfiles
 from gateway.app import Gateway
+from gateway.chain import Outcome
+from gateway.errors import GatewayError
 from gateway.grpc_server import create_grpc_server
-from gateway.http_app import create_app
+from gateway.http_app import GatewayHttpApp, create_app
+from gateway.http_connections import bounded_protocol
 from gateway.metrics_http import metrics_app, warn_if_open
+from gateway.peers import PeerCounts
 from gateway.settings import GatewaySettings
 from gateway.tls import read_tls_file
 
@@ -91,7 +95,24 @@ def uvicorn_tls_options(settings: GatewaySettings) -> dict[str, Any]:
 
 
 def http_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
-    """The uvicorn configuration of the HTTP port (TLS per the settings)."""
+    """The uvicorn configuration of the HTTP port (TLS per the settings; connections
+    capped per address and given a deadline for their headers)."""
+    tls = uvicorn_tls_options(settings)
+
+    def count(error: GatewayError) -> None:
+        if isinstance(app, GatewayHttpApp):  # the gateway's own counters
+            app.gateway.chain.count("http", Outcome(error=error))
+
+    tls["http"] = bounded_protocol(
+        tls.get("http", H11Protocol),
+        PeerCounts(
+            settings.max_http_connections_per_peer,
+            "HTTP connections",
+            "max_http_connections_per_peer",
+        ),
+        settings.http_header_timeout_seconds,
+        count,
+    )
     return uvicorn.Config(
         app,
         host=settings.http_host,
@@ -100,7 +121,7 @@ def http_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
         access_log=False,
         lifespan="off",
         server_header=False,  # no "server: uvicorn" on every answer
-        **uvicorn_tls_options(settings),
+        **tls,
     )
 
 

@@ -76,6 +76,33 @@ class GatewaySettings(BaseSettings, LimitValues):
         ge=1,
         description="Request bytes (uncompressed) handled at once; more are refused, retryable.",
     )
+    # Isolation: what one tenant, one address or one slow caller may hold.
+    in_flight_tenant_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of max_in_flight_requests and max_in_flight_bytes one tenant may hold.",
+    )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a request body (HTTP) or message (gRPC) gets, plus its bytes at "
+        "body_min_bytes_per_second; a slower one is refused, retryable.",
+    )
+    body_min_bytes_per_second: int = Field(
+        128 * 1024,
+        gt=0,
+        description="Slowest upload rate allowed past body_timeout_seconds.",
+    )
+    max_grpc_calls_per_peer: int = Field(
+        64, ge=0, description="gRPC calls in progress from one client address (0 = no cap)."
+    )
+    max_http_connections_per_peer: int = Field(
+        64, ge=0, description="HTTP connections open from one client address (0 = no cap)."
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time a new HTTP connection gets to send its request's headers."
+    )
     grpc_reuse_port: bool = Field(
         False,
         description="Let several gateway processes bind the same gRPC port (SO_REUSEPORT).",

@@ -18,6 +18,9 @@ GATEWAY_ENV = {
     # 10,000 points and 8 MiB per request.
     "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "1000000",
     "GATEWAY_RATE_LIMIT_BURST": "1000000",
+    # All the load comes from one address (loopback): no cap per address.
+    "GATEWAY_MAX_GRPC_CALLS_PER_PEER": "0",
+    "GATEWAY_MAX_HTTP_CONNECTIONS_PER_PEER": "0",
 }
 REUSE_PORT_ENV = {"GATEWAY_GRPC_REUSE_PORT": "true"}
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -118,7 +118,10 @@ def faulty_stack(
     """Collector, gateway (through a cuttable proxy if `proxy`) and Prometheus."""
     stack = LocalStack(tmp_path / "stack", tenants_file=keys[0])
     tcp_proxy = TcpProxy(stack.ports.collector_otlp).start() if proxy else None
-    env = {"GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "0"}  # floods must reach the forward
+    env = {
+        "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "0",  # floods must reach the forward
+        "GATEWAY_MAX_GRPC_CALLS_PER_PEER": "0",  # the flood and the agents share 127.0.0.1
+    }
     if tcp_proxy is not None:
         env["GATEWAY_COLLECTOR_ENDPOINT"] = tcp_proxy.address
     try:

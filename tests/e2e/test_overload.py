@@ -59,7 +59,13 @@ def test_ten_times_capacity_is_shed_retryably_and_no_count_is_lost(
         tmp_path, tenants_file=tenants_file, ports=Ports(collector_otlp=stack.ports.collector_otlp)
     )
     # No tenant rate limit: the flood must reach the gateway's own bound.
-    gateway = local.start_gateway({"GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "0"})
+    # The flood and the agent share 127.0.0.1: no cap per address either.
+    gateway = local.start_gateway(
+        {
+            "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": "0",
+            "GATEWAY_MAX_GRPC_CALLS_PER_PEER": "0",
+        }
+    )
     local.wait_ready(gateway, timeout=30)
     keys_file = tmp_path / "flood-keys.txt"
     keys_file.write_text(f"globex {keys['globex']}\n")

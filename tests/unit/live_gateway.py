@@ -34,6 +34,8 @@ class LiveGateway:
     scheme: str
     keys: dict[str, str]
     collector: FakeCollector = field(repr=False)
+    gateway: Gateway | None = field(default=None, repr=False)
+    """The running gateway's parts (read them from the test's thread only to look)."""
 
     @property
     def grpc_endpoint(self) -> str:
@@ -91,7 +93,7 @@ def live_gateway(tmp_path: Path, **overrides: Any) -> Iterator[LiveGateway]:
             stop = asyncio.Event()
             loop_stop.append((asyncio.get_running_loop(), stop))
             scheme = "https" if settings.tls_cert_file else "http"
-            started.append(LiveGateway(grpc_port, http_port, scheme, keys, collector))
+            started.append(LiveGateway(grpc_port, http_port, scheme, keys, collector, gateway))
             ready.set()
             try:
                 await stop.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway.auth import Credentials
-from gateway.chain import BytesBody
+from gateway.chain import BodyPace, BytesBody
 from gateway.errors import CollectorUnavailable, GatewayError, TenantMismatch
 from gateway.grpc_server import MetricsExportHandler
 from gateway.http_app import create_app
 from gateway.inflight import Lease
+from gateway.peers import PeerCounts
 from gateway.tenants import Tenant
 
 
@@ -35,7 +37,7 @@ class RecordedBody:
     def size_hint(self) -> int:
         return self.hint
 
-    async def read(self, lease: Lease, limit: int) -> bytes:
+    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
         self.read_with = lease.bytes
         lease.grow(len(self.data))
         return self.data
@@ -202,6 +204,11 @@ def test_a_bug_is_an_internal_refusal_logged_and_counted(
     assert (gw.gateway.in_flight.requests, gw.gateway.in_flight.bytes) == (0, 0)
 
 
+async def _no_messages() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
 class _Recorded(Exception):
     """What a transport adapter handed to the chain."""
 
@@ -239,8 +246,9 @@ def test_every_transport_runs_the_one_chain(
             def peer(self) -> str:
                 return "ipv4:127.0.0.1:1"
 
+        handler = MetricsExportHandler(gw.gateway.chain, PeerCounts(0, "calls", "setting"))
         with pytest.raises(_Recorded):
-            await MetricsExportHandler(gw.gateway.chain).export(b"", Context())  # type: ignore[arg-type]
+            await handler.export(_no_messages(), Context())  # type: ignore[arg-type]
 
     asyncio.run(scenario())
     assert calls == ["http", "legacy", "grpc"]

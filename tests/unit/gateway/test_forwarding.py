@@ -131,6 +131,7 @@ def test_a_stuck_collector_fills_the_in_flight_bound_and_the_rest_is_refused_ret
                 tmp_path / "tenants.json",
                 port,
                 max_in_flight_requests=2,
+                in_flight_tenant_share=1.0,  # one tenant may fill the bound here
                 forward_linger_seconds=0.0,
             ) as gw,
         ):

@@ -64,6 +64,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
             fleet_state_file=tmp_path / "fleet.json",
             max_request_bytes=LIMIT,
             max_in_flight_bytes=BOUND,
+            in_flight_tenant_share=1.0,  # one tenant: the gateway's own bound is tested
+            max_http_connections_per_peer=0,  # 72 connections from one address
             max_attribute_value_length=0,  # the held requests' one large value is allowed
             rate_limit_requests_per_second=0,
             forward_linger_seconds=0,
