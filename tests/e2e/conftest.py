@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from needs import require
+from gateway_fixtures import make_tenants
+from needs import Binaries, require, stack_binaries
 
-from gateway import tenants
 from stack.local import (
     LocalStack,
     StackError,
@@ -24,16 +24,17 @@ from stack.local import (
 TENANTS = ("acme", "globex")
 
 
+@pytest.fixture(scope="module")
+def binaries() -> Binaries:
+    """The Collector and Prometheus, for a module's stacks of its own."""
+    return stack_binaries()
+
+
 @pytest.fixture(scope="session")
 def tenant_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A tenants file with one key per tenant, and those keys."""
     path = tmp_path_factory.mktemp("gateway") / "tenants.json"
-    table = tenants.TenantTable()
-    keys = {}
-    for name in TENANTS:
-        table, keys[name] = tenants.add_key(table, name)
-    tenants.save(path, table)
-    return path, keys
+    return path, make_tenants(path, *TENANTS)
 
 
 @pytest.fixture(scope="session")

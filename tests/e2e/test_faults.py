@@ -36,16 +36,14 @@ from fault_fixtures import (
     rss_bytes,
     wait_for_outcome_increase,
 )
+from gateway_fixtures import make_tenants
+from needs import Binaries
 from polling import poll
 
-from gateway import tenants
 from stack.local import (
     LocalStack,
     Process,
-    StackError,
-    collector_binary,
     http_get,
-    prometheus_binary,
 )
 from stack.supervisor import Supervisor
 from stack.tcpproxy import TcpProxy
@@ -59,34 +57,11 @@ RECOVERY_SECONDS = 30.0  # "recovers by itself": within this, once the fault is 
 MiB = 1024 * 1024
 
 
-@dataclass
-class Binaries:
-    collector: Path
-    prometheus: Path
-
-
-@pytest.fixture(scope="module")
-def binaries() -> Binaries:
-    """The Collector and Prometheus; missing, they skip (fail with CI=true)."""
-    try:
-        return Binaries(collector_binary(), prometheus_binary())
-    except StackError as exc:
-        message = f"the stack's binaries are unavailable: {exc} (run `make setup`)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A tenants file with the agents' tenants and the probe's; their keys."""
     path = tmp_path / "tenants.json"
-    table = tenants.TenantTable()
-    found = {}
-    for name in (*AGENT_TENANTS, PROBE_TENANT):
-        table, found[name] = tenants.add_key(table, name)
-    tenants.save(path, table)
-    return path, found
+    return path, make_tenants(path, *AGENT_TENANTS, PROBE_TENANT)
 
 
 @dataclass

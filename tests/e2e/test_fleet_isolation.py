@@ -17,11 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gateway_fixtures import connector_resource, resource_only
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as service_grpc
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack.local import LocalStack, http_get
@@ -31,28 +28,6 @@ pytestmark = pytest.mark.e2e
 BLOAT = 25_000
 CYCLES = 3
 """Fleet intervals (10 s each by default) in which globex's series must change."""
-
-
-def _request(attributes: dict[str, str], junk: int = 0) -> ExportMetricsServiceRequest:
-    request = ExportMetricsServiceRequest()
-    resource = request.resource_metrics.add().resource
-    resource.attributes.extend(
-        KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes.items()
-    )
-    resource.attributes.extend(
-        KeyValue(key=f"junk.{n:05d}." + "k" * 100, value=AnyValue(string_value="v" * 200))
-        for n in range(junk)
-    )
-    return request
-
-
-def _connector(service: str, instance: str) -> dict[str, str]:
-    return {
-        "service.name": service,
-        "service.instance.id": instance,
-        "agent.type": "connector",
-        "host.name": "db-7",
-    }
 
 
 def _last_seen(stack: LocalStack, instance: str) -> float | None:
@@ -79,12 +54,12 @@ def test_bloated_agents_of_one_tenant_do_not_stop_anothers_last_seen_series(
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports.gateway_grpc}") as channel:
         stub = service_grpc.MetricsServiceStub(channel)  # type: ignore[no-untyped-call]
         stub.Export(
-            _request(_connector("billing", theirs)),
+            resource_only(connector_resource("billing", theirs)),
             metadata=(("authorization", f"Bearer {keys['globex']}"),),
             timeout=10,
         )
         for n in range(3):
-            bloated = _request(_connector("bloat", f"bloat-{run}-{n}"), BLOAT)
+            bloated = resource_only(connector_resource("bloat", f"bloat-{run}-{n}"), BLOAT)
             assert 7 * 2**20 < bloated.ByteSize() < 8 * 2**20
             # Accepted, or refused by the gateway's resource limits: globex must not care.
             with contextlib.suppress(grpc.RpcError):

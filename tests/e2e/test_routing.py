@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 
 import pytest
 from fault_fixtures import CountingAgent, gateway_requests, outcome_total
-from needs import require
+from gateway_fixtures import make_tenants
+from needs import Binaries, require
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from gateway import tenants
 from gateway.shards import ShardMap, agent_key
 from otel_agents import connector_metrics, setup_metrics
 from otel_agents.etl import etl_metrics
@@ -32,9 +32,7 @@ from stack.local import (
     RECIPES_DIR,
     LocalStack,
     StackError,
-    collector_binary,
     collector_name,
-    prometheus_binary,
 )
 from stack.thanos import start_query, start_receive, thanos_binary
 
@@ -54,32 +52,11 @@ GATEWAY_ENV = {
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Binaries:
-    collector: Path
-    prometheus: Path
-
-
-@pytest.fixture(scope="module")
-def binaries() -> Binaries:
-    """The Collector and Prometheus; missing, they skip (fail with CI=true)."""
-    try:
-        return Binaries(collector_binary(), prometheus_binary())
-    except StackError as exc:
-        require("the stack's binaries", exc)
-        raise
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A tenants file with one key per tenant, and those keys."""
     path = tmp_path_factory.mktemp("routing-tenants") / "tenants.json"
-    table = tenants.TenantTable()
-    found = {}
-    for name in TENANTS:
-        table, found[name] = tenants.add_key(table, name)
-    tenants.save(path, table)
-    return path, found
+    return path, make_tenants(path, *TENANTS)
 
 
 @contextmanager

@@ -163,3 +163,28 @@ def free_port_now() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def resource_only(attributes: dict[str, str], junk: int = 0) -> ExportMetricsServiceRequest:
+    """A request of one resource and no points; `junk` more attributes of 300 bytes
+    each (a bloated resource)."""
+    request = ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add().resource
+    resource.attributes.extend(
+        KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes.items()
+    )
+    resource.attributes.extend(
+        KeyValue(key=f"junk.{n:05d}." + "k" * 100, value=AnyValue(string_value="v" * 200))
+        for n in range(junk)
+    )
+    return request
+
+
+def connector_resource(service: str, instance: str) -> dict[str, str]:
+    """The resource attributes otel_agents gives a connector."""
+    return {
+        "service.name": service,
+        "service.instance.id": instance,
+        "agent.type": "connector",
+        "host.name": "db-7",
+    }

@@ -12,15 +12,13 @@ from pathlib import Path
 from gateway_fixtures import (
     FakeCollector,
     attributes_of,
+    connector_resource,
     fake_collector,
     make_tenants,
+    resource_only,
     run,
     running_gateway,
 )
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from gateway.fleet import FleetTracker
 from gateway.fleet_resource import MAX_VALUE_CHARS
@@ -31,30 +29,6 @@ from gateway.tenants import Tenant
 BLOAT = 25_000
 """Junk attributes of a bloated resource (~320 bytes each: an 8 MB request, and 6 MB
 once the old fleet cut values to 128 characters)."""
-
-
-def _resource_only(attributes: dict[str, str], extra: int = 0) -> ExportMetricsServiceRequest:
-    """A request with a resource and no points; `extra` junk attributes."""
-    request = ExportMetricsServiceRequest()
-    resource = request.resource_metrics.add().resource
-    resource.attributes.extend(
-        KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes.items()
-    )
-    resource.attributes.extend(
-        KeyValue(key=f"junk.{n:05d}." + "k" * 100, value=AnyValue(string_value="v" * 200))
-        for n in range(extra)
-    )
-    return request
-
-
-def _connector(service: str, instance: str) -> dict[str, str]:
-    return {
-        "service.name": service,
-        "service.instance.id": instance,
-        "agent.type": "connector",
-        "host.name": "db-7",
-        "service.version": "1.0",
-    }
 
 
 def _last_seen(collector: FakeCollector) -> dict[str, set[int]]:
@@ -87,7 +61,7 @@ def test_a_bloated_agent_does_not_stop_another_tenants_last_seen_series(tmp_path
     """Reproduction: three requests with no points and a 25,000-attribute resource for
     tenant A; B's last-seen series keep reaching the Collector, the state file stays small."""
     keys = make_tenants(tmp_path / "tenants.json", "a", "b")
-    bloated = [_resource_only(_connector("bloat", f"bloat-{n}"), BLOAT) for n in range(3)]
+    bloated = [resource_only(connector_resource("bloat", f"bloat-{n}"), BLOAT) for n in range(3)]
     assert all(7 * 2**20 < r.ByteSize() < 8 * 2**20 for r in bloated)
 
     async def scenario() -> FakeCollector:
@@ -100,7 +74,7 @@ def test_a_bloated_agent_does_not_stop_another_tenants_last_seen_series(tmp_path
                 with contextlib.suppress(Exception):
                     await gateway.export(request.SerializeToString(), keys["a"])
             await gateway.export(
-                _resource_only(_connector("billing", "b-1")).SerializeToString(), keys["b"]
+                resource_only(connector_resource("billing", "b-1")).SerializeToString(), keys["b"]
             )
             await _publish_until(
                 gateway.gateway.fleet,
@@ -124,8 +98,10 @@ def test_a_bloated_agent_does_not_stop_another_tenants_last_seen_series(tmp_path
 def _bloated_fleet(tmp_path: Path) -> FleetTracker:
     fleet = FleetTracker(tmp_path / "fleet.json")
     for n in range(3):
-        fleet.on_request(Tenant("a"), _resource_only(_connector("bloat", f"bloat-{n}"), BLOAT))
-    fleet.on_request(Tenant("b"), _resource_only(_connector("billing", "b-1")))
+        fleet.on_request(
+            Tenant("a"), resource_only(connector_resource("bloat", f"bloat-{n}"), BLOAT)
+        )
+    fleet.on_request(Tenant("b"), resource_only(connector_resource("billing", "b-1")))
     return fleet
 
 
@@ -145,7 +121,9 @@ def test_exports_are_cut_by_size_whatever_one_tenant_has(tmp_path: Path) -> None
         tmp_path / "fleet.json", max_resource_attributes=1000, max_resource_bytes=64 * 1024
     )
     for n in range(40):
-        fleet.on_request(Tenant("a"), _resource_only(_connector("bloat", f"bloat-{n}"), 1000))
+        fleet.on_request(
+            Tenant("a"), resource_only(connector_resource("bloat", f"bloat-{n}"), 1000)
+        )
     requests = list(fleet_requests(fleet.rows(), time.time()))
     assert len(requests) > 1
     assert sum(len(r.resource_metrics) for r in requests) == 40
@@ -159,12 +137,14 @@ def test_an_agent_keeps_a_bounded_resource_and_the_state_file_stays_small(
     rows = {r.instance: r for r in fleet.sightings()}
     bloated = rows["bloat-0"].resource
     # What the fleet uses is kept, whatever else the resource holds.
-    assert {k: bloated[k] for k in _connector("bloat", "bloat-0")} == _connector("bloat", "bloat-0")
+    assert {k: bloated[k] for k in connector_resource("bloat", "bloat-0")} == connector_resource(
+        "bloat", "bloat-0"
+    )
     assert bloated["tenant_id"] == "a"
     assert len(bloated) <= 32
     assert sum(len(k) + len(v) for k, v in bloated.items()) <= 4096
     assert all(len(k) <= MAX_VALUE_CHARS and len(v) <= MAX_VALUE_CHARS for k, v in bloated.items())
-    assert rows["b-1"].resource == {**_connector("billing", "b-1"), "tenant_id": "b"}
+    assert rows["b-1"].resource == {**connector_resource("billing", "b-1"), "tenant_id": "b"}
     fleet.save()
     assert fleet.state_file.stat().st_size < 64 * 1024
 
@@ -178,16 +158,17 @@ def test_keys_that_would_break_prometheus_labels_are_not_republished(tmp_path: P
         "_x": "x",
         "deployment.environment": "prod",
     }
-    fleet.on_request(Tenant("a"), _resource_only(_connector("svc", "s-1") | odd))
+    fleet.on_request(Tenant("a"), resource_only(connector_resource("svc", "s-1") | odd))
     (row,) = fleet.sightings()
-    assert row.resource == {**_connector("svc", "s-1"), "deployment.environment": "prod"} | {
-        "tenant_id": "a"
-    }
+    assert row.resource == {
+        **connector_resource("svc", "s-1"),
+        "deployment.environment": "prod",
+    } | {"tenant_id": "a"}
 
 
 def test_a_bloated_resource_from_an_old_state_file_is_cut_on_loading(tmp_path: Path) -> None:
     fleet = FleetTracker(tmp_path / "fleet.json")
-    fleet.on_request(Tenant("a"), _resource_only(_connector("svc", "s-1")))
+    fleet.on_request(Tenant("a"), resource_only(connector_resource("svc", "s-1")))
     (row,) = fleet.sightings()
     fleet._tenants["a"][("svc", "s-1")].resource |= {f"junk.{n}": "v" * 500 for n in range(5000)}
     fleet.save()
@@ -208,14 +189,14 @@ def test_retired_and_forgotten_agents_stop_being_published(tmp_path: Path) -> No
             for rm in request.resource_metrics
         }
 
-    fleet.on_request(Tenant("b"), _resource_only(_connector("billing", "retired-1")))
-    fleet.on_request(Tenant("b"), _resource_only(_connector("billing", "kept-1")))
+    fleet.on_request(Tenant("b"), resource_only(connector_resource("billing", "retired-1")))
+    fleet.on_request(Tenant("b"), resource_only(connector_resource("billing", "kept-1")))
     fleet.forget("b", ["retired-1"])
     # Retired: its series say so for LINGER_SECONDS (the rules then stop counting its
     # running series, which lingers in the Collector), then no more.
     assert sent() == {"retired-1", "kept-1"}
     now[0] += LINGER_SECONDS + 1
-    fleet.on_request(Tenant("b"), _resource_only(_connector("billing", "kept-1")))
+    fleet.on_request(Tenant("b"), resource_only(connector_resource("billing", "kept-1")))
     assert sent() == {"kept-1"}
     # Unseen for forget_after: gone from the table, and from the exports.
     now[0] += 3601
