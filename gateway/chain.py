@@ -7,13 +7,15 @@ request's credentials, say how their body is read and decoded, and turn the
 `Outcome` into their protocol's answer; none of them calls a step itself. The
 in-flight bound is taken before the body is read or decompressed: a `Body` reads
 under the request's `Lease`, so what bodies hold in memory counts against the
-bound as it arrives (gateway.inflight).
+bound as it arrives (gateway.inflight). What a request costs the event loop
+(decompressing, decoding, checking) is done in slices and charged to its
+tenant's work budget (gateway.work).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,8 +28,10 @@ from gateway.auth import Authenticator, Credentials
 from gateway.errors import GatewayError, RequestTooLarge, Unauthenticated
 from gateway.inflight import InFlight, Lease
 from gateway.ingest import Ingestor
+from gateway.limits import TenantLimits
 from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
+from gateway.work import Work
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +50,10 @@ class Body(Protocol):
         """Bytes known before reading: the whole body (gRPC), Content-Length, or 0."""
         ...
 
-    async def read(self, lease: Lease, limit: int) -> bytes:
+    async def read(self, lease: Lease, limit: int, work: Work, max_gzip_members: int) -> bytes:
         """The body, decompressed, at most `limit` bytes (else RequestTooLarge);
-        every byte it comes to hold is taken into `lease` first."""
+        every byte it comes to hold is taken into `lease` first; decompressing
+        is done in slices of `work`."""
         ...
 
 
@@ -63,15 +68,25 @@ class BytesBody:
         """All of it."""
         return len(self.data)
 
-    async def read(self, lease: Lease, limit: int) -> bytes:
+    async def read(self, lease: Lease, limit: int, work: Work, max_gzip_members: int) -> bytes:
         """The bytes (the lease holds them since the request entered)."""
-        del lease
+        del lease, work, max_gzip_members
         if len(self.data) > limit:
             raise RequestTooLarge.over(limit, len(self.data))
         return self.data
 
 
-Decode = Callable[[Tenant, bytes], ExportMetricsServiceRequest]
+@dataclass(frozen=True)
+class Decoding:
+    """What a transport's decoder is given besides the body."""
+
+    tenant: Tenant
+    limits: TenantLimits
+    work: Work
+    """The request's work: a decoder of large bodies runs in its slices and adds its time."""
+
+
+Decode = Callable[[Decoding, bytes], Awaitable[ExportMetricsServiceRequest]]
 """The transport's body format → an OTLP request (GatewayError when it is not one)."""
 Vet = Callable[[Tenant], None]
 """A transport's own check of an authenticated request, before anything is read."""
@@ -133,20 +148,21 @@ class Chain:
         """
         outcome = Outcome()
         lease: Lease | None = None
+        work = Work()
         try:
             tenant = self.authenticator.tenant(credentials)
             outcome.tenant_id = tenant.id
             if vet is not None:
                 vet(tenant)
             lease = self.in_flight.enter(body.size_hint)
-            limits = self.ingestor.admit(tenant, body.size_hint)
+            limits = self.ingestor.admit(tenant, body.size_hint, work)
             limit = limits.max_request_bytes
             if max_body_bytes is not None:
                 limit = min(limit, max_body_bytes)
-            raw = await body.read(lease, limit)
-            request = decode(tenant, raw)
+            raw = await body.read(lease, limit, work, limits.max_gzip_members)
+            request = await decode(Decoding(tenant, limits, work), raw)
             outcome.response = await self.ingestor.ingest(
-                tenant, request, raw if protobuf else None
+                tenant, request, raw if protobuf else None, work
             )
         except GatewayError as exc:
             # The answer is written after the lease is let go: a refusal must not

@@ -28,10 +28,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from gateway.enrich import claims_tenant
-from gateway.errors import REASONS
+from gateway.errors import REASONS, TooManyDataPoints
 from gateway.limits import TenantLimits
 from gateway.series import ActiveSeries, attributes_hash, series_key
 from gateway.values import metric_problem, number_problem, point_problem
+from gateway.work import Steps, finish
 
 _NON_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
 # Labels the Collector's exporter adds itself: an attribute of the same name
@@ -49,10 +50,41 @@ _POINTS = 0x0A  # field 1 of Gauge and Sum, length-delimited
 _AS_DOUBLE, _AS_INT, _EXEMPLARS = 0x21, 0x31, 0x2A
 _VALUES = frozenset({_AS_DOUBLE, _AS_INT})
 _FIXED = frozenset({0x11, 0x19, _AS_DOUBLE, _AS_INT})
+_STEP_POINTS = 0xFF  # a pause point every 256 points (gateway.work),
+_LONG_POINT_BYTES = 1024  # and after every long one
 REMEMBERED_ATTRIBUTE_LISTS = 16_384
 """Attribute lists remembered per limits; past it the memory starts over."""
 REMEMBERED_BYTES = 512
 """Longer attribute lists are checked every time rather than remembered."""
+
+
+def bounded_count(request: ExportMetricsServiceRequest, limit: int) -> int:
+    """Data points in `request`; TooManyDataPoints when it has more resources, scopes
+    or metrics than `limit` (each holds a point when it means anything). The count
+    stops there: its cost is bounded by the limit."""
+    containers = request.resource_metrics
+    if not limit:
+        return count_points(request)
+    scopes = metrics = points = 0
+    for resource_metrics in _within(containers, len(containers), limit, "resources"):
+        scopes += len(resource_metrics.scope_metrics)
+        for scope_metrics in _within(resource_metrics.scope_metrics, scopes, limit, "scopes"):
+            metrics += len(scope_metrics.metrics)
+            for metric in _within(scope_metrics.metrics, metrics, limit, "metrics"):
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    points += len(getattr(metric, kind).data_points)
+    return points
+
+
+def _within(items: Iterable[Any], count: int, limit: int, what: str) -> Iterable[Any]:
+    if count > limit:
+        raise TooManyDataPoints(
+            f"over {limit} {what} in one request, limit {limit} (setting "
+            "max_data_points_per_request); send smaller batches (max_export_batch_size "
+            "in the OpenTelemetry SDK)"
+        )
+    return items
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:
@@ -222,7 +254,7 @@ class _Checker:
         name: str,
         service: tuple[str, str],
         rejections: Rejections,
-    ) -> None:
+    ) -> Steps[None]:
         """`point` for every point of a gauge or a sum, read from its serialized form;
         the points that fail are removed from `data`."""
         raw = data.SerializeToString()
@@ -269,6 +301,8 @@ class _Checker:
                 rejections.add(*problem)
                 dropped = True
             at, index = stop, index + 1
+            if not index & _STEP_POINTS or length > _LONG_POINT_BYTES:
+                yield
         if dropped:
             # Rebuilt once from the kept points' bytes: no quadratic shifting.
             data.ParseFromString(b"".join([raw[a:b] for a, b in kept] + [raw[at:]]))
@@ -377,16 +411,32 @@ def enforce(
     `serialized=False` reads every point through protobuf objects instead: the
     reference the tests hold the serialized reading to.
     """
+    return finish(enforce_steps(request, tenant_id, limits, series, now, serialized=serialized))
+
+
+def enforce_steps(
+    request: ExportMetricsServiceRequest,
+    tenant_id: str,
+    limits: TenantLimits,
+    series: ActiveSeries,
+    now: float,
+    *,
+    serialized: bool = True,
+) -> Steps[Rejections]:
+    """`enforce` as steps that may be paused between points (gateway.work)."""
     rejections = Rejections()
     checker = _Checker(tenant_id, limits, series, now)
     for resource_metrics in request.resource_metrics:
+        yield
         resource = resource_metrics.resource.attributes
         resource_problem = _resource_problem(resource, limits.max_attribute_value_length)
         service = _service(resource)
         for scope_metrics in resource_metrics.scope_metrics:
+            yield
             pairs, scope_problem = checker.scan(scope_metrics.scope.attributes)
             scope = _Scope(len(pairs), resource_problem or scope_problem)
             for metric in scope_metrics.metrics:
+                yield  # a pause point between metrics, too
                 kind = metric.WhichOneof("data")
                 if kind is None:
                     continue  # no points: nothing to check or forward
@@ -395,16 +445,20 @@ def enforce(
                 shared = scope.problem or checker.metric(name, kind, data)
                 if serialized and shared is None and kind in _NUMBER_KINDS:
                     monotonic = kind == "sum" and data.is_monotonic
-                    checker.number_points(data, monotonic, scope, name, service, rejections)
+                    yield from checker.number_points(
+                        data, monotonic, scope, name, service, rejections
+                    )
                     continue
                 kept = []
                 check = checker.point
-                for point in data.data_points:
+                for index, point in enumerate(data.data_points, 1):
                     problem = shared or check(kind, data, point, scope, name, service)
                     if problem is None:
                         kept.append(point)
                     else:
                         rejections.add(*problem)
+                    if not index & _STEP_POINTS:
+                        yield
                 if len(kept) != len(data.data_points):
                     # Rebuilt once rather than deleted one by one: no quadratic shifting.
                     del data.data_points[:]
