@@ -111,7 +111,7 @@ class Ingestor:
             tenant.id, limits.work_seconds_per_second, limits.work_burst_seconds
         )
         if work is not None:
-            work.account, work.turns = account, self.work.turns
+            work.tenant_id, work.account, work.turns = tenant.id, account, self.work.turns
         if body_bytes > limits.max_request_bytes:
             raise RequestTooLarge.over(limits.max_request_bytes, body_bytes)
         return limits

@@ -50,7 +50,7 @@ _POINTS = 0x0A  # field 1 of Gauge and Sum, length-delimited
 _AS_DOUBLE, _AS_INT, _EXEMPLARS = 0x21, 0x31, 0x2A
 _VALUES = frozenset({_AS_DOUBLE, _AS_INT})
 _FIXED = frozenset({0x11, 0x19, _AS_DOUBLE, _AS_INT})
-_STEP_POINTS = 0xFF  # a pause point every 256 points (gateway.work),
+_STEP_POINTS = 0x3F  # a pause point every 64 points (gateway.work),
 _LONG_POINT_BYTES = 1024  # and after every long one
 REMEMBERED_ATTRIBUTE_LISTS = 16_384
 """Attribute lists remembered per limits; past it the memory starts over."""

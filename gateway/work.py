@@ -43,12 +43,14 @@ class Work:
     goes on at its share of the loop while others are served.
     """
 
-    __slots__ = ("_started", "account", "seconds", "slice_seconds", "turns")
+    __slots__ = ("_started", "account", "seconds", "slice_seconds", "tenant_id", "turns")
 
     def __init__(self, slice_seconds: float = SLICE_SECONDS) -> None:
         self.slice_seconds = slice_seconds
         self.seconds = 0.0
         """Loop time spent on this request's steps so far."""
+        self.tenant_id = ""
+        """Whose work it is: turns go round the tenants."""
         self.account: Account | None = None
         self.turns: Turns | None = None
         self._started = time.perf_counter()
@@ -85,7 +87,7 @@ class Work:
 
     async def _turn(self) -> None:
         if self.turns is not None:
-            await self.turns.take("" if self.account is None else self.account.tenant_id)
+            await self.turns.take(self.tenant_id)
 
     async def run(self, steps: Steps[T]) -> T:
         """Drive `steps` to their result, pausing whenever a slice is used up."""
@@ -118,12 +120,9 @@ class Account:
     as its requests work; in debt, it waits before each slice and new requests
     are refused."""
 
-    __slots__ = ("_clock", "balance", "burst", "per_second", "tenant_id", "updated")
+    __slots__ = ("_clock", "balance", "burst", "per_second", "updated")
 
-    def __init__(
-        self, tenant_id: str, clock: Callable[[], float], per_second: float, burst: float
-    ) -> None:
-        self.tenant_id = tenant_id
+    def __init__(self, clock: Callable[[], float], per_second: float, burst: float) -> None:
         self._clock = clock
         self.per_second, self.burst = per_second, burst
         self.balance = burst
@@ -227,7 +226,7 @@ class WorkBudget:
             return None
         account = self._accounts.get(tenant_id)
         if account is None:
-            account = self._accounts[tenant_id] = Account(tenant_id, self._clock, per_second, burst)
+            account = self._accounts[tenant_id] = Account(self._clock, per_second, burst)
         account.refill(per_second, burst)
         if account.balance > 0:
             return account

@@ -19,9 +19,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import httpx
 import pytest
-from gateway_fixtures import counter_request, run
+from gateway_fixtures import counter_request, fake_collector, make_tenants, run, running_gateway
 from gateway_http_fixtures import HttpGateway, http_gateway
 from google.protobuf.internal.encoder import _VarintBytes
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
@@ -333,3 +334,42 @@ def test_refused_points_at_the_allowed_rate_use_at_most_the_work_budget(tmp_path
     median = latencies[len(latencies) // 2]
     print(f"globex median {median * 1000:.1f} ms, longest loop gap {outcome['gap'] * 1000:.0f} ms")
     assert median < 0.1, latencies
+
+
+def test_grpc_of_millions_of_empty_metrics_is_refused_while_another_tenant_is_served(
+    tmp_path: Path,
+) -> None:
+    keys = make_tenants(tmp_path / "tenants.json", "acme", "globex")
+    attack = _ld(0x0A, _ld(0x12, b"\x12\x00" * (4 * MIB - 16)))
+    small = counter_request().SerializeToString()
+
+    async def scenario() -> tuple[grpc.StatusCode, str, int, float]:
+        async with (
+            fake_collector() as (_, port),
+            running_gateway(tmp_path / "tenants.json", port) as gw,
+            ticking() as ticker,
+        ):
+
+            async def attack_call() -> tuple[grpc.StatusCode, str]:
+                try:
+                    await gw.export(attack, keys["acme"])
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code(), exc.details() or ""
+                return grpc.StatusCode.OK, ""
+
+            async def others() -> int:
+                served = 0
+                for _ in range(5):
+                    await gw.export(small, keys["globex"])
+                    served += 1
+                return served
+
+            (code, details), served = await asyncio.gather(attack_call(), others())
+            return code, details, served, ticker.longest
+
+    code, details, served, longest = run(scenario())  # type: ignore[misc]
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.startswith("too_many_data_points")
+    assert "max_data_points_per_request" in details
+    assert served == 5
+    assert longest < MAX_GAP_SECONDS, f"{longest * 1000:.0f} ms"
