@@ -43,7 +43,16 @@ class Work:
     goes on at its share of the loop while others are served.
     """
 
-    __slots__ = ("_started", "account", "seconds", "slice_seconds", "tenant_id", "turns")
+    __slots__ = (
+        "_in_slice",
+        "_iteration",
+        "_started",
+        "account",
+        "seconds",
+        "slice_seconds",
+        "tenant_id",
+        "turns",
+    )
 
     def __init__(self, slice_seconds: float = SLICE_SECONDS) -> None:
         self.slice_seconds = slice_seconds
@@ -54,6 +63,8 @@ class Work:
         self.account: Account | None = None
         self.turns: Turns | None = None
         self._started = time.perf_counter()
+        self._in_slice = 0.0  # worked in the current slice, over several `run`s
+        self._iteration = -1  # the loop iteration of the current slice
 
     def begin(self) -> None:
         """The request's own work starts (or resumes) now."""
@@ -62,6 +73,7 @@ class Work:
     def end(self) -> None:
         """The request's work stops here: the time since `begin` is counted."""
         seconds = time.perf_counter() - self._started
+        self._in_slice += seconds
         self.add(seconds)
         if self.turns is not None:
             self.turns.used(seconds)
@@ -74,7 +86,7 @@ class Work:
 
     def due(self) -> bool:
         """True when the current slice is used up."""
-        return time.perf_counter() - self._started >= self.slice_seconds
+        return self._in_slice + time.perf_counter() - self._started >= self.slice_seconds
 
     async def pause(self) -> None:
         """Count the slice, let other requests run, start a new slice."""
@@ -82,12 +94,20 @@ class Work:
         delay = 0.0 if self.account is None else self.account.delay()
         if delay or self.turns is None:
             await asyncio.sleep(delay)
+            self._in_slice = 0.0
         await self._turn()
         self.begin()
 
     async def _turn(self) -> None:
-        if self.turns is not None:
-            await self.turns.take(self.tenant_id)
+        # A slice begun in this loop iteration goes on (decoding, then checking,
+        # then stamping a small request is one slice); otherwise wait for a turn.
+        turns = self.turns
+        if turns is None or (
+            self._iteration == turns.iteration and self._in_slice < self.slice_seconds
+        ):
+            return
+        await turns.take(self.tenant_id)
+        self._iteration, self._in_slice = turns.iteration, 0.0
 
     async def run(self, steps: Steps[T]) -> T:
         """Drive `steps` to their result, pausing whenever a slice is used up."""
@@ -166,6 +186,8 @@ class Turns:
         self._working: set[str] = set()
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._ticking = False
+        self.iteration = 0
+        """Counts the loop iterations in which there was work."""
 
     async def take(self, tenant_id: str) -> None:
         """Return when `tenant_id` may work one slice."""
@@ -195,6 +217,7 @@ class Turns:
         # Runs once per loop iteration while there is work: a new iteration,
         # a slice for one waiting request (it runs in the next iteration).
         self._ticking = False
+        self.iteration += 1
         self._used = 0.0
         self._working.clear()
         while self._waiting:

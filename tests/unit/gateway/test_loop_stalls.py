@@ -11,8 +11,10 @@ bound with the reason naming it, and keep serving another tenant meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
+import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -45,22 +47,23 @@ T = TypeVar("T")
 class Ticker:
     """A task on the loop that notes the longest gap between its turns.
 
-    The machine is shared: a gap may also be the process waiting for a core. A
-    gap counts for the time the process itself was working meanwhile (CPU time,
-    every thread) when that is shorter than the gap.
+    The machine is shared: a gap may also be the process waiting for a core.
+    `longest` is the gateway's own part, the CPU time the loop's thread spent in
+    the longest gap (work that did not let the loop go); the wall time and the
+    CPU time of the whole process (every thread) are noted for the report.
     """
 
     def __init__(self) -> None:
         self.longest = 0.0
         self.longest_wall = 0.0
-        self.longest_own = 0.0
+        self.longest_process = 0.0
 
     def report(self, what: str) -> None:
         """Print the longest gaps (pytest -s shows them)."""
         print(
-            f"{what}: longest loop gap {self.longest * 1000:.0f} ms "
-            f"(wall {self.longest_wall * 1000:.0f} ms, loop thread's CPU "
-            f"{self.longest_own * 1000:.0f} ms)"
+            f"{what}: longest loop gap, loop thread's CPU {self.longest * 1000:.0f} ms "
+            f"(wall {self.longest_wall * 1000:.0f} ms, process CPU "
+            f"{self.longest_process * 1000:.0f} ms)"
         )
 
     async def _tick(self) -> None:
@@ -68,15 +71,22 @@ class Ticker:
         while True:
             await asyncio.sleep(0.001)
             now, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
-            self.longest = max(self.longest, min(now - last, cpu - last_cpu))
+            self.longest = max(self.longest, own - last_own)
             self.longest_wall = max(self.longest_wall, now - last)
-            self.longest_own = max(self.longest_own, own - last_own)
+            self.longest_process = max(self.longest_process, min(now - last, cpu - last_cpu))
             last, last_cpu, last_own = now, cpu, own
 
 
 @asynccontextmanager
 async def ticking() -> AsyncIterator[Ticker]:
-    """A Ticker running for the duration of the block."""
+    """A Ticker running for the duration of the block.
+
+    What was allocated before is frozen out of the garbage collector, as
+    gateway.server does once it has started: otherwise a full collection of
+    pytest's own heap (40-50 ms) would be counted as the gateway's.
+    """
+    gc.collect()
+    gc.freeze()
     ticker = Ticker()
     task = asyncio.create_task(ticker._tick())
     await asyncio.sleep(0.01)
@@ -84,6 +94,7 @@ async def ticking() -> AsyncIterator[Ticker]:
         yield ticker
     finally:
         task.cancel()
+        gc.unfreeze()
 
 
 async def timed(awaitable: Awaitable[T]) -> tuple[T, float]:
@@ -179,6 +190,7 @@ def test_gunzip_of_many_members_is_linear_and_sliced() -> None:
         async with ticking() as ticker:
             _, first = await timed(gunzip(small, MIB, max_members=10_000))
             _, second = await timed(gunzip(large, MIB, max_members=10_000))
+            ticker.report("gunzip of 10,000 members")
         return first, second, ticker.longest
 
     first, second, longest = run(scenario())  # type: ignore[misc]
@@ -194,6 +206,7 @@ def test_eight_mib_of_empty_gzip_members_is_refused_without_stalling(tmp_path: P
         async with http_gateway(tmp_path) as http, ticking() as ticker:
             attack = post(http, "acme", empty_members(8 * MIB), GZIP_PROTOBUF)
             answer, others = await asyncio.gather(attack, b_exports(http, 5))
+            ticker.report("8 MiB of empty gzip members")
             return answer, ticker.longest, others
 
     answer, longest, others = run(scenario())  # type: ignore[misc]
@@ -281,6 +294,7 @@ def test_protobuf_of_millions_of_empty_messages_is_refused_without_stalling(
     async def scenario() -> tuple[httpx.Response, float]:
         async with http_gateway(tmp_path) as http, ticking() as ticker:
             answer = await post(http, "acme", shape, PROTOBUF)
+            ticker.report("8 MiB of empty protobuf messages")
             return answer, ticker.longest
 
     answer, longest = run(scenario())  # type: ignore[misc]
@@ -299,27 +313,29 @@ def test_refused_points_at_the_allowed_rate_use_at_most_the_work_budget(tmp_path
     bodies = [refused_points(10_000, n * 10_000) for n in range(6)] * 10
     assert len(bodies[0]) < 128 * 1024
 
-    async def scenario() -> dict[str, Any]:
-        async with http_gateway(tmp_path) as http, ticking() as ticker:
-            outcomes: list[httpx.Response] = []
+    async def flood(http: HttpGateway) -> tuple[list[httpx.Response], list[float]]:
+        async def attack() -> list[httpx.Response]:
+            # 20 requests a second, acme's default rate, each sent without
+            # waiting for the previous answer.
+            sent = []
+            for body in bodies:
+                sent.append(asyncio.create_task(post(http, "acme", body, GZIP_PROTOBUF)))
+                await asyncio.sleep(0.05)
+            return list(await asyncio.gather(*sent))
 
-            async def attack() -> None:
-                # 20 requests a second, acme's default rate, each sent without
-                # waiting for the previous answer.
-                sent = []
-                for body in bodies:
-                    sent.append(asyncio.create_task(post(http, "acme", body, GZIP_PROTOBUF)))
-                    await asyncio.sleep(0.05)
-                outcomes.extend(await asyncio.gather(*sent))
+        acme, others = await asyncio.gather(attack(), b_exports(http, 60))
+        assert [b.status_code for b, _ in others] == [200] * len(others)
+        return acme, [seconds for _, seconds in others]
 
-            _, others = await asyncio.gather(attack(), b_exports(http, 60))
-            work = http.gateway.ingestor.work
+    async def scenario() -> tuple[list[httpx.Response], list[float], list[float], float]:
+        async with http_gateway(tmp_path) as http:
+            quiet = [seconds for _, seconds in await b_exports(http, 20)]
+            async with ticking() as ticker:
+                acme, others = await flood(http)
             ticker.report("refused points at the allowed rate")
-            return {"acme": outcomes, "others": others, "gap": ticker.longest, "work": work}
+            return acme, quiet, others, ticker.longest
 
-    outcome = run(scenario())
-    assert isinstance(outcome, dict)
-    acme: list[httpx.Response] = outcome["acme"]
+    acme, quiet, others, longest = run(scenario())  # type: ignore[misc]
     refused = [a for a in acme if a.status_code == 429]
     assert refused, "acme was never held to its work budget"
     assert {reason(a) for a in refused} == {"work_limited"}
@@ -327,13 +343,10 @@ def test_refused_points_at_the_allowed_rate_use_at_most_the_work_budget(tmp_path
     assert refused[0].headers["retry-after"]
     # What got through was checked and refused point by point.
     assert any(b"10000 of 10000 data points rejected" in a.content for a in acme)
-    assert outcome["gap"] < MAX_GAP_SECONDS, f"{outcome['gap'] * 1000:.0f} ms"
-    others: list[tuple[httpx.Response, float]] = outcome["others"]
-    assert [b.status_code for b, _ in others] == [200] * len(others)
-    latencies = sorted(seconds for _, seconds in others)
-    median = latencies[len(latencies) // 2]
-    print(f"globex median {median * 1000:.1f} ms, longest loop gap {outcome['gap'] * 1000:.0f} ms")
-    assert median < 0.1, latencies
+    assert longest < MAX_GAP_SECONDS, f"{longest * 1000:.0f} ms"
+    quiet_median, median = statistics.median(quiet), statistics.median(others)
+    print(f"globex median: quiet {quiet_median * 1000:.1f} ms, under attack {median * 1000:.1f} ms")
+    assert median < 3 * quiet_median + 0.03, (quiet_median, sorted(others))
 
 
 def test_grpc_of_millions_of_empty_metrics_is_refused_while_another_tenant_is_served(
@@ -365,6 +378,7 @@ def test_grpc_of_millions_of_empty_metrics_is_refused_while_another_tenant_is_se
                 return served
 
             (code, details), served = await asyncio.gather(attack_call(), others())
+            ticker.report("8 MiB of empty metrics over gRPC")
             return code, details, served, ticker.longest
 
     code, details, served, longest = run(scenario())  # type: ignore[misc]

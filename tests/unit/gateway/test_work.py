@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from gateway_fixtures import counter_request, run
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -101,7 +101,13 @@ def _sliced(body: bytes, max_points: int = 10_000) -> ExportMetricsServiceReques
 
 
 @pytest.mark.slow
-@settings(max_examples=150, database=None, derandomize=True, deadline=None)
+@settings(
+    max_examples=150,
+    database=None,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(bodies())
 def test_decoding_in_slices_gives_what_one_parse_gives(body: bytes) -> None:
     with pytest.MonkeyPatch.context() as patch:
