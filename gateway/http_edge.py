@@ -45,6 +45,7 @@ GUNZIP_STEP_BYTES = 256 * 1024
 GUNZIP_FEED_BYTES = 4 * 1024
 """Compressed bytes given to zlib per step."""
 DEFAULT_MAX_GZIP_MEMBERS = 64
+"""Members of one gzip body when no limit is given (the `max_gzip_members` default)."""
 
 _IDENTITY = frozenset({"", "identity"})
 _GZIP = frozenset({"gzip", "x-gzip"})

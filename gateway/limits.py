@@ -84,7 +84,7 @@ class LimitValues(BaseModel):
         1024 * 1024,
         gt=0,
         description="Largest accepted OTLP/JSON body (bytes, uncompressed): JSON costs "
-        "about 50 times protobuf to decode.",
+        "tens of times more than protobuf to decode.",
     )
     work_seconds_per_second: float = Field(
         0.5,
