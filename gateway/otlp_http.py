@@ -10,13 +10,11 @@ the error's HTTP status on refusal (OTLP/HTTP specification, "Failures").
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import json.scanner
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,12 +127,6 @@ def _encode_json(message: Message) -> bytes:
     return json_format.MessageToJson(message, indent=None).encode()
 
 
-def _timed_decode_json(body: bytes) -> tuple[ExportMetricsServiceRequest, float]:
-    started = time.thread_time()
-    request = decode_json(body)
-    return request, time.thread_time() - started
-
-
 async def _decode_json(decoding: Decoding, body: bytes) -> ExportMetricsServiceRequest:
     """OTLP/JSON, bounded: the JSON parser runs in one call (up to
     `max_json_request_bytes` of it), building the request in Python; on a worker
@@ -146,15 +138,12 @@ async def _decode_json(decoding: Decoding, body: bytes) -> ExportMetricsServiceR
             "(setting max_json_request_bytes: GATEWAY_MAX_JSON_REQUEST_BYTES or the limits "
             f"file; counted uncompressed); send smaller batches or {PROTOBUF}"
         )
-    loop = asyncio.get_running_loop()
-    request, seconds = await loop.run_in_executor(_JSON_DECODER, _timed_decode_json, body)
-    decoding.work.add(seconds)
-    return request
+    return await decoding.work.offload(_JSON_DECODERS, decode_json, body)
 
 
-_JSON_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-json")
-"""One thread: OTLP/JSON decodes take turns with each other, and share the GIL
-with the event loop rather than take it over."""
+_JSON_DECODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="otlp-json")
+"""Two threads: they share the GIL with the event loop rather than take it over;
+each tenant decodes one body at a time (gateway.work.Work.offload)."""
 
 CODECS = {
     PROTOBUF: Codec(PROTOBUF, decode_protobuf, lambda m: m.SerializeToString()),

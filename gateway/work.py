@@ -19,6 +19,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Generator
+from concurrent.futures import Executor
 from typing import TypeVar
 
 from gateway.errors import WorkLimited
@@ -31,6 +32,7 @@ MAX_RETRY_SECONDS = 5.0
 """A longer retry delay outruns exporters' export timeouts: they would drop the batch."""
 
 T = TypeVar("T")
+A = TypeVar("A")
 Steps = Generator[None, None, T]
 """Work written as steps: it yields where it may be paused, and returns its result."""
 
@@ -109,6 +111,24 @@ class Work:
         await turns.take(self.tenant_id)
         self._iteration, self._in_slice = turns.iteration, 0.0
 
+    async def offload(self, executor: Executor, function: Callable[[A], T], argument: A) -> T:
+        """`function(argument)` on a worker thread of `executor`, its thread time counted.
+
+        A tenant's offloaded work goes one request at a time, its budget checked
+        again before each: many large requests admitted at once cannot fill the
+        executor's queue ahead of other tenants, nor run past the tenant's share.
+        """
+        account = self.account
+        if account is None:
+            result, seconds = await _in_thread(executor, function, argument)
+            self.add(seconds)
+            return result
+        async with account.offloads:
+            account.check()
+            result, seconds = await _in_thread(executor, function, argument)
+            self.add(seconds)
+            return result
+
     async def run(self, steps: Steps[T]) -> T:
         """Drive `steps` to their result, pausing whenever a slice is used up."""
         await self._turn()
@@ -126,6 +146,17 @@ class Work:
             steps.close()
 
 
+async def _in_thread(
+    executor: Executor, function: Callable[[A], T], argument: A
+) -> tuple[T, float]:
+    def timed() -> tuple[T, float]:
+        started = time.thread_time()
+        result = function(argument)
+        return result, time.thread_time() - started
+
+    return await asyncio.get_running_loop().run_in_executor(executor, timed)
+
+
 def finish(steps: Steps[T]) -> T:
     """Run `steps` to their result without pausing (tests, small inputs)."""
     while True:
@@ -140,13 +171,33 @@ class Account:
     as its requests work; in debt, it waits before each slice and new requests
     are refused."""
 
-    __slots__ = ("_clock", "balance", "burst", "per_second", "updated")
+    __slots__ = ("_clock", "balance", "burst", "offloads", "per_second", "tenant_id", "updated")
 
-    def __init__(self, clock: Callable[[], float], per_second: float, burst: float) -> None:
+    def __init__(
+        self, tenant_id: str, clock: Callable[[], float], per_second: float, burst: float
+    ) -> None:
+        self.tenant_id = tenant_id
         self._clock = clock
         self.per_second, self.burst = per_second, burst
         self.balance = burst
         self.updated = clock()
+        self.offloads = asyncio.Lock()
+        """Held by the tenant's work on a worker thread: one at a time."""
+
+    def check(self) -> None:
+        """Raise WorkLimited while the tenant owes more than it has."""
+        self.refill(self.per_second, self.burst)
+        if self.balance > 0:
+            return
+        wait = min(MAX_RETRY_SECONDS, max(1.0, math.ceil(-self.balance / self.per_second)))
+        raise WorkLimited(
+            f"tenant {self.tenant_id!r} used its share of the gateway's processing time "
+            f"({self.per_second:g} s per second, burst {self.burst:g} s; settings "
+            "work_seconds_per_second, work_burst_seconds): its requests cost too much to "
+            "decompress, decode or check; send smaller or fewer batches, retry in "
+            f"{wait:g} s",
+            retry_after_seconds=wait,
+        )
 
     def refill(self, per_second: float, burst: float) -> None:
         """Bring the balance up to now, under the limits in force (they may change)."""
@@ -249,16 +300,7 @@ class WorkBudget:
             return None
         account = self._accounts.get(tenant_id)
         if account is None:
-            account = self._accounts[tenant_id] = Account(self._clock, per_second, burst)
+            account = self._accounts[tenant_id] = Account(tenant_id, self._clock, per_second, burst)
         account.refill(per_second, burst)
-        if account.balance > 0:
-            return account
-        wait = min(MAX_RETRY_SECONDS, max(1.0, math.ceil(-account.balance / per_second)))
-        raise WorkLimited(
-            f"tenant {tenant_id!r} used its share of the gateway's processing time "
-            f"({per_second:g} s per second, burst {burst:g} s; settings "
-            "work_seconds_per_second, work_burst_seconds): its requests cost too much to "
-            "decompress, decode or check; send smaller or fewer batches, retry in "
-            f"{wait:g} s",
-            retry_after_seconds=wait,
-        )
+        account.check()
+        return account

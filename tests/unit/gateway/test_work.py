@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from gateway_fixtures import counter_request, run
@@ -149,3 +151,38 @@ def test_the_walk_is_bounded_by_the_points_allowed() -> None:
         patch.setattr(decode, "SLICE_BYTES", 16)
         with pytest.raises(InvalidRequest, match="truncated"):
             _sliced(b"\x0a\x80\x80\x02" + b"\x12\x00" * 100)
+
+
+def test_a_tenants_offloaded_work_goes_one_at_a_time_within_its_budget() -> None:
+    running: list[int] = []
+    most = 0
+
+    def job(n: int) -> int:
+        nonlocal most
+        running.append(n)
+        most = max(most, len(running))
+        busy_until = time.thread_time() + 0.02  # CPU time: what the budget counts
+        while time.thread_time() < busy_until:
+            pass
+        running.remove(n)
+        return n
+
+    async def scenario() -> tuple[list[int], type[BaseException] | None]:
+        budget = WorkBudget()
+        with ThreadPoolExecutor(max_workers=4) as executor:
+
+            async def one(n: int) -> int:
+                work = Work()
+                work.account = budget.account("acme", per_second=0.001, burst=0.05)
+                return await work.offload(executor, job, n)
+
+            done = await asyncio.gather(*(one(n) for n in range(4)), return_exceptions=True)
+        results = [d for d in done if isinstance(d, int)]
+        errors = {type(d) for d in done if isinstance(d, BaseException)}
+        return results, errors.pop() if errors else None
+
+    results, error = run(scenario())  # type: ignore[misc]
+    assert most == 1, "a tenant's offloaded work ran side by side"
+    # 20 ms each against a 50 ms burst: the third finds the tenant in debt.
+    assert results == [0, 1, 2]
+    assert error is WorkLimited
