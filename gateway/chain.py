@@ -87,7 +87,9 @@ class Decoding:
 
 
 Decode = Callable[[Decoding, bytes], Awaitable[ExportMetricsServiceRequest]]
-"""The transport's body format → an OTLP request (GatewayError when it is not one)."""
+"""The transport's body format → an OTLP request (GatewayError when it is not one),
+without fields unknown to OTLP: they would reach the Collector unchecked and
+unstamped (a newer point type, say)."""
 Vet = Callable[[Tenant], None]
 """A transport's own check of an authenticated request, before anything is read."""
 

@@ -7,7 +7,10 @@ large body is never parsed in one call. A message longer than `SLICE_BYTES` is
 walked field by field; runs of small fields are merged into it a slice at a
 time, and a long field holding a message is decoded the same way, recursively.
 Parsing the parts one after another gives exactly what parsing the whole gives
-(protobuf's merge rules). Between slices, other requests run (gateway.work).
+(protobuf's merge rules), less the fields unknown to OTLP: they are left out
+(the walk skips them; a part parsed whole drops them at once, at a cost bounded
+by its size), as a field the gateway cannot read is one it cannot check or
+stamp. Between slices, other requests run (gateway.work).
 
 The walk counts the fields it steps over: a legitimate request of N data points
 takes a few per point, so more than `WALK_FIELDS_PER_POINT` times
@@ -97,14 +100,15 @@ def _varint(data: memoryview, at: int, end: int) -> tuple[int, int]:
 
 
 def _parse(message: Message, data: memoryview, walk: _Walk, depth: int) -> Steps[None]:
-    """Merge `data` into `message`, a slice at a time."""
+    """Merge `data` into `message`, a slice at a time, leaving out unknown fields."""
     if len(data) <= SLICE_BYTES:
         _merge(message, data)
+        message.DiscardUnknownFields()  # its cost is bounded by the slice
         return
     if depth >= MAX_DEPTH:
         raise _corrupt("nested too deep")
     fields = message.DESCRIPTOR.fields_by_number
-    at = pending = 0  # `pending`: where the fields not yet merged start
+    at = pending = 0  # `pending`: where the run of scalar fields not yet merged starts
     end = len(data)
     while at < end:
         start = at
@@ -126,25 +130,43 @@ def _parse(message: Message, data: memoryview, walk: _Walk, depth: int) -> Steps
         walk.step()
         field = fields.get(tag >> 3)
         if (
-            wire == _LENGTH
-            and at - start > SLICE_BYTES
-            and field is not None
-            and field.type == FieldDescriptor.TYPE_MESSAGE
+            field is not None
+            and field.type != FieldDescriptor.TYPE_MESSAGE
+            and (
+                wire == _WIRE_TYPES.get(field.type, _VARINT)
+                or (wire == _LENGTH and field.is_repeated)
+            )
         ):
-            # A long message field: what came before it first, then its own slices.
-            _merge(message, data[pending:start])
-            yield
+            if at - pending >= SLICE_BYTES:
+                _merge(message, data[pending:at])
+                pending = at
+                yield
+            elif walk.fields & 0xFF == 0:
+                yield  # a long run of small fields: the walk itself takes time
+            continue  # a scalar: merged with its run
+        # A message field, or one this gateway does not know (left out):
+        # the run before it is merged first.
+        _merge(message, data[pending:start])
+        pending = at
+        if field is not None and wire == _LENGTH:
             container = getattr(message, field.name)
             child = container.add() if field.is_repeated else container
             yield from _parse(child, data[at - length : at], walk, depth + 1)
-            pending = at
-        elif at - pending >= SLICE_BYTES:
-            _merge(message, data[pending:at])
-            pending = at
-            yield
-        elif walk.fields & 0xFF == 0:
-            yield  # a long run of small fields: the walk itself takes time
+        yield
     _merge(message, data[pending:end])
+
+
+# How each scalar type is sent, if not varint; another wire type makes the field unknown.
+_WIRE_TYPES = {
+    FieldDescriptor.TYPE_DOUBLE: _FIXED64,
+    FieldDescriptor.TYPE_FIXED64: _FIXED64,
+    FieldDescriptor.TYPE_SFIXED64: _FIXED64,
+    FieldDescriptor.TYPE_FLOAT: _FIXED32,
+    FieldDescriptor.TYPE_FIXED32: _FIXED32,
+    FieldDescriptor.TYPE_SFIXED32: _FIXED32,
+    FieldDescriptor.TYPE_STRING: _LENGTH,
+    FieldDescriptor.TYPE_BYTES: _LENGTH,
+}
 
 
 async def decode_protobuf(decoding: Decoding, body: bytes) -> ExportMetricsServiceRequest:

@@ -130,9 +130,6 @@ class Ingestor:
         The checks run in slices of `work` (gateway.work).
         """
         work = work or Work()
-        # Fields this gateway does not know would reach the Collector unchecked
-        # and unstamped (a newer point type, say): they are removed, not passed on.
-        request.DiscardUnknownFields()
         limits = self.limits.for_tenant(tenant.id)
         limit = limits.max_data_points_per_request
         work.begin()
@@ -190,7 +187,8 @@ class Ingestor:
 
 
 def decode_protobuf(body: bytes) -> ExportMetricsServiceRequest:
-    """Parse a serialized ExportMetricsServiceRequest; raise InvalidRequest if unusable."""
+    """Parse a serialized ExportMetricsServiceRequest, less unknown fields; raise
+    InvalidRequest if unusable (a small body: gateway.decode parses large ones in slices)."""
     request = ExportMetricsServiceRequest()
     try:
         request.ParseFromString(body)
@@ -201,6 +199,7 @@ def decode_protobuf(body: bytes) -> ExportMetricsServiceRequest:
         raise InvalidRequest(
             f"the body is not a valid OTLP ExportMetricsServiceRequest protobuf: {detail}"
         ) from exc
+    request.DiscardUnknownFields()
     return request
 
 

@@ -52,6 +52,7 @@ _VALUES = frozenset({_AS_DOUBLE, _AS_INT})
 _FIXED = frozenset({0x11, 0x19, _AS_DOUBLE, _AS_INT})
 _STEP_POINTS = 0x3F  # a pause point every 64 points (gateway.work),
 _LONG_POINT_BYTES = 1024  # and after every long one
+_CLAIMS_ALLOWED = 8  # tenant claims are removed, not counted: a few may come on top
 REMEMBERED_ATTRIBUTE_LISTS = 16_384
 """Attribute lists remembered per limits; past it the memory starts over."""
 REMEMBERED_BYTES = 512
@@ -242,8 +243,14 @@ class _Checker:
 
     def check_attributes(self, point: Any) -> _Checked:
         """What the attribute checks find in a point's attributes."""
+        attributes = point.attributes
+        limit = self._attribute_limit
+        if limit and len(attributes) > limit + _CLAIMS_ALLOWED:
+            # Over the limit whatever they are: not read one by one (a point of
+            # 60,000 attributes would hold the loop 100 ms).
+            return (len(attributes), None, 0)
         # Scope attributes become otel_scope_* labels: they cannot collide with these.
-        pairs, problem = self.scan(point.attributes)
+        pairs, problem = self.scan(attributes)
         return (len(pairs), problem, attributes_hash(pairs))
 
     def number_points(
