@@ -31,7 +31,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.series import ActiveSeries
 from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
-from gateway.validate import Rejections, bounded_count, enforce_steps
+from gateway.validate import SWOLLEN_BYTES_PER_POINT, Rejections, bounded_count, enforce_steps
 from gateway.work import Work, WorkBudget
 
 logger = logging.getLogger(__name__)
@@ -145,8 +145,9 @@ class Ingestor:
                 "max_data_points_per_request); send smaller batches (max_export_batch_size "
                 "in the OpenTelemetry SDK)"
             )
+        swollen = raw is not None and len(raw) > sent * SWOLLEN_BYTES_PER_POINT
         rejections = await work.run(
-            enforce_steps(request, tenant.id, limits, self.series, self._clock())
+            enforce_steps(request, tenant.id, limits, self.series, self._clock(), swollen=swollen)
         )
         for reason, count in rejections.counts.items():
             self._count_points(tenant, count, "rejected", reason)

@@ -53,6 +53,9 @@ _FIXED = frozenset({0x11, 0x19, _AS_DOUBLE, _AS_INT})
 _STEP_POINTS = 0x3F  # a pause point every 64 points (gateway.work),
 _LONG_POINT_BYTES = 1024  # and after every long one
 _CLAIMS_ALLOWED = 8  # tenant claims are removed, not counted: a few may come on top
+SWOLLEN_BYTES_PER_POINT = 16 * 1024
+"""Bytes per data point above which a request is looked at for swollen points
+first: a point within the limits takes a few KiB at most."""
 REMEMBERED_ATTRIBUTE_LISTS = 16_384
 """Attribute lists remembered per limits; past it the memory starts over."""
 REMEMBERED_BYTES = 512
@@ -421,6 +424,32 @@ def enforce(
     return finish(enforce_steps(request, tenant_id, limits, series, now, serialized=serialized))
 
 
+def _drop_swollen(
+    request: ExportMetricsServiceRequest, limit: int, rejections: Rejections
+) -> Steps[None]:
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                yield
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                points = getattr(metric, kind).data_points
+                kept = [p for p in points if len(p.attributes) <= limit + _CLAIMS_ALLOWED]
+                if len(kept) == len(points):
+                    continue
+                for point in points:
+                    count = len(point.attributes)
+                    if count > limit + _CLAIMS_ALLOWED:
+                        rejections.add(
+                            "attribute_limit",
+                            f"{count} attributes on a data point, "
+                            f"limit max_attributes_per_point={limit}",
+                        )
+                del points[:]
+                points.extend(kept)
+
+
 def enforce_steps(
     request: ExportMetricsServiceRequest,
     tenant_id: str,
@@ -429,10 +458,18 @@ def enforce_steps(
     now: float,
     *,
     serialized: bool = True,
+    swollen: bool = False,
 ) -> Steps[Rejections]:
-    """`enforce` as steps that may be paused between points (gateway.work)."""
+    """`enforce` as steps that may be paused between points (gateway.work).
+
+    `swollen`: the request is far larger than its points need (see
+    `SWOLLEN_BYTES_PER_POINT`); points with far too many attributes are
+    dropped first, before any metric is serialized for its checks.
+    """
     rejections = Rejections()
     checker = _Checker(tenant_id, limits, series, now)
+    if swollen and limits.max_attributes_per_point:
+        yield from _drop_swollen(request, limits.max_attributes_per_point, rejections)
     for resource_metrics in request.resource_metrics:
         yield
         resource = resource_metrics.resource.attributes

@@ -30,6 +30,7 @@ from google.protobuf.internal.encoder import _VarintBytes
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
 )
 
 from gateway.http_edge import gunzip
@@ -347,6 +348,27 @@ def test_refused_points_at_the_allowed_rate_use_at_most_the_work_budget(tmp_path
     quiet_median, median = statistics.median(quiet), statistics.median(others)
     print(f"globex median: quiet {quiet_median * 1000:.1f} ms, under attack {median * 1000:.1f} ms")
     assert median < 3 * quiet_median + 0.03, (quiet_median, sorted(others))
+
+
+def test_points_swollen_with_attributes_are_dropped_without_stalling(tmp_path: Path) -> None:
+    # 60 points of 61,440 empty attributes each, 7 MiB: each point under the
+    # 128 KiB the parser takes in one go, 3.7 million messages in all.
+    point = b"\x31" + b"\x01" * 8 + b"\x3a\x00" * (60 * 1024)
+    gauge = b"".join(_ld(0x0A, point) for _ in range(60))
+    body = _ld(0x0A, _ld(0x12, _ld(0x12, b"\x0a\x01x" + _ld(0x2A, gauge))))
+
+    async def scenario() -> tuple[httpx.Response, float]:
+        async with http_gateway(tmp_path) as http, ticking() as ticker:
+            answer = await post(http, "acme", body, PROTOBUF)
+            ticker.report("points swollen with attributes")
+            return answer, ticker.longest
+
+    answer, longest = run(scenario())  # type: ignore[misc]
+    assert answer.status_code == 200
+    partial = ExportMetricsServiceResponse.FromString(answer.content).partial_success
+    assert partial.rejected_data_points == 60
+    assert "attribute_limit: 60 (61440 attributes" in partial.error_message
+    assert longest < MAX_GAP_SECONDS, f"{longest * 1000:.0f} ms"
 
 
 def test_grpc_of_millions_of_empty_metrics_is_refused_while_another_tenant_is_served(
