@@ -52,6 +52,8 @@ _VALUES = frozenset({_AS_DOUBLE, _AS_INT})
 _FIXED = frozenset({0x11, 0x19, _AS_DOUBLE, _AS_INT})
 _STEP_POINTS = 0x3F  # a pause point every 64 points (gateway.work),
 _LONG_POINT_BYTES = 1024  # and after every long one
+CONTAINERS_PER_POINT = 4
+"""Resources, scopes and metrics a request may hold per allowed data point."""
 _CLAIMS_ALLOWED = 8  # tenant claims are removed, not counted: a few may come on top
 SWOLLEN_BYTES_PER_POINT = 16 * 1024
 """Bytes per data point above which a request is looked at for swollen points
@@ -63,32 +65,36 @@ REMEMBERED_BYTES = 512
 
 
 def bounded_count(request: ExportMetricsServiceRequest, limit: int) -> int:
-    """Data points in `request`; TooManyDataPoints when it has more resources, scopes
-    or metrics than `limit` (each holds a point when it means anything). The count
-    stops there: its cost is bounded by the limit."""
-    containers = request.resource_metrics
+    """Data points in `request`, counted in at most `CONTAINERS_PER_POINT` x `limit`
+    steps (resources, scopes, metrics): past them, TooManyDataPoints, or the
+    points counted so far when they are over `limit` already."""
     if not limit:
         return count_points(request)
-    scopes = metrics = points = 0
-    for resource_metrics in _within(containers, len(containers), limit, "resources"):
-        scopes += len(resource_metrics.scope_metrics)
-        for scope_metrics in _within(resource_metrics.scope_metrics, scopes, limit, "scopes"):
-            metrics += len(scope_metrics.metrics)
-            for metric in _within(scope_metrics.metrics, metrics, limit, "metrics"):
+    budget = CONTAINERS_PER_POINT * limit
+    visited = points = 0
+    for resource_metrics in request.resource_metrics:
+        visited += 1
+        for scope_metrics in resource_metrics.scope_metrics:
+            visited += 1
+            for metric in scope_metrics.metrics:
+                visited += 1
                 kind = metric.WhichOneof("data")
                 if kind is not None:
                     points += len(getattr(metric, kind).data_points)
+                if visited > budget:
+                    break
+            if visited > budget:
+                break
+        if visited > budget:
+            if points > limit:
+                return points
+            raise TooManyDataPoints(
+                f"over {budget} resources, scopes and metrics in one request "
+                f"({CONTAINERS_PER_POINT} per data point allowed by "
+                f"max_data_points_per_request={limit}); send smaller batches "
+                "(max_export_batch_size in the OpenTelemetry SDK)"
+            )
     return points
-
-
-def _within(items: Iterable[Any], count: int, limit: int, what: str) -> Iterable[Any]:
-    if count > limit:
-        raise TooManyDataPoints(
-            f"over {limit} {what} in one request, limit {limit} (setting "
-            "max_data_points_per_request); send smaller batches (max_export_batch_size "
-            "in the OpenTelemetry SDK)"
-        )
-    return items
 
 
 def count_points(request: ExportMetricsServiceRequest) -> int:

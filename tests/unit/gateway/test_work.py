@@ -13,10 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from test_hostile_strategies import bodies
 
 from gateway import decode
 from gateway.errors import GatewayError, InvalidRequest, TooManyDataPoints, WorkLimited
+from gateway.validate import bounded_count
 from gateway.work import Steps, Turns, Work, WorkBudget, finish
 
 
@@ -187,3 +189,14 @@ def test_a_tenants_offloaded_work_goes_one_at_a_time_within_its_budget() -> None
     # 20 ms each against a 50 ms burst: the third finds the tenant in debt.
     assert results == [0, 1, 2]
     assert error is WorkLimited
+
+
+def test_the_point_count_is_bounded_by_the_points_allowed() -> None:
+    four = ExportMetricsServiceRequest()
+    for n in range(4):
+        four.resource_metrics.extend(counter_request(value=n).resource_metrics)
+    assert bounded_count(four, 3) == 4  # the caller refuses "4 data points"
+    empty = ExportMetricsServiceRequest()
+    empty.resource_metrics.add().scope_metrics.add().metrics.extend([Metric(name="x")] * 20)
+    with pytest.raises(TooManyDataPoints, match="over 12 resources, scopes and metrics"):
+        bounded_count(empty, 3)
