@@ -102,6 +102,7 @@ def _varint(data: memoryview, at: int, end: int) -> tuple[int, int]:
 def _parse(message: Message, data: memoryview, walk: _Walk, depth: int) -> Steps[None]:
     """Merge `data` into `message`, a slice at a time, leaving out unknown fields."""
     if len(data) <= SLICE_BYTES:
+        message.SetInParent()  # an empty message field is set all the same
         _merge(message, data)
         message.DiscardUnknownFields()  # its cost is bounded by the slice
         return
@@ -148,7 +149,7 @@ def _parse(message: Message, data: memoryview, walk: _Walk, depth: int) -> Steps
         # the run before it is merged first.
         _merge(message, data[pending:start])
         pending = at
-        if field is not None and wire == _LENGTH:
+        if field is not None and field.type == FieldDescriptor.TYPE_MESSAGE and wire == _LENGTH:
             container = getattr(message, field.name)
             child = container.add() if field.is_repeated else container
             yield from _parse(child, data[at - length : at], walk, depth + 1)
