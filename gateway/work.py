@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from gateway.errors import WorkLimited
 
-SLICE_SECONDS = 0.01
+SLICE_SECONDS = 0.005
 """Longest stretch one request's work holds the event loop before letting others run."""
 MAX_ITERATION_SLICES = 4
 """Slices of several tenants' work started in one loop iteration, at most."""
@@ -223,7 +223,7 @@ class Turns:
     """Who works next on the loop: a tenant works at most one slice per loop
     iteration, and an iteration at most `MAX_ITERATION_SLICES` slices.
 
-    Slices alone are not enough: ten requests each ready with a 10 ms slice make
+    Slices alone are not enough: twenty requests each ready with a 5 ms slice make
     a 100 ms iteration. A request starts working at once when its tenant has not
     worked in this iteration (a short request is done within that slice);
     otherwise, and after each slice, it waits its turn, and turns go round the

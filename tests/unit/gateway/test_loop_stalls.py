@@ -37,7 +37,7 @@ from gateway.http_edge import gunzip
 
 MIB = 1024 * 1024
 MAX_GAP_SECONDS = 0.1
-"""The longest the loop may be held: the slices are 10 ms, the machine is loaded."""
+"""The longest the loop may be held: the slices are 5 ms, the machine is loaded."""
 PROTOBUF = {"content-type": "application/x-protobuf"}
 GZIP_PROTOBUF = {**PROTOBUF, "content-encoding": "gzip"}
 JSON = {"content-type": "application/json"}
