@@ -172,6 +172,7 @@ _WIRE_TYPES = {
 
 async def decode_protobuf(decoding: Decoding, body: bytes) -> ExportMetricsServiceRequest:
     """A protobuf body (gRPC, OTLP/HTTP) as a request, parsed in the request's slices."""
-    return await decoding.work.run(
-        decode_request(body, decoding.limits.max_data_points_per_request)
-    )
+    steps = decode_request(body, decoding.limits.max_data_points_per_request)
+    if len(body) <= SLICE_BYTES:
+        return decoding.work.run_small(steps)  # parsed in one call anyway
+    return await decoding.work.run(steps)

@@ -129,6 +129,14 @@ class Work:
             self.add(seconds)
             return result
 
+    def run_small(self, steps: Steps[T]) -> T:
+        """`steps` known to be short (a small request): run at once, time counted."""
+        self.begin()
+        try:
+            return finish(steps)
+        finally:
+            self.end()
+
     async def run(self, steps: Steps[T]) -> T:
         """Drive `steps` to their result, pausing whenever a slice is used up."""
         await self._turn()
