@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from gateway.tenants import Tenant
+from gateway.work import Steps, finish
 
 TENANT_LABEL = "tenant_id"
 _NON_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
@@ -52,9 +53,16 @@ def stamp_tenant(
     `strip=False` skips looking for claims: only for a request that
     `may_claim_tenant` has cleared.
     """
+    return finish(stamp_steps(request, tenant, strip=strip))
+
+
+def stamp_steps(
+    request: ExportMetricsServiceRequest, tenant: Tenant, *, strip: bool = True
+) -> Steps[int]:
+    """`stamp_tenant` as steps that may be paused between metrics (gateway.work)."""
     stamp = KeyValue(key=TENANT_LABEL, value=AnyValue(string_value=tenant.id))
     if not strip:
-        return _stamp_only(request, stamp)
+        return (yield from _stamp_only(request, stamp))
     points_seen = 0
     for resource_metrics in request.resource_metrics:
         _strip(resource_metrics.resource.attributes)
@@ -62,10 +70,13 @@ def stamp_tenant(
         for scope_metrics in resource_metrics.scope_metrics:
             _strip(scope_metrics.scope.attributes)
             for metric in scope_metrics.metrics:
+                yield
                 kind = metric.WhichOneof("data")
                 if kind is None:
                     continue
                 for point in getattr(metric, kind).data_points:
+                    if not points_seen & 0xFF:
+                        yield
                     _strip(point.attributes)
                     point.attributes.append(stamp)
                     for exemplar in getattr(point, "exemplars", ()):
@@ -74,12 +85,13 @@ def stamp_tenant(
     return points_seen
 
 
-def _stamp_only(request: ExportMetricsServiceRequest, stamp: KeyValue) -> int:
+def _stamp_only(request: ExportMetricsServiceRequest, stamp: KeyValue) -> Steps[int]:
     points_seen = 0
     for resource_metrics in request.resource_metrics:
         resource_metrics.resource.attributes.append(stamp)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
+                yield
                 kind = metric.WhichOneof("data")
                 if kind is not None:
                     for point in getattr(metric, kind).data_points:

@@ -49,9 +49,19 @@ REASONS: dict[str, Reason] = {
             "request",
             "rate_limit_requests_per_second, rate_limit_burst",
         ),
+        # RetryInfo is attached: the tenant's share of processing time refills.
+        Reason(
+            "work_limited",
+            _EXHAUSTED,
+            429,
+            "request",
+            "work_seconds_per_second, work_burst_seconds",
+        ),
         # No RetryInfo: by the OTLP spec RESOURCE_EXHAUSTED without it is not
         # retried (Go, Java); the Python exporter retries it for up to 10 s in vain.
         Reason("request_too_large", _EXHAUSTED, 413, "request", "max_request_bytes"),
+        Reason("too_many_gzip_members", _EXHAUSTED, 413, "request", "max_gzip_members"),
+        Reason("json_too_large", _EXHAUSTED, 413, "request", "max_json_request_bytes"),
         Reason("invalid_request", _INVALID, 400, "request"),
         Reason("too_many_data_points", _EXHAUSTED, 413, "request", "max_data_points_per_request"),
         # RetryInfo is attached, with a jittered delay of a few seconds.
@@ -169,6 +179,14 @@ class RateLimited(GatewayError, reason="rate_limited"):
         self.retry_after_seconds = retry_after_seconds
 
 
+class WorkLimited(GatewayError, reason="work_limited"):
+    """The tenant's requests used more of the gateway's processing time than its share."""
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class RequestTooLarge(GatewayError, reason="request_too_large"):
     """The request is over the tenant's `max_request_bytes`."""
 
@@ -181,6 +199,14 @@ class RequestTooLarge(GatewayError, reason="request_too_large"):
             "GATEWAY_MAX_REQUEST_BYTES or the limits file; counted uncompressed); send "
             "smaller batches (max_export_batch_size in the OpenTelemetry SDK)"
         )
+
+
+class TooManyGzipMembers(GatewayError, reason="too_many_gzip_members"):
+    """A gzip body made of more members than `max_gzip_members`."""
+
+
+class JsonTooLarge(GatewayError, reason="json_too_large"):
+    """An OTLP/JSON body over `max_json_request_bytes`."""
 
 
 class InvalidRequest(GatewayError, reason="invalid_request"):

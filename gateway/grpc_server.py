@@ -21,19 +21,18 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
 from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
 
 from gateway.app import Gateway
 from gateway.auth import Credentials, authorization_from
 from gateway.chain import TENANT_HEADER, BodyPace, Chain, Outcome
+from gateway.decode import decode_protobuf
 from gateway.errors import GatewayError, InvalidRequest, PeerOverloaded, RequestTooLarge
 from gateway.inflight import Lease
-from gateway.ingest import decode_protobuf
 from gateway.peers import PeerCounts
-from gateway.tenants import Tenant
 from gateway.tls import client_certificate_from_grpc, grpc_server_credentials
+from gateway.work import Work
 
 SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 TRANSPORT = "grpc"
@@ -52,9 +51,13 @@ class MessageBody:
         """Unknown until the message has arrived."""
         return 0
 
-    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
+    async def read(
+        self, lease: Lease, limit: int, pace: BodyPace, work: Work, max_gzip_members: int
+    ) -> bytes:
         """The message, taken into `lease`; at most `limit` bytes. grpcio hands it
-        over whole, so it gets the time `pace` allows for `limit` bytes."""
+        over whole (decompressed, if the client compressed it), so it gets the time
+        `pace` allows for `limit` bytes."""
+        del work, max_gzip_members
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -107,7 +110,7 @@ class MetricsExportHandler:
                 ),
             )
             outcome = await self._chain.export(
-                TRANSPORT, credentials, MessageBody(context), _decode, protobuf=True
+                TRANSPORT, credentials, MessageBody(context), decode_protobuf, protobuf=True
             )
         finally:
             self._peers.leave(address)
@@ -118,11 +121,6 @@ class MetricsExportHandler:
         # cost one more round of gRPC operations per call (~35 µs).
         context.set_trailing_metadata(((TENANT_HEADER, outcome.tenant_id),))
         return outcome.response
-
-
-def _decode(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
-    del tenant
-    return decode_protobuf(body)
 
 
 Trailers = tuple[tuple[str, bytes], ...]

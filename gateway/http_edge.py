@@ -22,10 +22,17 @@ from starlette.responses import Response
 
 from gateway.auth import Credentials, authorization_from
 from gateway.chain import BodyPace
-from gateway.errors import GatewayError, InvalidReport, InvalidRequest, RequestTooLarge
+from gateway.errors import (
+    GatewayError,
+    InvalidReport,
+    InvalidRequest,
+    RequestTooLarge,
+    TooManyGzipMembers,
+)
 from gateway.errors import UnsupportedMediaType as UnsupportedMediaType
 from gateway.inflight import Lease
 from gateway.tls import client_certificate_from_asgi
+from gateway.work import Steps, Work
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,7 +43,11 @@ RETRY_AFTER_DEFAULT_SECONDS = 2
 """Retry-After of a 429 or 503 whose error names no delay: short, as exporters
 drop a batch whose retry delay outruns their export timeout."""
 GUNZIP_STEP_BYTES = 256 * 1024
-"""Decompressed bytes produced per step; between steps other requests run."""
+"""Decompressed bytes produced per step at most; between steps other requests may run."""
+GUNZIP_FEED_BYTES = 4 * 1024
+"""Compressed bytes given to zlib per step."""
+DEFAULT_MAX_GZIP_MEMBERS = 64
+"""Members of one gzip body when no limit is given (the `max_gzip_members` default)."""
 
 _IDENTITY = frozenset({"", "identity"})
 _GZIP = frozenset({"gzip", "x-gzip"})
@@ -83,9 +94,17 @@ class RequestBody:
         """Content-Length, or 0 when the client did not say."""
         return self._declared
 
-    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
+    async def read(
+        self,
+        lease: Lease,
+        limit: int,
+        pace: BodyPace,
+        work: Work,
+        max_gzip_members: int = DEFAULT_MAX_GZIP_MEMBERS,
+    ) -> bytes:
         """The body, decompressed, at most `limit` bytes either way; each chunk due by
-        the time `pace` allows for the bytes received before it."""
+        the time `pace` allows for the bytes received before it; decompressed in
+        slices of `work`."""
         if self._declared > limit:
             raise RequestTooLarge.over(limit)
         chunks: list[bytes] = []
@@ -113,42 +132,63 @@ class RequestBody:
         if self._encoding in _IDENTITY:
             return raw
         check_encoding(self._encoding)
-        body = await gunzip(raw, limit, lease)
+        body = await gunzip(raw, limit, lease, work, max_gzip_members)
         lease.shrink(len(raw))  # the compressed form is let go of now
         return body
 
 
-async def gunzip(data: bytes, limit: int, lease: Lease | None = None) -> bytes:
-    """Decompress gzip (several members allowed) without ever producing over `limit`
-    bytes, each step counted in `lease` before it is kept."""
+async def gunzip(
+    data: bytes,
+    limit: int,
+    lease: Lease | None = None,
+    work: Work | None = None,
+    max_members: int = DEFAULT_MAX_GZIP_MEMBERS,
+) -> bytes:
+    """Decompress gzip (at most `max_members` members) without ever producing over
+    `limit` bytes, each step counted in `lease` before it is kept, in slices of `work`."""
+    return await (work or Work()).run(_gunzip(data, limit, lease, max_members))
+
+
+def _gunzip(data: bytes, limit: int, lease: Lease | None, max_members: int) -> Steps[bytes]:
     out: list[bytes] = []
     produced = 0
-    pending = data
+    view = memoryview(data)
+    at = 0
+    members = 1
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     while True:
+        # The input is fed a little at a time: what zlib hands back unread
+        # (unconsumed_tail, unused_data) is a copy, and copying the rest of a
+        # large body at every member would make many members cost its square.
+        feed = view[at : at + GUNZIP_FEED_BYTES]
         try:
             # One byte over the limit is enough to know it is too large.
-            step = inflater.decompress(pending, min(GUNZIP_STEP_BYTES, limit + 1 - produced))
+            step = inflater.decompress(feed, min(GUNZIP_STEP_BYTES, limit + 1 - produced))
         except zlib.error as exc:
             raise InvalidRequest(
                 f"the body is not valid gzip ({exc}) although Content-Encoding says gzip"
             ) from exc
+        at += len(feed) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
         produced += len(step)
         if produced > limit:
             raise RequestTooLarge.over(limit)
         if lease is not None:
             lease.grow(len(step))
         out.append(step)
-        pending = inflater.unconsumed_tail
         if inflater.eof:
-            pending = inflater.unused_data
-            if not pending:
+            if at >= len(view):
                 return _joined(out, produced, lease)
+            members += 1
+            if members > max_members:
+                raise TooManyGzipMembers(
+                    f"the gzip body has over {max_members} members (setting "
+                    "max_gzip_members: GATEWAY_MAX_GZIP_MEMBERS or the limits file); "
+                    "compress the body as one gzip stream"
+                )
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next member
-        elif not step and not pending:
+        elif not step and at >= len(view) and not inflater.unconsumed_tail:
             raise InvalidRequest("the gzip body is truncated")
-        elif len(step) == GUNZIP_STEP_BYTES:
-            await asyncio.sleep(0)  # a large body: let other requests run meanwhile
+        yield  # other requests may run between steps
 
 
 def _joined(parts: list[bytes], size: int, lease: Lease | None) -> bytes:

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from gateway.enrich import may_claim_tenant, stamp_tenant
+from gateway.enrich import may_claim_tenant, stamp_steps
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -32,9 +32,15 @@ from gateway.ratelimit import RateLimiter
 from gateway.series import ActiveSeries
 from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
-from gateway.validate import Rejections, count_points, enforce
+from gateway.validate import SWOLLEN_BYTES_PER_POINT, Rejections, bounded_count, enforce_steps
+from gateway.work import Work, WorkBudget
 
 logger = logging.getLogger(__name__)
+
+SMALL_REQUEST_POINTS = 64
+SMALL_REQUEST_BYTES = 64 * 1024
+"""A protobuf request of at most these points and bytes is checked and stamped in
+one go: a fraction of a millisecond, not worth a turn."""
 
 
 class Forwarder(Protocol):
@@ -91,6 +97,7 @@ class Ingestor:
         """Enforce `limits` from now on (starting with full rate buckets, no series)."""
         self.limits = limits
         self.rate = RateLimiter(self._clock)
+        self.work = WorkBudget(self._clock)
         self.series = ActiveSeries(limits.series_window_seconds)
 
     def observe_active_series(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -99,9 +106,10 @@ class Ingestor:
         counts = self.series.counts(self._clock())
         return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
 
-    def admit(self, tenant: Tenant, body_bytes: int) -> TenantLimits:
-        """Refuse a request before its body is read: its tenant's rate, then its size
-        (as far as it is known); the tenant's limits."""
+    def admit(self, tenant: Tenant, body_bytes: int, work: Work | None = None) -> TenantLimits:
+        """Refuse a request before its body is read: its tenant's rate, its work
+        budget, then its size (as far as it is known); the tenant's limits. `work`
+        is charged to the tenant's budget from now on."""
         limits = self.limits.for_tenant(tenant.id)
         per_second, burst = limits.rate_limit_requests_per_second, limits.rate_limit_burst
         wait = self.rate.take(tenant.id, per_second, burst)
@@ -112,6 +120,11 @@ class Ingestor:
                 f"retry in {wait:g} s",
                 retry_after_seconds=wait,
             )
+        account = self.work.account(
+            tenant.id, limits.work_seconds_per_second, limits.work_burst_seconds
+        )
+        if work is not None:
+            work.tenant_id, work.account, work.turns = tenant.id, account, self.work.turns
         if body_bytes > limits.max_request_bytes:
             raise RequestTooLarge.over(limits.max_request_bytes, body_bytes)
         return limits
@@ -121,18 +134,23 @@ class Ingestor:
         tenant: Tenant,
         request: ExportMetricsServiceRequest,
         raw: bytes | None = None,
+        work: Work | None = None,
     ) -> ExportMetricsServiceResponse:
         """Drop what `tenant` may not send, stamp it on the rest, forward; the OTLP answer.
 
         `raw` is the protobuf the request was decoded from, when there is one:
         it lets stamping skip the search for tenant claims when none can be there.
+        The checks run in slices of `work` (gateway.work).
         """
-        # Fields this gateway does not know would reach the Collector unchecked
-        # and unstamped (a newer point type, say): they are removed, not passed on.
-        request.DiscardUnknownFields()
+        work = work or Work()
         limits = self.limits.for_tenant(tenant.id)
-        sent = count_points(request)
         limit = limits.max_data_points_per_request
+        work.begin()
+        try:
+            # Before any point is looked at: its cost is bounded by the limit.
+            sent = bounded_count(request, limit)
+        finally:
+            work.end()
         if limit and sent > limit:
             self._count_points(tenant, sent, "rejected", "too_many_data_points")
             raise TooManyDataPoints(
@@ -140,9 +158,18 @@ class Ingestor:
                 "max_data_points_per_request); send smaller batches (max_export_batch_size "
                 "in the OpenTelemetry SDK)"
             )
-        rejections = enforce(
-            request, tenant.id, limits, self.series, self._clock(), namespace=self.namespace
+        swollen = raw is not None and len(raw) > sent * SWOLLEN_BYTES_PER_POINT
+        checks = enforce_steps(
+            request,
+            tenant.id,
+            limits,
+            self.series,
+            self._clock(),
+            namespace=self.namespace,
+            swollen=swollen,
         )
+        small = sent <= SMALL_REQUEST_POINTS and raw is not None and len(raw) <= SMALL_REQUEST_BYTES
+        rejections = work.run_small(checks) if small else await work.run(checks)
         for reason, count in rejections.counts.items():
             self._count_points(tenant, count, "rejected", reason)
             self._metrics.rejections.add(1, {"tenant_id": tenant.id, "reason": reason})
@@ -152,7 +179,9 @@ class Ingestor:
             except Exception:
                 # A broken observer must not fail the export.
                 logger.exception("observer %r failed", observer)
-        points = stamp_tenant(request, tenant, strip=raw is None or may_claim_tenant(raw))
+        strip = raw is None or may_claim_tenant(raw)
+        stamping = stamp_steps(request, tenant, strip=strip)
+        points = work.run_small(stamping) if small else await work.run(stamping)
         response = await self._forward(tenant, request, points)
         return _with_rejections(response, rejections, sent)
 
@@ -181,7 +210,8 @@ class Ingestor:
 
 
 def decode_protobuf(body: bytes) -> ExportMetricsServiceRequest:
-    """Parse a serialized ExportMetricsServiceRequest; raise InvalidRequest if unusable."""
+    """Parse a serialized ExportMetricsServiceRequest, less unknown fields; raise
+    InvalidRequest if unusable (a small body: gateway.decode parses large ones in slices)."""
     request = ExportMetricsServiceRequest()
     try:
         request.ParseFromString(body)
@@ -192,6 +222,7 @@ def decode_protobuf(body: bytes) -> ExportMetricsServiceRequest:
         raise InvalidRequest(
             f"the body is not a valid OTLP ExportMetricsServiceRequest protobuf: {detail}"
         ) from exc
+    request.DiscardUnknownFields()
     return request
 
 

@@ -36,7 +36,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.chain import Chain
+from gateway.chain import Chain, Decoding
 from gateway.errors import InvalidReport, InvalidRequest, TenantMismatch
 from gateway.http_edge import (
     Receive,
@@ -233,9 +233,11 @@ class LegacyReportRoute:
                 )
             check_encoding(encoding)
 
-        def decode(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+        async def decode(decoding: Decoding, body: bytes) -> ExportMetricsServiceRequest:
+            # A report is at most MAX_REPORT_BYTES: small enough to read in one go.
             report = parse_report(body)
-            return to_otlp(report, agent_id_of(report, agent_header, tenant), time.time())
+            agent_id = agent_id_of(report, agent_header, decoding.tenant)
+            return to_otlp(report, agent_id, time.time())
 
         outcome = await self._chain.export(
             TRANSPORT,

@@ -74,6 +74,27 @@ class LimitValues(BaseModel):
     max_data_points_per_request: int = Field(
         10_000, ge=0, description="Data points in one request; more refuses the request."
     )
+    max_gzip_members: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Members of one gzip body (exporters send one); more refuses the request.",
+    )
+    max_json_request_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Largest accepted OTLP/JSON body (bytes, uncompressed): JSON costs "
+        "tens of times more than protobuf to decode.",
+    )
+    work_seconds_per_second: float = Field(
+        0.5,
+        ge=0,
+        description="Event-loop seconds per second a tenant's requests may use to "
+        "decompress, decode and check (0 = no limit); over it requests are refused.",
+    )
+    work_burst_seconds: float = Field(
+        1.0, gt=0, description="Event-loop seconds a tenant may use at once above that rate."
+    )
     max_active_series: int = Field(
         10_000, ge=0, description="Series per tenant seen within the window; new ones over it drop."
     )

@@ -30,12 +30,13 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from gateway.enrich import claims_tenant
-from gateway.errors import REASONS
+from gateway.errors import REASONS, TooManyDataPoints
 from gateway.labels import Problem, key_problem, label_name, resource_problem, shown
 from gateway.limits import TenantLimits
 from gateway.namespace import MetricNamespace
 from gateway.series import ActiveSeries, attributes_hash, series_key
 from gateway.values import metric_problem, number_problem, point_problem
+from gateway.work import Steps, finish
 
 _NUMBER_KINDS = frozenset({"gauge", "sum"})
 # A serialized NumberDataPoint starts with its fixed-width fields, in field order:
@@ -45,6 +46,14 @@ _POINTS = 0x0A  # field 1 of Gauge and Sum, length-delimited
 _AS_DOUBLE, _AS_INT, _EXEMPLARS = 0x21, 0x31, 0x2A
 _VALUES = frozenset({_AS_DOUBLE, _AS_INT})
 _FIXED = frozenset({0x11, 0x19, _AS_DOUBLE, _AS_INT})
+_STEP_POINTS = 0x3F  # a pause point every 64 points (gateway.work),
+_LONG_POINT_BYTES = 1024  # and after every long one
+CONTAINERS_PER_POINT = 4
+"""Resources, scopes and metrics a request may hold per allowed data point."""
+_CLAIMS_ALLOWED = 8  # tenant claims are removed, not counted: a few may come on top
+SWOLLEN_BYTES_PER_POINT = 16 * 1024
+"""Bytes per data point above which a request is looked at for swollen points
+first: a point within the limits takes a few KiB at most."""
 REMEMBERED_ATTRIBUTE_LISTS = 16_384
 """Attribute lists remembered per limits; past it the memory starts over."""
 REMEMBERED_BYTES = 512
@@ -61,6 +70,39 @@ def count_points(request: ExportMetricsServiceRequest) -> int:
                 if kind is not None:
                     total += len(getattr(metric, kind).data_points)
     return total
+
+
+def bounded_count(request: ExportMetricsServiceRequest, limit: int) -> int:
+    """Data points in `request`, counted in at most `CONTAINERS_PER_POINT` x `limit`
+    steps (resources, scopes, metrics): past them, TooManyDataPoints, or the
+    points counted so far when they are over `limit` already."""
+    if not limit:
+        return count_points(request)
+    budget = CONTAINERS_PER_POINT * limit
+    visited = points = 0
+    for resource_metrics in request.resource_metrics:
+        visited += 1
+        for scope_metrics in resource_metrics.scope_metrics:
+            visited += 1
+            for metric in scope_metrics.metrics:
+                visited += 1
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    points += len(getattr(metric, kind).data_points)
+                if visited > budget:
+                    break
+            if visited > budget:
+                break
+        if visited > budget:
+            if points > limit:
+                return points
+            raise TooManyDataPoints(
+                f"over {budget} resources, scopes and metrics in one request "
+                f"({CONTAINERS_PER_POINT} per data point allowed by "
+                f"max_data_points_per_request={limit}); send smaller batches "
+                "(max_export_batch_size in the OpenTelemetry SDK)"
+            )
+    return points
 
 
 @dataclass
@@ -205,9 +247,11 @@ class _Checker:
         service: tuple[str, str],
         rejections: Rejections,
         serialized: bool,
-    ) -> None:
-        """Check the metrics of one scope, removing the points that fail."""
+    ) -> Steps[None]:
+        """Check the metrics of one scope, removing the points that fail; pausing
+        between metrics and every 64 points (gateway.work)."""
         for metric in metrics:
+            yield
             kind = metric.WhichOneof("data")
             if kind is None:
                 continue  # no points: nothing to check or forward
@@ -216,16 +260,18 @@ class _Checker:
             shared = self.metric(metric, kind, data)
             if serialized and shared is None and kind in _NUMBER_KINDS:
                 monotonic = kind == "sum" and data.is_monotonic
-                self.number_points(data, monotonic, scope, name, service, rejections)
+                yield from self.number_points(data, monotonic, scope, name, service, rejections)
                 continue
             kept = []
             check = self.point
-            for point in data.data_points:
+            for index, point in enumerate(data.data_points, 1):
                 problem = shared or check(kind, data, point, scope, name, service)
                 if problem is None:
                     kept.append(point)
                 else:
                     rejections.add(*problem)
+                if not index & _STEP_POINTS:
+                    yield
             if len(kept) != len(data.data_points):
                 # Rebuilt once rather than deleted one by one: no quadratic shifting.
                 del data.data_points[:]
@@ -242,8 +288,14 @@ class _Checker:
 
     def check_attributes(self, point: Any) -> _Checked:
         """What the attribute checks find in a point's attributes."""
+        attributes = point.attributes
+        limit = self._attribute_limit
+        if limit and len(attributes) > limit + _CLAIMS_ALLOWED:
+            # Over the limit whatever they are: not read one by one (a point of
+            # 60,000 attributes would hold the loop 100 ms).
+            return (len(attributes), None, 0)
         # Scope attributes become otel_scope_* labels: they cannot collide with these.
-        pairs, problem = self.scan(point.attributes)
+        pairs, problem = self.scan(attributes)
         return (len(pairs), problem, attributes_hash(pairs))
 
     def number_points(
@@ -254,7 +306,7 @@ class _Checker:
         name: str,
         service: tuple[str, str],
         rejections: Rejections,
-    ) -> None:
+    ) -> Steps[None]:
         """`point` for every point of a gauge or a sum, read from its serialized form;
         the points that fail are removed from `data`."""
         raw = data.SerializeToString()
@@ -301,6 +353,8 @@ class _Checker:
                 rejections.add(*problem)
                 dropped = True
             at, index = stop, index + 1
+            if not index & _STEP_POINTS or length > _LONG_POINT_BYTES:
+                yield
         if dropped:
             # Rebuilt once from the kept points' bytes: no quadratic shifting.
             data.ParseFromString(b"".join([raw[a:b] for a, b in kept] + [raw[at:]]))
@@ -441,11 +495,64 @@ def enforce(
     `serialized=False` reads every point through protobuf objects instead: the
     reference the tests hold the serialized reading to.
     """
+    return finish(
+        enforce_steps(
+            request, tenant_id, limits, series, now, namespace=namespace, serialized=serialized
+        )
+    )
+
+
+def _drop_swollen(
+    request: ExportMetricsServiceRequest, limit: int, rejections: Rejections
+) -> Steps[None]:
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                yield
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue
+                points = getattr(metric, kind).data_points
+                kept = [p for p in points if len(p.attributes) <= limit + _CLAIMS_ALLOWED]
+                if len(kept) == len(points):
+                    continue
+                for point in points:
+                    count = len(point.attributes)
+                    if count > limit + _CLAIMS_ALLOWED:
+                        rejections.add(
+                            "attribute_limit",
+                            f"{count} attributes on a data point, "
+                            f"limit max_attributes_per_point={limit}",
+                        )
+                del points[:]
+                points.extend(kept)
+
+
+def enforce_steps(
+    request: ExportMetricsServiceRequest,
+    tenant_id: str,
+    limits: TenantLimits,
+    series: ActiveSeries,
+    now: float,
+    *,
+    namespace: MetricNamespace | None = None,
+    serialized: bool = True,
+    swollen: bool = False,
+) -> Steps[Rejections]:
+    """`enforce` as steps that may be paused between points (gateway.work).
+
+    `swollen`: the request is far larger than its points need (see
+    `SWOLLEN_BYTES_PER_POINT`); points with far too many attributes are
+    dropped first, before any metric is serialized for its checks.
+    """
     rejections = Rejections()
     checker = _Checker(tenant_id, limits, series, now, namespace)
+    if swollen and limits.max_attributes_per_point:
+        yield from _drop_swollen(request, limits.max_attributes_per_point, rejections)
     resources = request.resource_metrics
     refused: list[int] = []
     for r, resource_metrics in enumerate(resources):
+        yield
         problem = resource_problem(resource_metrics.resource, limits)
         if problem is not None:
             points = sum(_points(scope.metrics) for scope in resource_metrics.scope_metrics)
@@ -456,6 +563,7 @@ def enforce(
         scopes = resource_metrics.scope_metrics
         refused_scopes: list[int] = []
         for s, scope_metrics in enumerate(scopes):
+            yield
             pairs, problem = checker.scan(scope_metrics.scope.attributes)
             problem = problem or _scope_problem(pairs, limits)
             if problem is not None:
@@ -463,7 +571,9 @@ def enforce(
                 refused_scopes.append(s)
                 continue
             scope = _Scope(len(pairs))
-            checker.metrics(scope_metrics.metrics, scope, service, rejections, serialized)
+            yield from checker.metrics(
+                scope_metrics.metrics, scope, service, rejections, serialized
+            )
         _delete(scopes, refused_scopes)
     _delete(resources, refused)
     return rejections

@@ -21,11 +21,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from gateway.app import Gateway
 from gateway.auth import Credentials
-from gateway.chain import BytesBody, Outcome
+from gateway.chain import BytesBody, Decoding, Outcome
 from gateway.errors import GatewayError
 from gateway.ingest import decode_protobuf
 from gateway.settings import GatewaySettings
-from gateway.tenants import Tenant
 
 
 @dataclass
@@ -80,7 +79,7 @@ class Middle:
         return sample(self.gateway.telemetry.registry, name, **labels)
 
 
-def _decode(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+async def _decode(decoding: Decoding, body: bytes) -> ExportMetricsServiceRequest:
     return decode_protobuf(body)
 
 

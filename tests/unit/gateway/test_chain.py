@@ -16,13 +16,14 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway.auth import Credentials
-from gateway.chain import BodyPace, BytesBody
+from gateway.chain import BodyPace, BytesBody, Decoding
 from gateway.errors import CollectorUnavailable, GatewayError, TenantMismatch
 from gateway.grpc_server import MetricsExportHandler
 from gateway.http_app import create_app
 from gateway.inflight import Lease
 from gateway.peers import PeerCounts
 from gateway.tenants import Tenant
+from gateway.work import Work
 
 
 class RecordedBody:
@@ -37,13 +38,15 @@ class RecordedBody:
     def size_hint(self) -> int:
         return self.hint
 
-    async def read(self, lease: Lease, limit: int, pace: BodyPace) -> bytes:
+    async def read(
+        self, lease: Lease, limit: int, pace: BodyPace, work: Work, max_gzip_members: int
+    ) -> bytes:
         self.read_with = lease.bytes
         lease.grow(len(self.data))
         return self.data
 
 
-def _decode(tenant: Tenant, body: bytes) -> ExportMetricsServiceRequest:
+async def _decode(decoding: Decoding, body: bytes) -> ExportMetricsServiceRequest:
     return ExportMetricsServiceRequest.FromString(body)
 
 

@@ -239,7 +239,7 @@ def test_a_rate_limit_error_is_429_with_its_retry_delay(
     async def scenario() -> None:
         async with http_gateway(tmp_path) as http:
 
-            def refuse(tenant: Tenant, body_bytes: int) -> None:
+            def refuse(tenant: Tenant, body_bytes: int, work: object = None) -> None:
                 raise _RateLimited()
 
             monkeypatch.setattr(http.gateway.ingestor, "admit", refuse)
@@ -268,7 +268,10 @@ def test_partial_success_is_passed_back(
         async with http_gateway(tmp_path) as http:
 
             async def ingest(
-                tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
+                tenant: Tenant,
+                request: ExportMetricsServiceRequest,
+                raw: bytes | None = None,
+                work: object = None,
             ) -> ExportMetricsServiceResponse:
                 return partial
 
