@@ -276,6 +276,10 @@ def _lock_file(fcntl: Any, dir_fd: int, name: str) -> int | None:
 def _open_private_dir(lock_dir: Path) -> int | None:
     """A descriptor of `lock_dir`, created 0700 if missing, or None (warned once) if
     another user could write in it: not ours, a symlink, or group/world writable."""
+    with contextlib.suppress(OSError):
+        # A runtime directory named but not there yet (a service's XDG_RUNTIME_DIR
+        # before its first process): created for this user only, as the lock one is.
+        lock_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError, OSError):
         os.mkdir(lock_dir, 0o700)
     try:

@@ -81,13 +81,15 @@ def test_a_gateway_started_with_1024_open_files_serves_1500_agents(
                     "GATEWAY_MAX_IN_FLIGHT_REQUESTS": str(2 * AGENTS),
                     "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": str(10 * AGENTS),
                     "GATEWAY_RATE_LIMIT_BURST": str(10 * AGENTS),
+                    "GATEWAY_IN_FLIGHT_TENANT_SHARE": "1",
+                    "GATEWAY_MAX_GRPC_CALLS_PER_PEER": "0",  # every agent is on loopback
                 }
             )
         own.wait_ready(gateway, timeout=30)
         codes = asyncio.run(_agents_export(own.ports.gateway_grpc, tenant_keys[1]["acme"], AGENTS))
         refused = {code for code in codes if code != grpc.StatusCode.OK}
         assert codes.count(grpc.StatusCode.OK) == AGENTS, f"refused or failed: {refused}"
-        status, body = http_get(f"{own.gateway_http_url}/metrics")
+        status, body = http_get(f"{own.gateway_metrics_url}/metrics")
         assert status == 200
         max_fds = next(
             float(line.split()[1])

@@ -594,7 +594,9 @@ def test_a_route_applied_by_restarting_the_collector_under_load_loses_no_count(
             refused = wait(
                 "an export refused while the Collector is down",
                 lambda: (
-                    outcome_total(gateway_requests(stack.gateway_http_url), "collector_unavailable")
+                    outcome_total(
+                        gateway_requests(stack.gateway_metrics_url), "collector_unavailable"
+                    )
                     or None
                 ),
             )

@@ -75,6 +75,20 @@ def test_a_restarted_process_gets_its_id_back_a_concurrent_one_gets_another(
     assert not list(tmp_path.glob("otel-agents-*/*")), "lock files left behind"
 
 
+def test_a_runtime_directory_not_there_yet_is_created_and_slots_still_differ(
+    tmp_path: Path,
+) -> None:
+    runtime = tmp_path / "not" / "yet"  # XDG_RUNTIME_DIR of a service before its first start
+    first, first_id = _holder("billing", runtime)
+    second, second_id = _holder("billing", runtime)
+    try:
+        assert first_id == slot_instance_id(machine_key(), "billing", 0)
+        assert second_id == slot_instance_id(machine_key(), "billing", 1)
+    finally:
+        _end(first)
+        _end(second)
+
+
 def test_ids_are_uuid_v5_in_the_semantic_conventions_namespace() -> None:
     instance = slot_instance_id("machine-1", "billing", 0)
     assert uuid.UUID(instance).version == 5
