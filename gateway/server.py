@@ -149,8 +149,11 @@ async def serve(settings: GatewaySettings) -> None:
             gateway.forwarder,
             settings.fleet_series_interval_seconds,
             f"{socket.gethostname()}:{grpc_port}",
+            gateway.state.owns,
         )
     )
+    # The fleet, rate budgets, series counts and throttle other processes share.
+    exchanger = asyncio.create_task(gateway.state.run())
     logger.info(
         "gateway listening: OTLP/gRPC on %s:%d, HTTP%s on %s:%d, forwarding to %s",
         settings.grpc_host,
@@ -170,12 +173,13 @@ async def serve(settings: GatewaySettings) -> None:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
         logger.info("gateway stopping")
-        for task in (reloader, publisher):
+        for task in (reloader, publisher, exchanger):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await gateway.forwarder.close()
+        await gateway.state.close()
         gateway.fleet.save()  # the last-seen table, for the next start
         gateway.telemetry.provider.shutdown()
         logger.info("gateway stopped")

@@ -181,6 +181,23 @@ class GatewaySettings(BaseSettings, LimitValues):
         ge=1024,
         description="Bytes of resource attribute keys and values the fleet keeps per agent.",
     )
+    # The state store (docs/gateway.md, "The state store")
+    state_url: str = Field(
+        "",
+        description="redis:// or rediss:// URL (password in it) of the store the replicas "
+        "and workers share: fleet, rate budgets, series counts, authentication throttle. "
+        "Empty: all state in this process.",
+    )
+    state_sync_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="How often the shared state is exchanged with the store (fleet rows, "
+        "rate leases, series counts, throttle).",
+    )
+    state_timeout_seconds: float = Field(
+        1.0, gt=0, le=30, description="A store call slower than this counts as the store down."
+    )
     admin_key_sha256: str = Field(
         "",
         description="Hex SHA-256 digests of admin keys, comma-separated: they list every "
