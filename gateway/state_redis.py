@@ -58,6 +58,8 @@ REPLICA_TTL = 10.0
 """A process not heard from for this long (seconds) no longer counts as a replica."""
 FLEET_BATCH = 500
 """Fleet rows per merge call, and per look at the rows changed elsewhere."""
+SWEEP_EVERY = 600
+"""Exchanges between two sweeps of the forgotten rows out of the store."""
 MAX_PULLS = 40
 """Looks per exchange: 20,000 changed rows (the rest at the next exchange)."""
 
@@ -262,6 +264,8 @@ class RedisState:
         """Membership, fleet, rate leases, series counts, throttle: one round each."""
         await self._membership()
         await self._fleet()
+        if self.exchanges % SWEEP_EVERY == SWEEP_EVERY - 1:
+            await self._sweep()
         await self._rates()
         await self._series()
         await self._throttle()
@@ -312,6 +316,20 @@ class RedisState:
             if len(changed) < FLEET_BATCH:
                 return
             await asyncio.sleep(0)  # exports go on between batches
+
+    async def _sweep(self) -> None:
+        """Drop the rows every process has forgotten (unseen for `forget_after`)."""
+        horizon = self.clock() - self.fleet.forget_after
+        stale = []
+        async for name, raw in self.client.hscan_iter(PREFIX + "fleet", count=FLEET_BATCH):
+            row = _row(raw)
+            if row is None or row.last_seen < horizon:
+                stale.append(name)
+        for at in range(0, len(stale), FLEET_BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(PREFIX + "fleet", *stale[at : at + FLEET_BATCH])
+            pipe.zrem(PREFIX + "fleet:changed", *stale[at : at + FLEET_BATCH])
+            await pipe.execute()
 
     async def _rates(self) -> None:
         wanted = self.rate.wanted(self.interval)

@@ -123,9 +123,11 @@ async def admitted(gw: RunningGateway, body: bytes, key: str) -> bool:
     try:
         await gw.export(body, key)
     except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-        return False
-    return True
+        code = exc.code()
+    else:
+        return True
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return False
 
 
 def test_a_tenants_rate_is_one_budget_across_both(
@@ -136,9 +138,11 @@ def test_a_tenants_rate_is_one_budget_across_both(
 
     async def scenario() -> tuple[int, float]:
         limits = {"rate_limit_requests_per_second": 2.0, "rate_limit_burst": 10}
-        async with two_gateways(
-            tmp_path, redis_server.url, state_sync_seconds=0.2, **limits
-        ) as (one, two, keys):
+        async with two_gateways(tmp_path, redis_server.url, state_sync_seconds=0.2, **limits) as (
+            one,
+            two,
+            keys,
+        ):
             await exchange(one, two, rounds=1)  # both know there are two replicas
             loops = [asyncio.create_task(store(gw).run()) for gw in (one, two)]
             body, count = agent("billing", "c-1"), 0
@@ -219,7 +223,27 @@ def test_store_paused_killed_or_emptied_exports_go_on_and_all_comes_back(
             await exchange(one, two)
             expected = {("globex", "c-1"): "up", ("globex", "c-2"): "up", ("acme", "c-1"): "up"}
             assert agents_of(one) == agents_of(two) == expected
-            # The budget is global again: what was spent on the share came back as debt.
-            assert store(one).rate.connected and store(two).rate.connected
+            # Limits are global again, the view whole.
+            for gw in (one, two):
+                assert store(gw).rate.connected
+                assert store(gw).series.replicas == 0
+                assert store(gw).document()["partial"] is False
+
+    asyncio.run(scenario())
+
+
+def test_rows_forgotten_everywhere_leave_the_store(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, _, keys):
+            await one.export(agent("billing", "old"), keys["acme"])
+            await exchange(one)
+            state = store(one)
+            assert await state.client.hlen("otelgw:fleet") == 1
+            state.clock = lambda: time.time() + one.gateway.fleet.forget_after + 1
+            await state._sweep()
+            assert await state.client.hlen("otelgw:fleet") == 0
+            assert await state.client.zcard("otelgw:fleet:changed") == 0
 
     asyncio.run(scenario())
