@@ -80,6 +80,13 @@ class GatewaySettings(BaseSettings, LimitValues):
         False,
         description="Let several gateway processes bind the same gRPC port (SO_REUSEPORT).",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Gateway processes on this host sharing the gRPC and HTTP ports "
+        "(SO_REUSEPORT) under one parent; more than 1 needs GATEWAY_STATE_URL.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     # JWT bearer tokens, TLS and mTLS, failed-authentication throttling.
@@ -250,6 +257,17 @@ class GatewaySettings(BaseSettings, LimitValues):
             raise ValueError(
                 f"GATEWAY_METRICS_PORT {self.metrics_port} is the HTTP or gRPC port: give "
                 "/metrics a port of its own, or set it to `none` (served on the HTTP port)"
+            )
+        if self.workers > 1 and not self.state_url:
+            raise ValueError(
+                f"GATEWAY_WORKERS={self.workers} needs GATEWAY_STATE_URL (redis://host:port/0): "
+                "the workers must share the fleet, rate limits and series counts; "
+                "or set GATEWAY_WORKERS=1"
+            )
+        if self.workers > 1 and 0 in (self.grpc_port, self.http_port):
+            raise ValueError(
+                "GATEWAY_WORKERS > 1 needs fixed GATEWAY_GRPC_PORT and GATEWAY_HTTP_PORT "
+                "(the workers share them), not 0"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")
