@@ -67,14 +67,19 @@ class Lease:
     """Requests per second, smoothed over exchanges."""
     idle: int = 0
     """Exchanges in a row without a request."""
+    short: bool = False
+    """The last lease got less than it asked for: the global budget is spent."""
 
 
 class LeasedRateLimiter(RateLimiter):
     """Token buckets whose tokens come from one global bucket per tenant in a shared
     store (gateway.state_redis), leased in batches: a request takes a local token and
     never waits for the store. Before the first lease, and while the store is
-    unreachable, a tenant gets its share: the setting ÷ the last known number of
-    replicas (what it takes then is owed to the global bucket afterwards)."""
+    unreachable, and once leased tokens the budget could spare are spent, a tenant
+    gets its share: the
+    setting ÷ the last known number of replicas. What it takes so is owed to the
+    global bucket and taken from it at the next exchange, so that all the processes
+    together admit what one bucket would (over a few exchanges)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
@@ -97,8 +102,11 @@ class LeasedRateLimiter(RateLimiter):
             if lease.pool >= 1.0:
                 lease.pool -= 1.0
                 return None
-            wait = math.ceil(1.0 / per_second)
-            return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, float(wait)))
+            if lease.short:  # the global budget is spent: wait for it to refill
+                wait = math.ceil(1.0 / per_second)
+                return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, float(wait)))
+        # No lease yet, no store, or the demand outgrew a lease the budget could have
+        # given more: the share, owed to the global bucket.
         share = max(1, self.replicas)
         wait_share = super().take(tenant_id, per_second / share, max(1, burst // share))
         if wait_share is None:
@@ -110,12 +118,14 @@ class LeasedRateLimiter(RateLimiter):
         exchanges at its recent demand (and forget tenants idle for a minute)."""
         wanted: dict[str, tuple[Lease, int]] = {}
         for tenant_id, lease in list(self.leases.items()):
-            lease.demand = 0.5 * lease.demand + 0.5 * lease.asked / interval
-            lease.idle = 0 if lease.asked else lease.idle + 1
+            asked = lease.asked
+            lease.demand = 0.5 * lease.demand + 0.5 * asked / interval
+            lease.idle = 0 if asked else lease.idle + 1
             lease.asked = 0
             if lease.idle * interval > 60.0 and not lease.debt:
                 del self.leases[tenant_id]
                 continue
-            target = min(float(lease.burst), max(1.0, math.ceil(2 * lease.demand * interval)))
+            demand = max(lease.demand, asked / interval)  # rising demand: the latest
+            target = min(float(lease.burst), max(1.0, math.ceil(2 * demand * interval)))
             wanted[tenant_id] = (lease, max(0, math.ceil(target - lease.pool)))
         return wanted

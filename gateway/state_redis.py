@@ -96,8 +96,10 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
 local tokens = tonumber(v[1]) or burst
 local updated = tonumber(v[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - updated) * per_second)
-tokens = math.max(-burst, tokens - debt)
+-- What was spent on the share since the last exchange is charged before the cap:
+-- the refill of the same time paid for it.
+tokens = tokens + math.max(0, now - updated) * per_second - debt
+tokens = math.max(-burst, math.min(burst, tokens))
 local grant = 0
 if tokens >= 1 then grant = math.min(want, math.floor(tokens)) end
 tokens = tokens - grant
@@ -339,12 +341,15 @@ class RedisState:
             return
         pipe = self.client.pipeline(transaction=False)
         for tenant_id, (lease, want) in zip(tenants, asks, strict=True):
-            debt = min(lease.debt, lease.burst)
+            # Spent on the share while the store was away is not charged: the share
+            # held the tenant to its part of the rate meanwhile.
+            debt = 0 if not self.up else min(lease.debt, lease.burst)
             args = (lease.per_second, lease.burst, want, debt)
             pipe.eval(LEASE, 1, f"{PREFIX}rate:{tenant_id}", *args)
         grants = await pipe.execute()
-        for (lease, _), grant in zip(asks, grants, strict=True):
+        for (lease, want), grant in zip(asks, grants, strict=True):
             lease.pool += int(grant)
+            lease.short = int(grant) < want
             lease.debt = 0
             lease.leased = True
 

@@ -36,17 +36,24 @@ def test_without_a_lease_a_tenant_gets_its_share_and_owes_what_it_took() -> None
     assert taken == [True] * 5 + [False] * 2  # burst 10 / 2 replicas
     assert rate.leases["acme"].debt == 5
     wanted = rate.wanted(1.0)
-    assert wanted["acme"][1] == 7  # 7 asked: a demand of 3.5/s once smoothed, two exchanges
+    assert (
+        wanted["acme"][1] == 10
+    )  # 7 asked in the last second: two exchanges' worth, at most the burst
 
 
-def test_with_a_lease_a_tenant_spends_only_what_it_was_given() -> None:
-    rate = LeasedRateLimiter()
-    rate.connected = True
-    rate.take("acme", 2.0, 10)  # before any lease: the share
+def test_past_a_full_lease_a_tenant_spends_its_share_and_owes_it() -> None:
+    rate = LeasedRateLimiter(clock=lambda: 0.0)
+    rate.connected, rate.replicas = True, 2
+    rate.take("acme", 2.0, 10)  # before any lease: the share (1 of its 5)
     lease = rate.leases["acme"]
-    lease.leased, lease.pool = True, 2.0
-    assert [rate.take("acme", 2.0, 10) is None for _ in range(3)] == [True, True, False]
-    assert rate.take("acme", 2.0, 10) == 1.0  # retry after a second: the next lease
+    lease.leased, lease.pool, lease.debt = True, 2.0, 0
+    taken = [rate.take("acme", 2.0, 10) is None for _ in range(7)]
+    assert taken == [True] * 6 + [False]  # 2 leased, then the 4 left of the share
+    assert (lease.pool, lease.debt) == (0.0, 4)
+    # A lease the global budget could not fill: no more share, wait for the refill.
+    lease.short, lease.pool = True, 1.0
+    assert rate.take("acme", 2.0, 10) is None
+    assert rate.take("acme", 2.0, 10) == 1.0  # retry after a second
 
 
 def test_other_processes_series_count_against_the_limit_and_the_share_when_cut_off() -> None:

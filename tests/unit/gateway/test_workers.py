@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 from gateway_fixtures import EXPORT, counter_request, free_port_now, make_tenants
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 
 from stack.redis_server import RedisServer
 
@@ -154,3 +161,121 @@ def test_two_workers_share_the_ports_a_dead_one_comes_back_sigterm_drains_all(
             parent.kill()
             parent.wait()
         log.close()
+
+
+class CountingCollector:
+    """A Collector stand-in in this process: counts the data points forwarded to it."""
+
+    def __init__(self) -> None:
+        self.points = 0
+        self.lock = threading.Lock()
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        handler = grpc.unary_unary_rpc_method_handler(
+            self.export,
+            request_deserializer=ExportMetricsServiceRequest.FromString,
+            response_serializer=ExportMetricsServiceResponse.SerializeToString,
+        )
+        service, method = EXPORT.strip("/").split("/")
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {method: handler}),)
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def export(self, request: ExportMetricsServiceRequest, context: object) -> object:
+        points = sum(
+            len(m.sum.data_points)
+            for rm in request.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+        )
+        with self.lock:
+            self.points += points
+        return ExportMetricsServiceResponse()
+
+
+def fleet_of(http_port: int, key: str) -> dict[str, object]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/api/fleet", headers={"authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (http only)
+        return dict(json.loads(answer.read()))
+
+
+def test_exports_through_two_workers_lose_nothing_while_the_store_pauses_dies_and_empties(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    collector = CountingCollector()
+    collector.server.start()
+    grpc_port, http_port, metrics_port = free_port_now(), free_port_now(), two_free_ports()
+    env = gateway_env(
+        tmp_path,
+        GATEWAY_STATE_URL=redis_server.url,
+        GATEWAY_STATE_TIMEOUT_SECONDS="0.5",
+        GATEWAY_GRPC_PORT=str(grpc_port),
+        GATEWAY_HTTP_PORT=str(http_port),
+        GATEWAY_METRICS_PORT=str(metrics_port),
+        GATEWAY_COLLECTOR_ENDPOINT=f"127.0.0.1:{collector.port}",
+        GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND="1000",
+        GATEWAY_WORKERS="2",
+    )
+    key = make_tenants(tmp_path / "tenants.json", "acme")["acme"]
+    log = (tmp_path / "gateway.log").open("wb")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=log, stderr=log
+    )
+    sent, failures, stop = [0], [], threading.Event()
+
+    def agent(index: int) -> None:
+        resource = {"service.name": "billing", "service.instance.id": f"c-{index}"}
+        body = counter_request(resource_attributes=resource).SerializeToString()
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            call = channel.unary_unary(EXPORT, request_serializer=None)
+            while not stop.is_set():
+                try:
+                    call(body, metadata=(("authorization", f"Bearer {key}"),), timeout=10)
+                    sent[0] += 1
+                except grpc.RpcError as exc:
+                    failures.append(exc.code())
+                stop.wait(0.1)
+
+    agents = [threading.Thread(target=agent, args=(i,)) for i in range(4)]
+    try:
+        poll(lambda: all(metrics(metrics_port + i) for i in (0, 1)), "both workers' /metrics")
+        for thread in agents:
+            thread.start()
+        poll(lambda: sent[0] >= 40, "exports flowing")
+
+        redis_server.pause()
+        try:
+            poll(lambda: fleet_of(http_port, key)["state_store"]["partial"], "a partial view")
+            before = sent[0]
+            time.sleep(10)  # the store stopped for a while, under load
+            assert sent[0] - before >= 40, "exports stalled while the store was stopped"
+        finally:
+            redis_server.resume()
+        redis_server.stop()
+        time.sleep(2)  # ... and dead
+        redis_server.start()  # ... and back, empty
+
+        def whole_again() -> bool:
+            answers = [fleet_of(http_port, key) for _ in range(6)]  # both workers, likely
+            return all(
+                not a["state_store"]["partial"]
+                and {r["status"] for t in a["tenants"] for r in t["agents"]} == {"up"}
+                and sum(len(t["agents"]) for t in a["tenants"]) == 4
+                for a in answers
+            )
+
+        poll(whole_again, "every worker's view whole again, four agents up")
+    finally:
+        stop.set()
+        for thread in agents:
+            if thread.is_alive():
+                thread.join(timeout=30)
+        if parent.poll() is None:
+            parent.send_signal(signal.SIGTERM)
+            parent.wait(timeout=60)
+        log.close()
+        collector.server.stop(None)
+    assert failures == []
+    assert collector.points == sent[0]
