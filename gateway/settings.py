@@ -211,6 +211,17 @@ class GatewaySettings(BaseSettings, LimitValues):
         "tenant on /api/fleet and /status.",
     )
 
+    @pydantic.field_validator("state_url")
+    @classmethod
+    def _check_state_url(cls, value: str) -> str:
+        """A Redis URL, or empty (the state in memory)."""
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "GATEWAY_STATE_URL takes redis://[:password@]host:port/db, rediss://... (TLS) "
+                "or unix:///path/redis.sock; empty keeps the state in this process"
+            )
+        return value
+
     @pydantic.field_validator("admin_key_sha256")
     @classmethod
     def _check_admin_digests(cls, value: str) -> str:

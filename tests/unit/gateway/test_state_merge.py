@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+from pydantic import ValidationError
+
 from gateway.fleet import Sighting, merged
 from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
+from gateway.settings import GatewaySettings
 
 
 def row(**changes: object) -> Sighting:
@@ -62,3 +66,11 @@ def test_other_processes_series_count_against_the_limit_and_the_share_when_cut_o
     assert [series.admit("acme", key, 10, 0.0) for key in range(4)] == [True] * 3 + [False]
     series.others, series.replicas = {}, 4  # the store unreachable, 4 replicas last known
     assert series.local_limit("acme", 10) == 2
+
+
+def test_a_state_url_that_is_not_redis_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="GATEWAY_STATE_URL takes redis://"):
+        GatewaySettings(state_url="http://127.0.0.1:6379")
+    with pytest.raises(ValidationError, match="GATEWAY_WORKERS=3 needs GATEWAY_STATE_URL"):
+        GatewaySettings(workers=3)
+    assert GatewaySettings(state_url="rediss://:pw@redis:6380/0", workers=3).workers == 3
