@@ -23,7 +23,11 @@ from gateway_fixtures import (
     make_tenants,
     running_gateway,
 )
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
+from gateway import fleet_series
 from gateway.state_redis import RedisState
 from gateway.status_page import fleet_document
 from stack.redis_server import RedisServer
@@ -245,5 +249,55 @@ def test_rows_forgotten_everywhere_leave_the_store(
             await state._sweep()
             assert await state.client.hlen("otelgw:fleet") == 0
             assert await state.client.zcard("otelgw:fleet:changed") == 0
+
+    asyncio.run(scenario())
+
+
+class Recorder:
+    """A forwarder that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportMetricsServiceRequest] = []
+
+    async def forward(self, request: ExportMetricsServiceRequest) -> None:
+        self.requests.append(request)
+
+
+async def published(gw: RunningGateway) -> list[str]:
+    """The agents whose last-seen series this gateway sends, in one round."""
+    recorder = Recorder()
+    task = asyncio.create_task(
+        fleet_series.publish(gw.gateway.fleet, recorder, 60.0, "gw", store(gw).owns)  # type: ignore[arg-type]
+    )
+    deadline = time.monotonic() + 10
+    while not recorder.requests and time.monotonic() < deadline and not task.done():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return sorted(
+        kv.value.string_value
+        for request in recorder.requests
+        for rm in request.resource_metrics
+        for kv in rm.resource.attributes
+        if kv.key == "service.instance.id"
+    )
+
+
+def test_each_agents_last_seen_series_are_sent_by_one_gateway_and_taken_over_when_it_goes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            await one.export(agent("billing", "c-1"), keys["acme"])
+            await two.export(agent("billing", "c-2"), keys["acme"])
+            await two.export(agent("billing", "c-3"), keys["acme"])
+            await exchange(one, two)
+            assert await published(one) == ["c-1"]
+            assert await published(two) == ["c-2", "c-3"]
+            # One goes away (it leaves the store): two sends for its agent too.
+            await store(one).close()
+            await exchange(two)
+            assert await published(two) == ["c-1", "c-2", "c-3"]
 
     asyncio.run(scenario())
