@@ -259,7 +259,8 @@ class FleetTracker:
                 if state != row.state:
                     row.state, row.state_since = state, now
             self._dirty = True
-            self._changed.add((tenant_id, *key))
+            if self.replica:  # shared: sent at the next exchange
+                self._changed.add((tenant_id, *key))
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
         """Retire agents of a tenant at once, by instance id or a unique prefix of one.
@@ -285,7 +286,8 @@ class FleetTracker:
             now = self.clock()
             for row in chosen.values():
                 row.state, row.state_since = "retired", now
-                self._changed.add((tenant_id, row.service, row.instance))
+                if self.replica:
+                    self._changed.add((tenant_id, row.service, row.instance))
             self._dirty = True
             return [Sighting(**asdict(row)) for row in chosen.values()]
 

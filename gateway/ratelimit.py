@@ -74,12 +74,11 @@ class Lease:
 class LeasedRateLimiter(RateLimiter):
     """Token buckets whose tokens come from one global bucket per tenant in a shared
     store (gateway.state_redis), leased in batches: a request takes a local token and
-    never waits for the store. Before the first lease, and while the store is
-    unreachable, and once leased tokens the budget could spare are spent, a tenant
-    gets its share: the
-    setting ÷ the last known number of replicas. What it takes so is owed to the
-    global bucket and taken from it at the next exchange, so that all the processes
-    together admit what one bucket would (over a few exchanges)."""
+    never waits for the store. Before the first lease, while the store is
+    unreachable, and past a lease the budget could have made larger, a tenant gets
+    its share: the setting ÷ the last known number of replicas. What it takes so is
+    owed to the global bucket and taken from it at the next exchange, so that all
+    the processes together admit what one bucket would (over a few exchanges)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)

@@ -108,7 +108,9 @@ class FailureThrottle:
             while len(self._peers) > self._max_peers:
                 self._peers.popitem(last=False)
             peer.failures += 1
-            if self.failures is not None:
+            if self.failures is not None and (
+                address in self.failures or len(self.failures) < self._max_peers
+            ):
                 self.failures[address] = self.failures.get(address, 0) + 1
             if peer.failures >= self.max_failures and peer.blocked_until == 0.0:
                 peer.blocked_until = now + self.block_seconds
