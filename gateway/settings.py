@@ -195,6 +195,13 @@ class GatewaySettings(BaseSettings, LimitValues):
         "and workers share: fleet, rate budgets, series counts, authentication throttle. "
         "Empty: all state in this process.",
     )
+    state_replica_name: str = Field(
+        "",
+        max_length=200,
+        description="This process's name among those sharing the state store (default: "
+        "host:pid:random; `--workers` names each worker host:grpc-port/index, so that a "
+        "restarted worker takes its predecessor's place).",
+    )
     state_sync_seconds: float = Field(
         1.0,
         gt=0,

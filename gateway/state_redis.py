@@ -193,6 +193,7 @@ class RedisState:
             throttle,
             interval=settings.state_sync_seconds,
             timeout=timeout,
+            replica=settings.state_replica_name,
         )
         instruments.STATE_STORE_UP.observe(meter, state._observe_up)
         instruments.STATE_STORE_REPLICAS.observe(meter, state._observe_replicas)

@@ -12,7 +12,9 @@ each gets SIGTERM and stops as a single gateway does (in-flight requests finish)
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,7 +88,10 @@ def run_workers(settings: GatewaySettings) -> int:
                 )
                 worker.process, worker.restart_at = None, now + worker.backoff
             if worker.process is None and now >= worker.restart_at:
-                worker.process = subprocess.Popen(worker_command(worker.index))
+                # A restarted worker takes its predecessor's name in the state store.
+                name = f"{socket.gethostname()}:{settings.grpc_port}/{worker.index}"
+                env = {**os.environ, "GATEWAY_STATE_REPLICA_NAME": name}
+                worker.process = subprocess.Popen(worker_command(worker.index), env=env)
                 worker.started = now
         time.sleep(0.1)
     logger.info("received %s: draining %d workers", stop[0].name, len(workers))

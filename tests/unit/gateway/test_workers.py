@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from gateway_fixtures import EXPORT, counter_request, free_port_now, make_tenants
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -146,6 +147,9 @@ def test_two_workers_share_the_ports_a_dead_one_comes_back_sigterm_drains_all(
             "the killed worker's replacement",
         )
         poll(lambda: all(metrics(metrics_port + i) for i in (0, 1)), "both workers again")
+        # ... under its predecessor's name: the store counts two processes, not three.
+        store = redis.Redis.from_url(redis_server.url)
+        assert store.zcard("otelgw:replicas") == 2
 
         # SIGTERM drains them all and the parent exits 0.
         workers = children(parent.pid)
