@@ -80,7 +80,8 @@ def gateway_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_more_than_one_worker_without_a_state_store_refuses_to_start(tmp_path: Path) -> None:
-    env = gateway_env(tmp_path, GATEWAY_GRPC_PORT="4999", GATEWAY_HTTP_PORT="4998")
+    ports = {"GATEWAY_GRPC_PORT": str(free_port_now()), "GATEWAY_HTTP_PORT": str(free_port_now())}
+    env = gateway_env(tmp_path, **ports)
     done = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "serve", "--workers", "2"],
         env=env,
