@@ -11,6 +11,7 @@ each gets SIGTERM and stops as a single gateway does (in-flight requests finish)
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -30,6 +31,8 @@ FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 STABLE_SECONDS = 60.0
 """A worker that ran this long before it died is restarted after FIRST_BACKOFF_SECONDS."""
+PR_SET_PDEATHSIG = 1
+"""Linux prctl(2) option: the signal a process gets when its parent dies."""
 DRAIN_SECONDS = SHUTDOWN_GRACE_SECONDS + 10.0
 """How long the workers have to stop after SIGTERM before they are killed."""
 
@@ -48,6 +51,12 @@ class Worker:
 def worker_command(index: int) -> list[str]:
     """How a worker is started: this interpreter, the CLI, its index."""
     return [sys.executable, "-m", "gateway.cli", "serve", "--worker-index", str(index)]
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it runs: SIGTERM when the parent dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_workers(settings: GatewaySettings) -> int:
@@ -91,7 +100,15 @@ def run_workers(settings: GatewaySettings) -> int:
                 # A restarted worker takes its predecessor's name in the state store.
                 name = f"{socket.gethostname()}:{settings.grpc_port}/{worker.index}"
                 env = {**os.environ, "GATEWAY_STATE_REPLICA_NAME": name}
-                worker.process = subprocess.Popen(worker_command(worker.index), env=env)
+                worker.process = subprocess.Popen(
+                    worker_command(worker.index),
+                    env=env,
+                    # Its own process group: a Ctrl-C in the terminal reaches the
+                    # parent only, which drains each worker once (a second signal
+                    # would make a worker stop without draining).
+                    process_group=0,
+                    preexec_fn=_die_with_parent,
+                )
                 worker.started = now
         time.sleep(0.1)
     logger.info("received %s: draining %d workers", stop[0].name, len(workers))

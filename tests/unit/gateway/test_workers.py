@@ -44,6 +44,14 @@ def children(pid: int) -> set[int]:
     return {int(p) for p in path.read_text().split()} if path.exists() else set()
 
 
+def alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
 def metrics(port: int) -> str | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
@@ -284,3 +292,42 @@ def test_exports_through_two_workers_lose_nothing_while_the_store_pauses_dies_an
         collector.server.stop(None)
     assert failures == []
     assert collector.points == sent[0]
+
+
+def test_ctrl_c_drains_each_worker_once_and_a_killed_parent_takes_its_workers_along(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    metrics_port = two_free_ports()
+    env = gateway_env(
+        tmp_path,
+        GATEWAY_STATE_URL=redis_server.url,
+        GATEWAY_GRPC_PORT=str(free_port_now()),
+        GATEWAY_HTTP_PORT=str(free_port_now()),
+        GATEWAY_METRICS_PORT=str(metrics_port),
+        GATEWAY_WORKERS="2",
+    )
+    argv = [sys.executable, "-m", "gateway.cli", "serve"]
+    for ending in ("ctrl-c", "kill"):
+        log_path = tmp_path / f"{ending}.log"
+        with log_path.open("wb") as log:
+            # A session of its own, as a terminal's foreground job: Ctrl-C is SIGINT
+            # to the whole group.
+            parent = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+            try:
+                poll(lambda: all(metrics(metrics_port + i) for i in (0, 1)), "both workers")
+                workers = children(parent.pid)
+                if ending == "ctrl-c":
+                    os.killpg(parent.pid, signal.SIGINT)
+                    assert parent.wait(timeout=60) == 0
+                else:
+                    parent.kill()
+                    parent.wait()
+
+                poll(lambda pids=workers: not any(map(alive, pids)), f"no worker after {ending}")
+            finally:
+                if parent.poll() is None:
+                    parent.kill()
+                    parent.wait()
+        text = log_path.read_text()
+        if ending == "ctrl-c":
+            assert text.count("gateway stopped") == 2, text
