@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from opentelemetry.metrics import Observation
@@ -17,6 +17,7 @@ from gateway.ingest import Forwarder, Ingestor
 from gateway.limits import Limits, TenantLimits
 from gateway.namespace import MetricNamespace
 from gateway.settings import GatewaySettings
+from gateway.state import MemoryState, StateStore, create_state
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import TenantRegistry
 from gateway.watch import FileWatcher
@@ -52,6 +53,8 @@ class Gateway:
     """The one request chain every transport runs."""
     watcher: FileWatcher
     """Re-reads the tenants, limits and JWT key files when they change."""
+    state: StateStore = field(default_factory=MemoryState)
+    """Where the fleet, rate budgets, series counts and throttle are shared (gateway.state)."""
 
     @classmethod
     def create(cls, settings: GatewaySettings, forwarder: Collector | None = None) -> Gateway:
@@ -110,6 +113,13 @@ class Gateway:
             watcher.watch(authenticator.jwt.file)
         pace = BodyPace(settings.body_timeout_seconds, settings.body_min_bytes_per_second)
         chain = Chain(authenticator, in_flight, ingestor, telemetry.metrics, pace)
+        state = create_state(
+            settings,
+            fleet,
+            ingestor,
+            authenticator.throttle,
+            provider.get_meter(instruments.STATE_STORE_UP.scope),
+        )
         return cls(
             settings,
             tenants,
@@ -121,4 +131,5 @@ class Gateway:
             fleet,
             chain,
             watcher,
+            state,
         )

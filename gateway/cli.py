@@ -22,7 +22,16 @@ def _parser(settings: GatewaySettings) -> argparse.ArgumentParser:
         "variables (see docs/gateway.md).",
     )
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the gateway (the default)")
+    serve = commands.add_parser("serve", help="run the gateway (the default)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N processes sharing the ports (default: GATEWAY_WORKERS, 1); "
+        "more than 1 needs GATEWAY_STATE_URL",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     tenant_cmd = commands.add_parser("tenants", help="manage tenants and their API keys")
     tenant_actions = tenant_cmd.add_subparsers(dest="action", required=True)
     add = tenant_actions.add_parser(
@@ -177,17 +186,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"otel-gateway: {exc}", file=sys.stderr)
         return 1
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        try:
+            settings = GatewaySettings(workers=workers)
+        except ValidationError as exc:
+            print(f"otel-gateway: invalid configuration:\n{exc}", file=sys.stderr)
+            return 2
+    worker = getattr(args, "worker_index", None)
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s"
+        + ("" if worker is None else f"[{worker}]")
+        + ": %(message)s",
     )
+    if settings.workers > 1 and worker is None:
+        from gateway.workers import run_workers
+
+        return run_workers(settings)
     from gateway.jwt_auth import JwtConfigError
     from gateway.metrics_http import MetricsConfigError
     from gateway.server import serve  # grpc and uvicorn only when serving
     from gateway.tls import TlsConfigError
 
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, worker=worker))
     except (OSError, JwtConfigError, TlsConfigError, MetricsConfigError) as exc:
         logging.getLogger("gateway").error("cannot start: %s", exc)
         return 1

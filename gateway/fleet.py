@@ -122,6 +122,9 @@ class Sighting:
     gateway): its fleet series go out under it, next to its own series."""
     over_budget: dict[str, float] = field(default_factory=dict)
     """Metric name → when an export last carried its overflow series (Unix seconds)."""
+    seen_by: str = ""
+    """The gateway process that heard it last (with a shared state store: the one
+    that sends its last-seen series)."""
 
     @property
     def family(self) -> str | None:
@@ -192,6 +195,9 @@ class FleetTracker:
         self._dirty = False
         self._last_save = clock()
         self._save_failing = False
+        self.replica = ""
+        """This process's name in a shared state store (gateway.state): `seen_by`."""
+        self._changed: set[tuple[str, str, str]] = set()
         self.load()
 
     # -- recording -----------------------------------------------------------------
@@ -237,6 +243,7 @@ class FleetTracker:
                 row = agents[key] = Sighting(
                     tenant_id, agent.agent_type, agent.service, agent.instance, "", now, now
                 )
+            row.seen_by = self.replica
             row.agent_type, row.version, row.host = agent.agent_type, agent.version, agent.host
             if agent.resource:
                 row.resource = dict(agent.resource)
@@ -252,6 +259,8 @@ class FleetTracker:
                 if state != row.state:
                     row.state, row.state_since = state, now
             self._dirty = True
+            if self.replica:  # shared: sent at the next exchange
+                self._changed.add((tenant_id, *key))
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
         """Retire agents of a tenant at once, by instance id or a unique prefix of one.
@@ -277,6 +286,8 @@ class FleetTracker:
             now = self.clock()
             for row in chosen.values():
                 row.state, row.state_since = "retired", now
+                if self.replica:
+                    self._changed.add((tenant_id, row.service, row.instance))
             self._dirty = True
             return [Sighting(**asdict(row)) for row in chosen.values()]
 
@@ -339,6 +350,40 @@ class FleetTracker:
             self.max_per_tenant,
         )
         del agents[victim]
+
+    # -- sharing (gateway.state) -------------------------------------------------------
+
+    def take_changed(self) -> list[Sighting]:
+        """Copies of the rows changed here since the last call (for the shared store)."""
+        with self._lock:
+            keys, self._changed = self._changed, set()
+            return [
+                replace(row, resource=dict(row.resource), over_budget=dict(row.over_budget))
+                for tenant_id, service, instance in keys
+                if (row := self._tenants.get(tenant_id, {}).get((service, instance)))
+            ]
+
+    def mark_changed(self, rows: Iterable[Sighting]) -> None:
+        """Send these rows again at the next exchange (this one failed)."""
+        with self._lock:
+            self._changed.update((r.tenant_id, r.service, r.instance) for r in rows)
+
+    def mark_all_changed(self) -> None:
+        """Send every row again at the next exchange (the store was emptied)."""
+        with self._lock:
+            self._changed = {(t, s, i) for t, agents in self._tenants.items() for (s, i) in agents}
+
+    def merge(self, rows: Iterable[Sighting]) -> None:
+        """Take in rows other processes saw (gateway.state): `merged` with ours."""
+        with self._lock:
+            for new in rows:
+                agents = self._tenants.setdefault(new.tenant_id, {})
+                key = (new.service, new.instance)
+                old = agents.get(key)
+                if old is None and len(agents) >= self.max_per_tenant:
+                    self._evict_one(new.tenant_id, agents)
+                agents[key] = new if old is None else merged(old, new)
+            self._dirty = True
 
     # -- metrics -----------------------------------------------------------------------
 
@@ -447,6 +492,19 @@ class FleetTracker:
             self._save_failing = True
             return
         self._save_failing = False
+
+
+def merged(old: Sighting, new: Sighting) -> Sighting:
+    """One row from two processes' copies of it: the description of the latest
+    sighting, the earliest first sighting, the latest state change. The store applies
+    the same rule (gateway.state_redis), so the order of the exchanges does not matter."""
+    base, other = (new, old) if new.last_seen >= old.last_seen else (old, new)
+    row = replace(base)  # its dicts go along: `merge` puts it in place of both
+    row.first_seen = min(old.first_seen, new.first_seen)
+    row.silence_from = max(old.silence_from, new.silence_from)
+    if other.state_since > base.state_since:
+        row.state, row.state_since = other.state, other.state_since
+    return row
 
 
 def _times(value: Any) -> dict[str, float]:

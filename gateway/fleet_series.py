@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -103,14 +103,23 @@ def fleet_requests(
             yield request
 
 
-async def publish(fleet: FleetTracker, forwarder: Forwarder, interval: float, gateway: str) -> None:
+async def publish(
+    fleet: FleetTracker,
+    forwarder: Forwarder,
+    interval: float,
+    gateway: str,
+    owns: Callable[[Sighting], bool] = lambda row: True,
+) -> None:
     """Send the fleet series every `interval` seconds until cancelled. Each slice is
     built and handed to the forwarder in turn, the event loop free between them, so
-    that exports keep flowing while 10,000 agents' series are built."""
+    that exports keep flowing while 10,000 agents' series are built. With a shared
+    state store every process knows every agent: each sends only those it `owns`
+    (gateway.state), so that each agent has one set of series, not one per process."""
     while True:
         started = time.monotonic()
         failed: GatewayError | None = None
-        for request in fleet_requests(fleet.rows(), time.time(), gateway):
+        rows = [row for row in fleet.rows() if owns(row)]
+        for request in fleet_requests(rows, time.time(), gateway):
             try:
                 await forwarder.forward(request)
             except GatewayError as exc:

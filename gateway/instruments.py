@@ -159,6 +159,23 @@ FLEET_AGENTS_OVER_BUDGET = Instrument(
     "Agents whose recent exports carried series over their SDK's cardinality limit "
     "(otel.metric.overflow=true), by tenant.",
 )
+STATE_STORE_UP = Instrument(
+    "gateway.state_store.up",
+    "gauge",
+    "",
+    "gateway_state_store_up",
+    "gateway.state",
+    "1 when the state store answered its last exchange (always 1 with the state in "
+    "memory); 0: limits are each process's share and the fleet view is partial.",
+)
+STATE_STORE_REPLICAS = Instrument(
+    "gateway.state_store.replicas",
+    "gauge",
+    "{process}",
+    "gateway_state_store_replicas",
+    "gateway.state",
+    "Gateway processes sharing the state store, as last known (1 in memory).",
+)
 
 LAST_SEEN: dict[str, tuple[Instrument, Instrument]] = {
     "connector": (CONNECTOR_LAST_SEEN, CONNECTOR_LAST_SEEN_TIMESTAMP),
@@ -177,6 +194,8 @@ ALL: Sequence[Instrument] = (
     ACTIVE_SERIES,
     FLEET_AGENTS,
     FLEET_AGENTS_OVER_BUDGET,
+    STATE_STORE_UP,
+    STATE_STORE_REPLICAS,
 )
 """Every row of the gateway's /metrics, in the order docs/gateway.md lists them. The
 last-seen rows are not there: gateway.fleet_series sends them to the Collectors."""

@@ -47,3 +47,84 @@ class RateLimiter:
             return None
         wait = math.ceil((1.0 - bucket.tokens) / per_second)
         return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, float(wait)))
+
+
+@dataclass
+class Lease:
+    """One tenant's share of its global budget in this process (LeasedRateLimiter)."""
+
+    per_second: float
+    burst: int
+    pool: float = 0.0
+    """Tokens leased from the store, not yet spent."""
+    leased: bool = False
+    """The store has answered for this tenant since it was last reachable."""
+    asked: int = 0
+    """Requests since the last exchange (spent or refused): the demand."""
+    debt: int = 0
+    """Requests admitted on the fallback share since the last exchange."""
+    demand: float = 0.0
+    """Requests per second, smoothed over exchanges."""
+    idle: int = 0
+    """Exchanges in a row without a request."""
+    short: bool = False
+    """The last lease got less than it asked for: the global budget is spent."""
+
+
+class LeasedRateLimiter(RateLimiter):
+    """Token buckets whose tokens come from one global bucket per tenant in a shared
+    store (gateway.state_redis), leased in batches: a request takes a local token and
+    never waits for the store. Before the first lease, while the store is
+    unreachable, and past a lease the budget could have made larger, a tenant gets
+    its share: the setting ÷ the last known number of replicas. What it takes so is
+    owed to the global bucket and taken from it at the next exchange, so that all
+    the processes together admit what one bucket would (over a few exchanges)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self.leases: dict[str, Lease] = {}
+        self.connected = False
+        """The store answered the last exchange."""
+        self.replicas = 1
+        """The last known number of processes sharing the budgets."""
+
+    def take(self, tenant_id: str, per_second: float, burst: int) -> float | None:
+        """Take one token: None when allowed, else the seconds to wait before retrying."""
+        if per_second <= 0:
+            return None
+        lease = self.leases.get(tenant_id)
+        if lease is None:
+            lease = self.leases[tenant_id] = Lease(per_second, burst)
+        lease.per_second, lease.burst = per_second, burst
+        lease.asked += 1
+        if self.connected and lease.leased:
+            if lease.pool >= 1.0:
+                lease.pool -= 1.0
+                return None
+            if lease.short:  # the global budget is spent: wait for it to refill
+                wait = math.ceil(1.0 / per_second)
+                return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, float(wait)))
+        # No lease yet, no store, or the demand outgrew a lease the budget could have
+        # given more: the share, owed to the global bucket.
+        share = max(1, self.replicas)
+        wait_share = super().take(tenant_id, per_second / share, max(1, burst // share))
+        if wait_share is None:
+            lease.debt += 1
+        return wait_share
+
+    def wanted(self, interval: float) -> dict[str, tuple[Lease, int]]:
+        """Per active tenant: its lease and the tokens to ask for, enough for two
+        exchanges at its recent demand (and forget tenants idle for a minute)."""
+        wanted: dict[str, tuple[Lease, int]] = {}
+        for tenant_id, lease in list(self.leases.items()):
+            asked = lease.asked
+            lease.demand = 0.5 * lease.demand + 0.5 * asked / interval
+            lease.idle = 0 if asked else lease.idle + 1
+            lease.asked = 0
+            if lease.idle * interval > 60.0 and not lease.debt:
+                del self.leases[tenant_id]
+                continue
+            demand = max(lease.demand, asked / interval)  # rising demand: the latest
+            target = min(float(lease.burst), max(1.0, math.ceil(2 * demand * interval)))
+            wanted[tenant_id] = (lease, max(0, math.ceil(target - lease.pool)))
+        return wanted

@@ -38,6 +38,12 @@ class ActiveSeries:
     def __init__(self, window_seconds: float) -> None:
         self.window_seconds = window_seconds
         self._seen: dict[str, OrderedDict[int, float]] = {}
+        self.others: dict[str, int] = {}
+        """Per tenant, its active series in the other processes sharing a state store
+        (gateway.state); they count against its limit here."""
+        self.replicas = 0
+        """With a shared store that cannot be reached: the last known number of
+        processes, each of which holds a tenant to its limit ÷ that number."""
 
     def of(self, tenant_id: str) -> OrderedDict[int, float]:
         """The series of `tenant_id`, least recently seen first (the request path
@@ -56,12 +62,20 @@ class ActiveSeries:
             seen[key] = now
             seen.move_to_end(key)
             return True
-        if limit and len(seen) >= limit:
-            self._expire(seen, now)
+        if limit:
+            limit = self.local_limit(tenant_id, limit)
             if len(seen) >= limit:
-                return False
+                self._expire(seen, now)
+                if len(seen) >= limit:
+                    return False
         seen[key] = now
         return True
+
+    def local_limit(self, tenant_id: str, limit: int) -> int:
+        """What this process may hold of a tenant whose limit is `limit`."""
+        if self.replicas:
+            return limit // self.replicas
+        return limit - self.others.get(tenant_id, 0)
 
     def count(self, tenant_id: str, now: float) -> int:
         """Active series of `tenant_id` now."""

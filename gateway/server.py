@@ -146,8 +146,33 @@ def metrics_config(settings: GatewaySettings, app: Any) -> uvicorn.Config:
     )
 
 
-async def serve(settings: GatewaySettings) -> None:
-    """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop."""
+def worker_settings(settings: GatewaySettings, index: int) -> GatewaySettings:
+    """A worker's settings (gateway.workers): the shared ports, its own /metrics port."""
+    metrics_port = settings.metrics_port
+    if metrics_port:
+        metrics_port += index
+    return settings.model_copy(
+        update={"grpc_reuse_port": True, "metrics_port": metrics_port, "workers": 1}
+    )
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket other workers may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: GatewaySettings, worker: int | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain in-flight requests and stop.
+    `worker`: this process is that worker of several sharing the ports (gateway.workers)."""
+    if worker is not None:
+        settings = worker_settings(settings, worker)
     openfiles.raise_soft_limit()  # before any socket: each agent's connection takes one
     gateway = Gateway.create(settings)
     grpc_server, grpc_port = create_grpc_server(gateway)
@@ -170,8 +195,11 @@ async def serve(settings: GatewaySettings) -> None:
             gateway.forwarder,
             settings.fleet_series_interval_seconds,
             f"{socket.gethostname()}:{grpc_port}",
+            gateway.state.owns,
         )
     )
+    # The fleet, rate budgets, series counts and throttle other processes share.
+    exchanger = asyncio.create_task(gateway.state.run())
     logger.info(
         "gateway listening: OTLP/gRPC on %s:%d, HTTP%s on %s:%d, forwarding to %s",
         settings.grpc_host,
@@ -188,15 +216,21 @@ async def serve(settings: GatewaySettings) -> None:
         loop.add_signal_handler(sig, _request_exit, servers, sig)
     try:
         # Each returns once _request_exit has run.
-        await asyncio.gather(*(server.serve() for server in servers))
+        sockets = (
+            None if worker is None else [shared_socket(settings.http_host, settings.http_port)]
+        )
+        await asyncio.gather(
+            http_server.serve(sockets=sockets), *(server.serve() for server in servers[1:])
+        )
     finally:
         logger.info("gateway stopping")
-        for task in (reloader, publisher):
+        for task in (reloader, publisher, exchanger):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await gateway.forwarder.close()
+        await gateway.state.close()
         gateway.fleet.save()  # the last-seen table, for the next start
         gateway.telemetry.provider.shutdown()
         logger.info("gateway stopped")

@@ -107,6 +107,13 @@ class GatewaySettings(BaseSettings, LimitValues):
         False,
         description="Let several gateway processes bind the same gRPC port (SO_REUSEPORT).",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Gateway processes on this host sharing the gRPC and HTTP ports "
+        "(SO_REUSEPORT) under one parent; more than 1 needs GATEWAY_STATE_URL.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     # JWT bearer tokens, TLS and mTLS, failed-authentication throttling.
@@ -208,11 +215,46 @@ class GatewaySettings(BaseSettings, LimitValues):
         ge=1024,
         description="Bytes of resource attribute keys and values the fleet keeps per agent.",
     )
+    # The state store (docs/gateway.md, "The state store")
+    state_url: str = Field(
+        "",
+        description="redis:// or rediss:// URL (password in it) of the store the replicas "
+        "and workers share: fleet, rate budgets, series counts, authentication throttle. "
+        "Empty: all state in this process.",
+    )
+    state_replica_name: str = Field(
+        "",
+        max_length=200,
+        description="This process's name among those sharing the state store (default: "
+        "host:pid:random; `--workers` names each worker host:grpc-port/index, so that a "
+        "restarted worker takes its predecessor's place).",
+    )
+    state_sync_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="How often the shared state is exchanged with the store (fleet rows, "
+        "rate leases, series counts, throttle).",
+    )
+    state_timeout_seconds: float = Field(
+        1.0, gt=0, le=30, description="A store call slower than this counts as the store down."
+    )
     admin_key_sha256: str = Field(
         "",
         description="Hex SHA-256 digests of admin keys, comma-separated: they list every "
         "tenant on /api/fleet and /status.",
     )
+
+    @pydantic.field_validator("state_url")
+    @classmethod
+    def _check_state_url(cls, value: str) -> str:
+        """A Redis URL, or empty (the state in memory)."""
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "GATEWAY_STATE_URL takes redis://[:password@]host:port/db, rediss://... (TLS) "
+                "or unix:///path/redis.sock; empty keeps the state in this process"
+            )
+        return value
 
     @pydantic.field_validator("admin_key_sha256")
     @classmethod
@@ -260,6 +302,17 @@ class GatewaySettings(BaseSettings, LimitValues):
             raise ValueError(
                 f"GATEWAY_METRICS_PORT {self.metrics_port} is the HTTP or gRPC port: give "
                 "/metrics a port of its own, or set it to `none` (served on the HTTP port)"
+            )
+        if self.workers > 1 and not self.state_url:
+            raise ValueError(
+                f"GATEWAY_WORKERS={self.workers} needs GATEWAY_STATE_URL (redis://host:port/0): "
+                "the workers must share the fleet, rate limits and series counts; "
+                "or set GATEWAY_WORKERS=1"
+            )
+        if self.workers > 1 and 0 in (self.grpc_port, self.http_port):
+            raise ValueError(
+                "GATEWAY_WORKERS > 1 needs fixed GATEWAY_GRPC_PORT and GATEWAY_HTTP_PORT "
+                "(the workers share them), not 0"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")

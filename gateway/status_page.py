@@ -56,9 +56,15 @@ def _iso(unix: float) -> str:
 
 
 def fleet_document(
-    fleet: FleetTracker, tenant_ids: Collection[str], now: float, admin: bool
+    fleet: FleetTracker,
+    tenant_ids: Collection[str],
+    now: float,
+    admin: bool,
+    store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The /api/fleet answer: every tenant of `tenant_ids` with its agents."""
+    """The /api/fleet answer: every tenant of `tenant_ids` with its agents, and what
+    the state store says of the view (`partial` when other processes' rows may be
+    missing or stale: gateway.state)."""
     tenants: dict[str, list[dict[str, Any]]] = {tenant_id: [] for tenant_id in tenant_ids}
     for row in fleet.sightings(None if admin else tenant_ids):
         tenants.setdefault(row.tenant_id, []).append(agent_document(fleet, row, now))
@@ -66,6 +72,7 @@ def fleet_document(
         "generated_at": _iso(now),
         "silent_after_seconds": fleet.silent_after,
         "scope": "all tenants" if admin else "tenant",
+        "state_store": store or {"store": "memory", "up": True, "replicas": 1, "partial": False},
         "tenants": [
             {"tenant_id": tenant_id, "agents": agents}
             for tenant_id, agents in sorted(tenants.items())
@@ -152,7 +159,9 @@ def status_router(gateway: Gateway) -> APIRouter:
         tenant_ids: Collection[str] = (
             set(gateway.tenants.table.tenants) if isinstance(caller, Admin) else {caller.id}
         )
-        document = fleet_document(gateway.fleet, tenant_ids, gateway.fleet.clock(), admin)
+        document = fleet_document(
+            gateway.fleet, tenant_ids, gateway.fleet.clock(), admin, gateway.state.document()
+        )
         return json_answer(document, headers=NO_STORE).response()
 
     @router.post("/api/fleet/forget")

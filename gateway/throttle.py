@@ -76,6 +76,8 @@ class FailureThrottle:
         self._clock = clock
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
         self._lock = threading.Lock()
+        self.failures: dict[str, int] | None = None
+        """With a shared state store: failures since its last exchange, by address."""
 
     def retry_after(self, address: str | None) -> float:
         """Seconds until `address` may try again; 0 when it is not blocked."""
@@ -106,6 +108,10 @@ class FailureThrottle:
             while len(self._peers) > self._max_peers:
                 self._peers.popitem(last=False)
             peer.failures += 1
+            if self.failures is not None and (
+                address in self.failures or len(self.failures) < self._max_peers
+            ):
+                self.failures[address] = self.failures.get(address, 0) + 1
             if peer.failures >= self.max_failures and peer.blocked_until == 0.0:
                 peer.blocked_until = now + self.block_seconds
                 logger.warning(
@@ -115,6 +121,23 @@ class FailureThrottle:
                     peer.failures,
                     self.window_seconds,
                 )
+
+    def take_failures(self) -> dict[str, int]:
+        """The failures counted since the last call, by address (shared state)."""
+        with self._lock:
+            failures, self.failures = self.failures or {}, {}
+            return failures
+
+    def block_for(self, address: str, seconds: float) -> None:
+        """Refuse `address` for `seconds` from now: blocked by the shared count."""
+        now = self._clock()
+        with self._lock:
+            peer = self._peers.get(address) or _Peer(window_start=now)
+            self._peers[address] = peer
+            self._peers.move_to_end(address)
+            while len(self._peers) > self._max_peers:
+                self._peers.popitem(last=False)
+            peer.blocked_until = max(peer.blocked_until, now + seconds)
 
     @property
     def remembered(self) -> int:

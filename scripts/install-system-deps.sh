@@ -2,7 +2,8 @@
 # Installs the system packages the native stack needs, when they are missing:
 # Debian's prometheus (Prometheus and promtool) and prometheus-alertmanager
 # (Alertmanager and amtool), chromium and an emoji font for the status page's
-# browser test. Go must already be installed
+# browser test, and Debian's redis-server (the gateway's shared state in tests).
+# Go must already be installed
 # (it builds the Collector).
 set -euo pipefail
 
@@ -16,6 +17,8 @@ command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 # The status page's browser test: headless Chromium, and a font for its 🟢/🔴.
 command -v chromium >/dev/null || missing+=(chromium)
 [[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || missing+=(fonts-noto-color-emoji)
+# The gateway's shared state store (GATEWAY_STATE_URL) in the tests.
+command -v redis-server >/dev/null || missing+=(redis-server)
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -132,9 +132,14 @@ async function refresh() {
   const fleet = await response.json();
   $("login").hidden = true;
   $("session").hidden = false;
-  $("message").textContent = "";
+  const store = fleet.state_store || {};
+  // A replica that cannot reach the shared state store shows only what it knows.
+  $("message").textContent = store.partial
+    ? "Partial view: this gateway cannot reach its state store; agents seen only by other replicas may be missing or stale."
+    : "";
+  const replicas = store.replicas > 1 ? ` · ${store.replicas} gateway processes` : "";
   $("summary").textContent =
-    `${fleet.scope} · silent after ${fleet.silent_after_seconds} s · ${fleet.generated_at}`;
+    `${fleet.scope} · silent after ${fleet.silent_after_seconds} s${replicas} · ${fleet.generated_at}`;
   $("fleet").replaceChildren(...fleet.tenants.map(tenantSection));
   document.body.dataset.loaded = "true";
   timer = setTimeout(refresh, REFRESH_MS);

@@ -39,6 +39,7 @@ PIPELINE_ALERTS = {
     "GatewayDown",
     "CollectorDown",
     "GatewayOpenFilesNearLimit",
+    "GatewayStateStoreDown",
     "NoAgentData",
     "PrometheusRuleFailures",
 }

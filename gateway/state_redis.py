@@ -1,0 +1,425 @@
+"""The state gateway processes share in Redis (or any server speaking its protocol).
+
+Every GATEWAY_STATE_SYNC_SECONDS one background task exchanges, in a few pipelined
+calls (the request path never waits for Redis):
+
+- membership: this process and the time (`replicas` zset); back, the processes
+  seen within `REPLICA_TTL`;
+- fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash); back, the
+  rows changed anywhere since the last look (`fleet:changed`, by sequence number);
+- rate: what each tenant spent on its fallback share; back, tokens leased from its
+  global bucket (`LEASE`), enough for two exchanges at its recent demand;
+- series: this process's active series per tenant (`series` hash, one field per
+  tenant and process); back, the other live processes' counts, which count against
+  the limit here (their sum: a series sent through two processes within the window
+  counts twice);
+- throttle: failed authentications per address (`authfail:<address>`, expiring with
+  the window); back, the addresses anyone blocked (`blocked` zset).
+
+The store may be slow, unreachable or restarted empty: exports go on; each process
+falls back to its share of each limit (the setting ÷ the last known number of
+processes) and reports the view as partial; the `epoch` key tells an emptied store,
+and every process then sends its whole fleet table again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from gateway import instruments
+from gateway.fleet import FleetTracker, Sighting
+from gateway.ingest import Ingestor
+from gateway.ratelimit import LeasedRateLimiter
+from gateway.series import ActiveSeries
+from gateway.settings import GatewaySettings
+from gateway.throttle import FailureThrottle
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "otelgw:"
+REPLICA_TTL = 10.0
+"""A process not heard from for this long (seconds) no longer counts as a replica."""
+FLEET_BATCH = 500
+"""Fleet rows per merge call, and per look at the rows changed elsewhere."""
+SWEEP_EVERY = 600
+"""Exchanges between two sweeps of the forgotten rows out of the store."""
+MAX_PULLS = 40
+"""Looks per exchange: 20,000 changed rows (the rest at the next exchange)."""
+
+MERGE = """
+local seq = 0
+for i = 1, #ARGV, 2 do
+  local field, new = ARGV[i], cjson.decode(ARGV[i + 1])
+  local raw = redis.call('HGET', KEYS[1], field)
+  if raw then
+    local old = cjson.decode(raw)
+    local base, other = new, old
+    if old.last_seen > new.last_seen then base, other = old, new end
+    base.first_seen = math.min(old.first_seen, new.first_seen)
+    base.silence_from = math.max(old.silence_from, new.silence_from)
+    if other.state_since > base.state_since then
+      base.state = other.state
+      base.state_since = other.state_since
+    end
+    new = base
+  end
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[1], field, cjson.encode(new))
+  redis.call('ZADD', KEYS[3], seq, field)
+end
+return seq
+"""
+"""Merge fleet rows as gateway.fleet.merged does, and note each row's change."""
+
+LEASE = """
+local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, debt = tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(v[1]) or burst
+local updated = tonumber(v[2]) or now
+-- What was spent on the share since the last exchange is charged before the cap:
+-- the refill of the same time paid for it.
+tokens = tokens + math.max(0, now - updated) * per_second - debt
+tokens = math.max(-burst, math.min(burst, tokens))
+local grant = 0
+if tokens >= 1 then grant = math.min(want, math.floor(tokens)) end
+tokens = tokens - grant
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('EXPIRE', KEYS[1], 3600)
+return grant
+"""
+"""One tenant's global token bucket (refilled on Redis's clock): take what was spent
+on the fallback share, then lease up to `want` whole tokens."""
+
+_FIELDS = {f.name for f in fields(Sighting)}
+
+
+def _field(row: Sighting) -> str:
+    return json.dumps([row.tenant_id, row.service, row.instance])
+
+
+def _row(raw: bytes | str | None) -> Sighting | None:
+    if raw is None:
+        return None
+    try:
+        document = json.loads(raw)
+        row = Sighting(**{k: v for k, v in document.items() if k in _FIELDS})
+        for name in ("resource", "over_budget"):  # cjson keeps {} but a list is safer to fix
+            if not isinstance(getattr(row, name), dict):
+                setattr(row, name, {})
+        return row
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+class RedisState:
+    """The fleet, rate budgets, series counts and throttle shared through Redis."""
+
+    shared = True
+
+    def __init__(
+        self,
+        client: Redis,
+        fleet: FleetTracker,
+        rate: LeasedRateLimiter,
+        series: ActiveSeries,
+        throttle: FailureThrottle,
+        *,
+        interval: float = 1.0,
+        timeout: float = 1.0,
+        replica: str = "",
+        series_clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.fleet, self.rate, self.series, self.throttle = fleet, rate, series, throttle
+        self.interval, self.timeout = interval, timeout
+        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.series_clock, self.clock = series_clock, clock
+        self.up = False
+        self.replicas = 1
+        self.live: set[str] = set()
+        self.epoch: str | None = None
+        self.cursor = 0
+        self.exchanges = 0
+        self._published: set[str] = set()
+        fleet.replica = self.replica
+        throttle.failures = {}
+
+    @classmethod
+    def create(
+        cls,
+        settings: GatewaySettings,
+        fleet: FleetTracker,
+        ingestor: Ingestor,
+        throttle: FailureThrottle,
+        meter: Meter,
+    ) -> RedisState:
+        """The store at GATEWAY_STATE_URL (nothing is sent before `run`)."""
+        timeout = settings.state_timeout_seconds
+        client = Redis.from_url(
+            settings.state_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # Once, on a new connection: those of a restarted store are all dead.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        rate = LeasedRateLimiter()
+        ingestor.rate = rate
+        state = cls(
+            client,
+            fleet,
+            rate,
+            ingestor.series,
+            throttle,
+            interval=settings.state_sync_seconds,
+            timeout=timeout,
+            replica=settings.state_replica_name,
+        )
+        instruments.STATE_STORE_UP.observe(meter, state._observe_up)
+        instruments.STATE_STORE_REPLICAS.observe(meter, state._observe_replicas)
+        return state
+
+    # -- what the gateway asks ---------------------------------------------------------
+
+    def owns(self, row: Sighting) -> bool:
+        """The process that heard the agent last sends its series; when that one is
+        gone, the live process it hashes to (rendezvous hashing)."""
+        if row.seen_by == self.replica:
+            return True
+        if row.seen_by in self.live:
+            return False
+        name = f"{row.tenant_id}\0{row.service}\0{row.instance}"
+
+        def score(replica: str) -> bytes:
+            return hashlib.blake2b(f"{replica}\0{name}".encode(), digest_size=8).digest()
+
+        return max(self.live | {self.replica}, key=score) == self.replica
+
+    def document(self) -> dict[str, Any]:
+        """Shared, up, how many replicas; partial when the store cannot be reached."""
+        return {
+            "store": "redis",
+            "up": self.up,
+            "replicas": self.replicas,
+            "partial": not self.up,
+        }
+
+    # -- the exchange ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Exchange every `interval` until cancelled; a failure marks the store down
+        until an exchange succeeds again."""
+        while True:
+            started = time.monotonic()
+            await self.exchange_once()
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def exchange_once(self) -> bool:
+        """One exchange; True when the store answered it all."""
+        try:
+            await asyncio.wait_for(self.exchange(), timeout=4 * self.timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if self.up or self.exchanges == 0:
+                logger.warning(
+                    "state store unreachable (%s): exports go on, each limit falls back to "
+                    "its share (the setting / %d replica(s)), the fleet view is partial",
+                    exc or type(exc).__name__,
+                    self.replicas,
+                )
+            self._set_up(False)
+            self.exchanges += 1
+            # A timed-out connection may still get its answer later: start afresh.
+            await self.client.connection_pool.disconnect()
+            return False
+        if not self.up:
+            logger.info("state store reachable: %d replica(s) share the state", self.replicas)
+        self._set_up(True)
+        self.exchanges += 1
+        return True
+
+    def _set_up(self, up: bool) -> None:
+        self.up = up
+        self.rate.connected = up
+        self.rate.replicas = self.replicas
+        self.series.replicas = 0 if up else self.replicas
+
+    async def exchange(self) -> None:
+        """Membership, fleet, rate leases, series counts, throttle: one round each."""
+        await self._membership()
+        await self._fleet()
+        if self.exchanges % SWEEP_EVERY == SWEEP_EVERY - 1:
+            await self._sweep()
+        await self._rates()
+        await self._series()
+        await self._throttle()
+
+    async def _membership(self) -> None:
+        now = self.clock()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(PREFIX + "replicas", {self.replica: now})
+        pipe.zremrangebyscore(PREFIX + "replicas", "-inf", now - REPLICA_TTL)
+        pipe.zrange(PREFIX + "replicas", 0, -1)
+        pipe.set(PREFIX + "epoch", uuid.uuid4().hex, nx=True)
+        pipe.get(PREFIX + "epoch")
+        _, _, live, _, epoch = await pipe.execute()
+        self.live = {m.decode() for m in live}
+        self.replicas = max(1, len(self.live))
+        if epoch != self.epoch:
+            if self.epoch is not None:
+                logger.warning("the state store was emptied: sending this process's state again")
+            self.epoch, self.cursor = epoch, 0
+            self.fleet.mark_all_changed()
+
+    async def _fleet(self) -> None:
+        rows = self.fleet.take_changed()
+        try:
+            for at in range(0, len(rows), FLEET_BATCH):
+                args: list[str] = []
+                for row in rows[at : at + FLEET_BATCH]:
+                    args += [_field(row), json.dumps(vars(row))]
+                keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
+                await self.client.eval(MERGE, len(keys), *keys, *args)
+        except BaseException:
+            self.fleet.mark_changed(rows)  # sent again at the next exchange
+            raise
+        for _ in range(MAX_PULLS):
+            changed: list[Any] = await self.client.zrangebyscore(
+                PREFIX + "fleet:changed",
+                f"({self.cursor}",
+                "+inf",
+                start=0,
+                num=FLEET_BATCH,
+                withscores=True,
+            )
+            if not changed:
+                return
+            values = await self.client.hmget(PREFIX + "fleet", [name for name, _ in changed])
+            self.fleet.merge(got for raw in values if (got := _row(raw)) is not None)
+            self.cursor = int(max(score for _, score in changed))
+            if len(changed) < FLEET_BATCH:
+                return
+            await asyncio.sleep(0)  # exports go on between batches
+
+    async def _sweep(self) -> None:
+        """Drop the rows every process has forgotten (unseen for `forget_after`)."""
+        horizon = self.clock() - self.fleet.forget_after
+        stale = []
+        async for name, raw in self.client.hscan_iter(PREFIX + "fleet", count=FLEET_BATCH):
+            row = _row(raw)
+            if row is None or row.last_seen < horizon:
+                stale.append(name)
+        for at in range(0, len(stale), FLEET_BATCH):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(PREFIX + "fleet", *stale[at : at + FLEET_BATCH])
+            pipe.zrem(PREFIX + "fleet:changed", *stale[at : at + FLEET_BATCH])
+            await pipe.execute()
+
+    async def _rates(self) -> None:
+        wanted = self.rate.wanted(self.interval)
+        asks = [(lease, want) for lease, want in wanted.values() if want or lease.debt]
+        tenants = [t for t, (lease, want) in wanted.items() if want or lease.debt]
+        if not asks:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for tenant_id, (lease, want) in zip(tenants, asks, strict=True):
+            # Spent on the share while the store was away is not charged: the share
+            # held the tenant to its part of the rate meanwhile.
+            debt = 0 if not self.up else min(lease.debt, lease.burst)
+            args = (lease.per_second, lease.burst, want, debt)
+            pipe.eval(LEASE, 1, f"{PREFIX}rate:{tenant_id}", *args)
+        grants = await pipe.execute()
+        for (lease, want), grant in zip(asks, grants, strict=True):
+            lease.pool += int(grant)
+            lease.short = int(grant) < want
+            lease.debt = 0
+            lease.leased = True
+
+    async def _series(self) -> None:
+        counts = self.series.counts(self.series_clock())
+        key = PREFIX + "series"
+        pipe = self.client.pipeline(transaction=False)
+        gone = self._published - set(counts)
+        if gone:
+            pipe.hdel(key, *(f"{tenant_id}\0{self.replica}" for tenant_id in gone))
+        if counts:
+            pipe.hset(key, mapping={f"{t}\0{self.replica}": c for t, c in counts.items()})
+        pipe.hgetall(key)
+        reply: dict[bytes, bytes] = (await pipe.execute())[-1]
+        others: dict[str, int] = {}
+        stale: list[bytes] = []
+        for name, count in reply.items():
+            tenant_id, _, replica = name.decode().rpartition("\0")
+            if replica not in self.live:
+                stale.append(name)  # a process that left without a goodbye
+            elif replica != self.replica:
+                others[tenant_id] = others.get(tenant_id, 0) + int(count)
+        if stale:
+            await self.client.hdel(key, *stale)
+        self.series.others = others
+        self._published = set(counts)
+
+    async def _throttle(self) -> None:
+        throttle = self.throttle
+        failures = throttle.take_failures()
+        now = self.clock()
+        if failures and throttle.max_failures:
+            pipe = self.client.pipeline(transaction=False)
+            for address, count in failures.items():
+                key = f"{PREFIX}authfail:{address}"
+                pipe.incrby(key, count)
+                pipe.expire(key, max(1, int(throttle.window_seconds)), nx=True)
+            totals = (await pipe.execute())[::2]
+            blocked = {
+                address: now + throttle.block_seconds
+                for address, total in zip(failures, totals, strict=True)
+                if int(total) >= throttle.max_failures
+            }
+            if blocked:
+                await self.client.zadd(PREFIX + "blocked", blocked, gt=True)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zremrangebyscore(PREFIX + "blocked", "-inf", now)
+        pipe.zrangebyscore(PREFIX + "blocked", now, "+inf", withscores=True)
+        _, active = await pipe.execute()
+        for address, until in active:
+            throttle.block_for(address.decode(), until - now)
+
+    async def close(self) -> None:
+        """Send this process's last changes and leave the replicas."""
+        try:
+            await asyncio.wait_for(self._fleet(), timeout=2 * self.timeout)
+            await asyncio.wait_for(
+                self.client.zrem(PREFIX + "replicas", self.replica), timeout=self.timeout
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("could not leave the state store cleanly: %s", exc)
+        await self.client.aclose()
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def _observe_up(self, options: CallbackOptions) -> Iterable[Observation]:
+        del options
+        return [Observation(1 if self.up else 0)]
+
+    def _observe_replicas(self, options: CallbackOptions) -> Sequence[Observation]:
+        del options
+        return [Observation(self.replicas)]

@@ -1,0 +1,303 @@
+"""Two gateway processes' worth of state shared through a real redis-server.
+
+Two in-process gateways (each its own Gateway, as two replicas would be) point at one
+`redis-server --save '' --appendonly no` on a free port; the exchanges are driven
+by hand (`exchange_once`) except where the timing is the point (the rate budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gateway_fixtures import (
+    RunningGateway,
+    counter_request,
+    fake_collector,
+    make_tenants,
+    running_gateway,
+)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+
+from gateway import fleet_series
+from gateway.state_redis import RedisState
+from gateway.status_page import fleet_document
+from stack.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def two_gateways(
+    tmp_path: Path, url: str, **overrides: Any
+) -> AsyncIterator[tuple[RunningGateway, RunningGateway, dict[str, str]]]:
+    keys = make_tenants(tmp_path / "tenants.json", "acme", "globex")
+    settings: dict[str, Any] = {"state_url": url, "state_timeout_seconds": 0.5} | overrides
+    async with (
+        fake_collector() as (_, port),
+        running_gateway(
+            tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "a.json", **settings
+        ) as one,
+        running_gateway(
+            tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "b.json", **settings
+        ) as two,
+    ):
+        try:
+            yield one, two, keys
+        finally:
+            for gw in (one, two):
+                await gw.gateway.state.close()
+
+
+def store(gw: RunningGateway) -> RedisState:
+    state = gw.gateway.state
+    assert isinstance(state, RedisState)
+    return state
+
+
+async def exchange(*gateways: RunningGateway, rounds: int = 2) -> None:
+    for _ in range(rounds):
+        for gw in gateways:
+            assert await store(gw).exchange_once()
+
+
+def agent(service: str, instance: str) -> bytes:
+    resource = {"service.name": service, "service.instance.id": instance, "agent.type": "connector"}
+    return counter_request(resource_attributes=resource).SerializeToString()
+
+
+def agents_of(gw: RunningGateway) -> dict[tuple[str, str], str]:
+    fleet = gw.gateway.fleet
+    document = fleet_document(fleet, {"acme", "globex"}, fleet.clock(), admin=True)
+    return {
+        (tenant["tenant_id"], row["instance"]): row["status"]
+        for tenant in document["tenants"]
+        for row in tenant["agents"]
+    }
+
+
+def test_both_show_the_same_fleet_a_forget_on_one_is_seen_on_the_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            await one.export(agent("billing", "c-1"), keys["acme"])
+            await two.export(agent("billing", "c-2"), keys["acme"])
+            await two.export(agent("ledger", "c-3"), keys["globex"])
+            await exchange(one, two)
+            expected = {("acme", "c-1"): "up", ("acme", "c-2"): "up", ("globex", "c-3"): "up"}
+            assert agents_of(one) == agents_of(two) == expected
+            # Each agent's last-seen series go out from one process: the one that heard it.
+            for gw, mine in ((one, {"c-1"}), (two, {"c-2", "c-3"})):
+                owned = {r.instance for r in gw.gateway.fleet.rows() if store(gw).owns(r)}
+                assert owned == mine
+
+            one.gateway.fleet.forget("acme", ["c-2"])
+            await exchange(one, two)
+            assert agents_of(two)[("acme", "c-2")] == "retired"
+            assert agents_of(one) == agents_of(two)
+
+            # An export puts it back, on both.
+            await two.export(agent("billing", "c-2"), keys["acme"])
+            await exchange(two, one)
+            assert agents_of(one)[("acme", "c-2")] == agents_of(two)[("acme", "c-2")] == "up"
+
+    asyncio.run(scenario())
+
+
+async def admitted(gw: RunningGateway, body: bytes, key: str) -> bool:
+    try:
+        await gw.export(body, key)
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    else:
+        return True
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return False
+
+
+def test_a_tenants_rate_is_one_budget_across_both(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """2 requests/s, burst 10: 60 requests over 3 s, half to each gateway, admit
+    burst + rate x time (16), not twice that."""
+
+    async def scenario() -> tuple[int, float]:
+        limits = {"rate_limit_requests_per_second": 2.0, "rate_limit_burst": 10}
+        async with two_gateways(tmp_path, redis_server.url, state_sync_seconds=0.2, **limits) as (
+            one,
+            two,
+            keys,
+        ):
+            await exchange(one, two, rounds=1)  # both know there are two replicas
+            loops = [asyncio.create_task(store(gw).run()) for gw in (one, two)]
+            body, count = agent("billing", "c-1"), 0
+            started = time.monotonic()
+            for i in range(60):
+                gw = (one, two)[i % 2]
+                count += await admitted(gw, body, keys["acme"])
+                await asyncio.sleep(max(0.0, started + (i + 1) * 0.05 - time.monotonic()))
+            elapsed = time.monotonic() - started
+            for loop in loops:
+                loop.cancel()
+            return count, elapsed
+
+    count, elapsed = asyncio.run(scenario())
+    expected = 10 + 2.0 * elapsed
+    assert abs(count - expected) <= 0.1 * expected, (count, elapsed)
+
+
+def test_active_series_and_the_auth_throttle_count_across_both(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(
+            tmp_path, redis_server.url, max_active_series=10, auth_failure_limit=3
+        ) as (one, two, keys):
+            await exchange(one, two)
+            for i in range(6):
+                await one.export(agent("billing", f"a-{i}"), keys["acme"])
+            await exchange(one, two)
+            refused = 0
+            for i in range(6):
+                response = await two.export(agent("billing", f"b-{i}"), keys["acme"])
+                refused += response.partial_success.rejected_data_points
+            assert refused == 2  # 6 + 6 - 10
+
+            for gw in (one, one, two):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await gw.export(agent("billing", "x"), "oga_nope_nope")
+            await exchange(one, two)
+            with pytest.raises(grpc.aio.AioRpcError) as refusal:
+                await two.export(agent("billing", "a-0"), keys["acme"])
+            assert "too many failed authentications" in str(refusal.value.details())
+
+    asyncio.run(scenario())
+
+
+def test_store_paused_killed_or_emptied_exports_go_on_and_all_comes_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        limits = {"rate_limit_requests_per_second": 0.001, "rate_limit_burst": 10}
+        async with two_gateways(tmp_path, redis_server.url, **limits) as (one, two, keys):
+            await one.export(agent("billing", "c-1"), keys["globex"])
+            await two.export(agent("billing", "c-2"), keys["globex"])
+            await exchange(one, two)
+
+            redis_server.pause()
+            try:
+                started = time.monotonic()
+                assert not await store(one).exchange_once()
+                assert time.monotonic() - started < 3.0  # bounded by the timeout
+                document = store(one).document()
+                assert document == {"store": "redis", "up": False, "replicas": 2, "partial": True}
+                # Exports go on; the rate falls back to the setting / 2 replicas (burst 5).
+                body = agent("billing", "c-1")
+                results = [await admitted(one, body, keys["acme"]) for _ in range(8)]
+                assert results == [True] * 5 + [False] * 3
+            finally:
+                redis_server.resume()
+            assert await store(one).exchange_once()
+            assert store(one).document()["partial"] is False
+
+            # Killed, restarted empty: every process sends its table again.
+            redis_server.stop()
+            assert not await store(two).exchange_once()
+            assert await admitted(two, agent("billing", "c-2"), keys["globex"])
+            redis_server.start()
+            await exchange(one, two)
+            expected = {("globex", "c-1"): "up", ("globex", "c-2"): "up", ("acme", "c-1"): "up"}
+            assert agents_of(one) == agents_of(two) == expected
+            # Limits are global again, the view whole.
+            for gw in (one, two):
+                assert store(gw).rate.connected
+                assert store(gw).series.replicas == 0
+                assert store(gw).document()["partial"] is False
+
+    asyncio.run(scenario())
+
+
+def test_rows_forgotten_everywhere_leave_the_store(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, _, keys):
+            await one.export(agent("billing", "old"), keys["acme"])
+            await exchange(one)
+            state = store(one)
+            assert await state.client.hlen("otelgw:fleet") == 1
+            state.clock = lambda: time.time() + one.gateway.fleet.forget_after + 1
+            await state._sweep()
+            assert await state.client.hlen("otelgw:fleet") == 0
+            assert await state.client.zcard("otelgw:fleet:changed") == 0
+
+    asyncio.run(scenario())
+
+
+class Recorder:
+    """A forwarder that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportMetricsServiceRequest] = []
+
+    async def forward(self, request: ExportMetricsServiceRequest) -> None:
+        self.requests.append(request)
+
+
+async def published(gw: RunningGateway) -> list[str]:
+    """The agents whose last-seen series this gateway sends, in one round."""
+    recorder = Recorder()
+    task = asyncio.create_task(
+        fleet_series.publish(gw.gateway.fleet, recorder, 60.0, "gw", store(gw).owns)  # type: ignore[arg-type]
+    )
+    deadline = time.monotonic() + 10
+    while not recorder.requests and time.monotonic() < deadline and not task.done():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return sorted(
+        kv.value.string_value
+        for request in recorder.requests
+        for rm in request.resource_metrics
+        for kv in rm.resource.attributes
+        if kv.key == "service.instance.id"
+    )
+
+
+def test_each_agents_last_seen_series_are_sent_by_one_gateway_and_taken_over_when_it_goes(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            await one.export(agent("billing", "c-1"), keys["acme"])
+            await two.export(agent("billing", "c-2"), keys["acme"])
+            await two.export(agent("billing", "c-3"), keys["acme"])
+            await exchange(one, two)
+            assert await published(one) == ["c-1"]
+            assert await published(two) == ["c-2", "c-3"]
+            # One goes away (it leaves the store): two sends for its agent too.
+            await store(one).close()
+            await exchange(two)
+            assert await published(two) == ["c-1", "c-2", "c-3"]
+
+    asyncio.run(scenario())
