@@ -114,6 +114,8 @@ def _parse(message: Message, data: memoryview, walk: _Walk, depth: int) -> Steps
     while at < end:
         start = at
         tag, at = _varint(data, at, end)
+        if tag >> 3 == 0:
+            raise _corrupt("field number 0")  # as protobuf's own parser refuses it
         wire = tag & 7
         if wire == _VARINT:
             _, at = _varint(data, at, end)

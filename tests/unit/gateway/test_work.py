@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from gateway_fixtures import counter_request, run
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -113,6 +113,7 @@ def _sliced(body: bytes, max_points: int = 10_000) -> ExportMetricsServiceReques
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(bodies())
+@example(body=b"\x00\x14\n\x00\x12\x07\n\x05\n\x03etl")  # field number 0: refused
 def test_decoding_in_slices_gives_what_one_parse_gives(body: bytes) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(decode, "SLICE_BYTES", 16)  # every message of any size is walked
