@@ -160,6 +160,16 @@ FLEET_AGENTS_OVER_BUDGET = Instrument(
     "(otel.metric.overflow=true), by tenant.",
 )
 
+FLEET_AGENTS_CLASHING = Instrument(
+    "gateway.fleet.agents_clashing",
+    "gauge",
+    "{agent}",
+    "gateway_fleet_agents_clashing",
+    "gateway.fleet",
+    "Agents whose identity two live processes share (tenant, type, service, "
+    "service_instance_id and the hosts seen); 1 per agent, absent when none.",
+)
+
 LAST_SEEN: dict[str, tuple[Instrument, Instrument]] = {
     "connector": (CONNECTOR_LAST_SEEN, CONNECTOR_LAST_SEEN_TIMESTAMP),
     "agent": (AGENT_LAST_SEEN, AGENT_LAST_SEEN_TIMESTAMP),
@@ -177,6 +187,7 @@ ALL: Sequence[Instrument] = (
     ACTIVE_SERIES,
     FLEET_AGENTS,
     FLEET_AGENTS_OVER_BUDGET,
+    FLEET_AGENTS_CLASHING,
 )
 """Every row of the gateway's /metrics, in the order docs/gateway.md lists them. The
 last-seen rows are not there: gateway.fleet_series sends them to the Collectors."""
