@@ -55,6 +55,7 @@ class Stack:
             inner = f"exec env -u XDG_RUNTIME_DIR {shlex.join(argv)}"
             script = f"hostname {host} && mount -t tmpfs tmpfs /tmp && {inner}"
             argv = ["unshare", "--uts", "--mount", "sh", "-c", script]
+        (self.local.run_dir / "locks").mkdir(mode=0o700, exist_ok=True)
         variables = {
             "PYTHONPATH": str(REPO),
             "OTEL_EXPORTER_OTLP_ENDPOINT": self.local.gateway_grpc_endpoint,
