@@ -126,11 +126,13 @@ def overflowing(resource_metrics: ResourceMetrics) -> tuple[str, ...]:
 
 MAX_STARTS = 16
 """Series whose start times a row follows (gateway.fleet's clash detection)."""
+STARTS_PER_REQUEST = 4
+"""Metrics whose first cumulative point is read per request (a few µs each)."""
 _CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
 
 def series_starts(
-    resource_metrics: ResourceMetrics, limit: int = MAX_STARTS
+    resource_metrics: ResourceMetrics, limit: int = STARTS_PER_REQUEST
 ) -> tuple[tuple[str, int], ...]:
     """(series, start time) of the first cumulative point of each metric, for at most
     `limit` metrics. A process keeps one start time per series for its whole life; a
