@@ -102,6 +102,8 @@ OVER_BUDGET_SECONDS = 600.0
 """An agent stays over budget this long after an export last carried an overflow series."""
 MAX_OVER_BUDGET_NAMES = 16
 """Metric names remembered per over-budget agent (the oldest go first)."""
+START_HISTORY = 4
+"""Distinct start times remembered per series (the processes of a clash cycle through)."""
 MAX_CLASH_SERIES = 20
 """Clashing agents per tenant named on gateway_fleet_agents_clashing (the rest are
 counted in one row with service_instance_id="+")."""
@@ -144,7 +146,7 @@ class Sighting:
     previous_host_seen: float = 0.0
     """The host it was last seen on before `host`, and when."""
     starts: dict[str, list[int]] = field(default_factory=dict)
-    """Series → its last two distinct start times (newest first); not saved."""
+    """Series → its last START_HISTORY distinct start times (newest first); not saved."""
     clash_seen: float = 0.0
     """When an export last alternated with another process's (Unix seconds)."""
     clash_hosts: list[str] = field(default_factory=list)
@@ -314,8 +316,9 @@ class FleetTracker:
                 if len(row.starts) < MAX_STARTS:
                     row.starts[key] = [start]
             elif start != known[0]:
+                # A restart never goes back to an older start; three processes cycle.
                 alternates = alternates or start in known
-                row.starts[key] = [start, known[0]]
+                row.starts[key] = [start, *(s for s in known if s != start)][:START_HISTORY]
         return alternates
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:

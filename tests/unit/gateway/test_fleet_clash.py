@@ -106,6 +106,19 @@ def test_two_live_processes_on_one_host_clash_by_their_start_times(tmp_path: Pat
     )
 
 
+def test_three_processes_on_one_host_clash_too(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock)
+    trio = []
+    for _ in range(3):
+        clock.now += 1.0
+        trio.append(Process("node-1"))
+    for process in trio:  # each in turn: never A, B, A
+        _send(fleet, clock, process)
+    _send(fleet, clock, trio[0])
+    assert _clashes(fleet, clock) == [("c4a17407", ["node-1"])]
+
+
 def test_containers_sharing_a_machine_id_clash_by_their_hosts(tmp_path: Path) -> None:
     clock = Clock()
     fleet = _tracker(tmp_path, clock)
