@@ -149,6 +149,9 @@ def report(
     print(
         f"  all deaths: in Alertmanager {_summary(all_alerted)}, notified {_summary(all_notified)}"
     )
+    clashes = [o for o in outcomes if (o.expected or "").startswith("AgentIdentityClash")]
+    for outcome in clashes:
+        print(f"  {outcome.name}: AgentIdentityClash in Alertmanager {outcome.seconds_to_alert} s")
     if notifications.problem:
         print(f"  notifications not measured: {notifications.problem}")
     return {
@@ -161,6 +164,7 @@ def report(
         "notified": {name: _summary(v) for name, v in notified.items()},
         "all_alerted": _summary(all_alerted),
         "all_notified": _summary(all_notified),
+        "clash_seconds": [o.seconds_to_alert for o in clashes],
         "outcomes": [asdict(o) for o in outcomes],
     }
 
@@ -182,8 +186,8 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp,
         fleet_stack(Path(tmp), export_ms) as run,
     ):
-        # Agent starts spread over one export interval (4 per trial and 9 others).
-        run.start_gap_s = export_ms / 1000 / (4 * trials + 9)
+        # Agent starts spread over one export interval (4 per trial and 12 others).
+        run.start_gap_s = export_ms / 1000 / (4 * trials + 12)
         add_every_scenario(run, trials=trials)
         agents = sum(len(s.agents) for s in run.scenarios)
         print(f"{len(run.scenarios)} scenarios, {agents} agents, exports every {export_ms} ms")

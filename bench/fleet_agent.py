@@ -35,6 +35,11 @@ def _announce(instance: str) -> None:
 
 
 def _instance(service: str) -> str:
+    """The agent's service.instance.id: OTEL_RESOURCE_ATTRIBUTES's, else the default."""
+    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() == "service.instance.id" and value.strip():
+            return value.strip()
     from otel_agents.identity import stable_instance_id
 
     return stable_instance_id(service)

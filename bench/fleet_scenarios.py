@@ -22,6 +22,8 @@ import json
 import os
 import random
 import secrets
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,7 +77,8 @@ class Scenario:
 
     name: str
     event: str
-    """kill, term, restart, cut, revoke, retire, cron, check, fail."""
+    """kill, term, restart, cut, revoke, retire, cron, check, fail, clash (a second
+    process under the first's identity starts)."""
     expect: str | None
     """The alert it must raise (ConnectorSilent, ...), or None: no alert at all."""
     tenant: str
@@ -148,16 +151,34 @@ class FleetRun:
         service: str,
         count: int = 1,
         target: int = 0,
+        *,
+        containers: bool = False,
+        env: dict[str, str] | None = None,
     ) -> Scenario:
         """A scenario of `count` agents of one service (none for `check`); the event
-        hits agent `target`."""
+        hits agent `target`. With `containers`, each agent runs in UTS and mount
+        namespaces of its own (root only: its own host name and /tmp, the machine's
+        /etc/machine-id); `env` is added to each agent's environment."""
         scenario = Scenario(name, event, expect, tenant, service, target=target)
         for index in range(count if event != "check" else 0):
-            scenario.agents.append(self._agent(mode, tenant, service, event, index))
+            host = f"{service}-pod-{index}" if containers else ""
+            scenario.agents.append(
+                self._agent(mode, tenant, service, event, index, host=host, extra=env)
+            )
         self.scenarios.append(scenario)
         return scenario
 
-    def _agent(self, mode: str, tenant: str, service: str, event: str, index: int) -> Agent:
+    def _agent(
+        self,
+        mode: str,
+        tenant: str,
+        service: str,
+        event: str,
+        index: int,
+        *,
+        host: str = "",
+        extra: dict[str, str] | None = None,
+    ) -> Agent:
         key = self.keys[tenant]
         endpoint = self.stack.gateway_grpc_endpoint
         if event == "revoke":
@@ -168,6 +189,9 @@ class FleetRun:
             proxy = TcpProxy(self.stack.ports.gateway_grpc).start()
             self.proxies.append(proxy)
             endpoint = f"http://{proxy.address}"
+        # The slot locks' directory must exist: without it every process of a
+        # service gets one id (and the trio would be one clashing agent).
+        (self.work_dir / "locks").mkdir(mode=0o700, exist_ok=True)
         env = {
             "PYTHONPATH": str(REPO),
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -177,9 +201,14 @@ class FleetRun:
             "XDG_RUNTIME_DIR": str(self.work_dir / "locks"),
             "FLEET_AGENT_FAIL_FILE": str(self.work_dir / f"{service}.fail"),
             **self.prefect_env,
+            **(extra or {}),
         }
         name = f"agent-{service}-{index}"
         argv = [sys.executable, "-m", "bench.fleet_agent", mode]
+        if host:
+            inner = f"exec env -u XDG_RUNTIME_DIR {shlex.join(argv)}"
+            argv = ["unshare", "--uts", "--mount", "sh", "-c"]
+            argv.append(f"hostname {host} && mount -t tmpfs tmpfs /tmp && {inner}")
         agent = Agent(mode, tenant, service, name, argv, env)
         if mode != "cron":  # a cron script starts with its event
             time.sleep(self.start_gap_s * random.random() * 2)
@@ -243,6 +272,10 @@ class FleetRun:
                 agent.process = self.stack.start_process(agent.name, agent.argv, agent.env)
             if event == "check":
                 scenario.detail["check"] = self._check(scenario)
+            if event == "clash" and agent is not None:
+                twin = Agent(**{**agent.__dict__, "name": f"{agent.name}-twin", "process": None})
+                twin.process = self.stack.start_process(twin.name, twin.argv, twin.env)
+                scenario.agents.append(twin)
         for at, action in sorted(delayed, key=lambda item: item[0]):
             time.sleep(max(0.0, at - time.time()))
             action()
@@ -339,6 +372,8 @@ class FleetRun:
             expected = scenario.expect
             if expected and scenario.expect in ("ConnectorSilent", "DataAgentSilent"):
                 expected = f"{scenario.expect}@{scenario.agents[scenario.target].instance}"
+            if expected and scenario.expect == "AgentIdentityClash":
+                expected = f"{scenario.expect}@{scenario.agents[0].instance}"
             if expected and scenario.expect == "DataAgentFlowFailureRateHigh":
                 expected = f"{scenario.expect}@flaky-flow"
             results.append(
@@ -508,6 +543,27 @@ def add_every_scenario(run: FleetRun, trials: int = 1) -> None:
         "connector",
         b,
         "retired-connector",
+    )
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        run.add(
+            "SIGKILL of one of two containers sharing the machine id",
+            "kill",
+            "ConnectorSilent",
+            "connector",
+            a,
+            "container-connector",
+            count=2,
+            target=1,
+            containers=True,
+        )
+    run.add(
+        "a second process with the same service.instance.id",
+        "clash",
+        "AgentIdentityClash",
+        "connector",
+        b,
+        "shared-id-connector",
+        env={"OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=shared-id-connector-0"},
     )
     run.add(
         "a flow that starts failing among healthy flows",

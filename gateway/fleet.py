@@ -35,8 +35,21 @@ built for, and what lands in the overflow series is lost per value). The row kee
 the metric names and when each was last seen; the mark goes `OVER_BUDGET_SECONDS`
 after the last one.
 
-Bounds: a row unseen for `forget_after` is dropped; at most `max_per_tenant` rows
-per tenant, retired, stopped, then least recently seen first. Each row keeps a copy
+Two live processes can send under one identity (tenant, service.name,
+service.instance.id): a machine id shared by containers or cloned machines, or one
+`service.instance.id` in OTEL_RESOURCE_ATTRIBUTES for every replica. Their exports
+interleave, so the row sees its agent's host.name, or the start time of a
+cumulative series (fixed for a process's whole life), go A, B, A: back to a value
+it had left. A restart changes them once (A, B, B, ...), a clean stop and a start
+likewise, and an agent moving to another gateway replica shows each replica one
+process: none of them alternates. The row is then "clashing" (with the hosts seen)
+until nothing alternates for `silent_after`; its state is unchanged (the clash is
+shown beside it, and counted by gateway_fleet_agents_clashing).
+
+Bounds: a row stopped or retired for `retire_after` (a pod replaced in a rolling
+deploy, a decommissioned agent) is dropped, and any row unseen for `forget_after`;
+at most `max_per_tenant` rows per tenant, retired, stopped, then least recently
+seen first. Each row keeps a copy
 of the agent's resource for its fleet series (gateway.fleet_series), cut to
 `max_resource_attributes` and `max_resource_bytes`: the attributes that name the
 agent first, then the others in the order sent, so that one agent's bloated
@@ -66,11 +79,13 @@ from gateway import instruments
 from gateway.fleet_resource import (
     AGENT_TYPE_KEY,
     LIFECYCLE_KEY,
+    MAX_STARTS,
     MAX_VALUE_CHARS,
     kept_resource,
     may_overflow,
     overflowing,
     resource_strings,
+    series_starts,
 )
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
@@ -87,6 +102,11 @@ OVER_BUDGET_SECONDS = 600.0
 """An agent stays over budget this long after an export last carried an overflow series."""
 MAX_OVER_BUDGET_NAMES = 16
 """Metric names remembered per over-budget agent (the oldest go first)."""
+START_HISTORY = 4
+"""Distinct start times remembered per series (the processes of a clash cycle through)."""
+MAX_CLASH_SERIES = 20
+"""Clashing agents per tenant named on gateway_fleet_agents_clashing (the rest are
+counted in one row with service_instance_id="+")."""
 
 RowState = Literal["running", "stopped", "retired"]
 Status = Literal["up", "silent", "stopped", "retired"]
@@ -125,6 +145,14 @@ class Sighting:
     seen_by: str = ""
     """The gateway process that heard it last (with a shared state store: the one
     that sends its last-seen series)."""
+    previous_host: str = ""
+    previous_host_seen: float = 0.0
+    """The host it was last seen on before `host`, and when."""
+    starts: dict[str, list[int]] = field(default_factory=dict)
+    """Series → its last START_HISTORY distinct start times (newest first); not saved."""
+    clash_seen: float = 0.0
+    """When an export last alternated with another process's (Unix seconds)."""
+    clash_hosts: list[str] = field(default_factory=list)
 
     @property
     def family(self) -> str | None:
@@ -145,6 +173,8 @@ class Agent:
     resource: Mapping[str, str] = field(default_factory=dict)
     overflowing: tuple[str, ...] = ()
     """Names of the metrics that carry an overflow series in this export."""
+    starts: tuple[tuple[str, int], ...] = ()
+    """(series, start time) of some of its cumulative series (fleet_resource.series_starts)."""
 
 
 def agent_of(attributes: Mapping[str, str]) -> Agent | None:
@@ -176,6 +206,7 @@ class FleetTracker:
         *,
         silent_after: float = 120.0,
         forget_after: float = 7 * 86400.0,
+        retire_after: float = 86400.0,
         save_every: float = 30.0,
         max_per_tenant: int = 1000,
         max_resource_attributes: int = 32,
@@ -185,6 +216,7 @@ class FleetTracker:
         self.state_file = state_file
         self.silent_after = silent_after
         self.forget_after = forget_after
+        self.retire_after = retire_after
         self.save_every = save_every
         self.max_per_tenant = max_per_tenant
         self.max_resource_attributes = max_resource_attributes
@@ -225,7 +257,8 @@ class FleetTracker:
                     strings, tenant.id, self.max_resource_attributes, self.max_resource_bytes
                 )
                 names = overflowing(resource_metrics) if search else ()
-                agent = replace(agent, resource=resource, overflowing=names)
+                starts = series_starts(resource_metrics)
+                agent = replace(agent, resource=resource, overflowing=names, starts=starts)
                 self.see(tenant.id, agent, now=now)
         if self._dirty and now - self._last_save >= self.save_every:
             self.save()
@@ -241,10 +274,26 @@ class FleetTracker:
                 if len(agents) >= self.max_per_tenant:
                     self._evict_one(tenant_id, agents)
                 row = agents[key] = Sighting(
-                    tenant_id, agent.agent_type, agent.service, agent.instance, "", now, now
+                    tenant_id,
+                    agent.agent_type,
+                    agent.service,
+                    agent.instance,
+                    "",
+                    now,
+                    now,
+                    host=agent.host,
                 )
             row.seen_by = self.replica
-            row.agent_type, row.version, row.host = agent.agent_type, agent.version, agent.host
+            # A final export (a clean stop) ends its process: it may arrive after the
+            # next process's first one, and says nothing of who runs now.
+            if not agent.stopped:
+                if self._alternates(row, agent, now) and row.state == "running":
+                    row.clash_seen = now
+                    row.clash_hosts = sorted({row.host, agent.host} - {""})
+                if agent.host != row.host:
+                    row.previous_host, row.previous_host_seen = row.host, row.last_seen
+                row.host = agent.host
+            row.agent_type, row.version = agent.agent_type, agent.version
             if agent.resource:
                 row.resource = dict(agent.resource)
             for name in agent.overflowing:
@@ -261,6 +310,25 @@ class FleetTracker:
             self._dirty = True
             if self.replica:  # shared: sent at the next exchange
                 self._changed.add((tenant_id, *key))
+
+    def _alternates(self, row: Sighting, agent: Agent, now: float) -> bool:
+        """Whether this export goes back to a host or a series start time the row had
+        just left (A, B, A): two live processes; follows the series' start times."""
+        alternates = (
+            agent.host != row.host
+            and agent.host == row.previous_host
+            and now - row.previous_host_seen <= self.silent_after
+        )
+        for key, start in agent.starts:
+            known = row.starts.get(key)
+            if known is None:
+                if len(row.starts) < MAX_STARTS:
+                    row.starts[key] = [start]
+            elif start != known[0]:
+                # A restart never goes back to an older start; three processes cycle.
+                alternates = alternates or start in known
+                row.starts[key] = [start, *(s for s in known if s != start)][:START_HISTORY]
+        return alternates
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
         """Retire agents of a tenant at once, by instance id or a unique prefix of one.
@@ -313,6 +381,10 @@ class FleetTracker:
             return row.state
         return "silent" if now - row.silence_from > self.silent_after else "up"
 
+    def clashing(self, row: Sighting, now: float) -> bool:
+        """Whether two live processes sent as this agent within `silent_after`."""
+        return row.state == "running" and now - row.clash_seen <= self.silent_after
+
     def over_budget(self, row: Sighting, now: float) -> list[str]:
         """The metrics of `row` that overflowed within OVER_BUDGET_SECONDS, sorted."""
         # list() copies at once: a /metrics reader may run beside the event loop.
@@ -327,7 +399,9 @@ class FleetTracker:
                 place = (row.agent_type, row.service, row.host)
                 newest_start[place] = max(newest_start.get(place, 0.0), row.first_seen)
             for key, row in list(agents.items()):
-                if now - row.last_seen > self.forget_after:
+                if now - row.last_seen > self.forget_after or (
+                    row.state != "running" and now - row.state_since > self.retire_after
+                ):
                     del agents[key]
                     self._dirty = True
                 elif (
@@ -392,6 +466,7 @@ class FleetTracker:
         series go to the Collectors (gateway.fleet_series)."""
         instruments.FLEET_AGENTS.observe(meter, self._observe_counts)
         instruments.FLEET_AGENTS_OVER_BUDGET.observe(meter, self._observe_over_budget)
+        instruments.FLEET_AGENTS_CLASHING.observe(meter, self._observe_clashing)
 
     def rows(self) -> list[Sighting]:
         """The rows themselves, not copies, for a reader on the event loop that only
@@ -419,6 +494,31 @@ class FleetTracker:
             over = row.state != "retired" and bool(self.over_budget(row, now))
             counts[row.tenant_id] = counts.get(row.tenant_id, 0) + over
         return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
+
+    def _observe_clashing(self, options: CallbackOptions) -> Iterable[Observation]:
+        now = self.clock()
+        named: dict[str, int] = {}
+        more: dict[str, int] = {}
+        observations = []
+        for row in self.rows():
+            if not self.clashing(row, now):
+                continue
+            if named.get(row.tenant_id, 0) >= MAX_CLASH_SERIES:
+                more[row.tenant_id] = more.get(row.tenant_id, 0) + 1
+                continue
+            named[row.tenant_id] = named.get(row.tenant_id, 0) + 1
+            labels = {
+                "tenant_id": row.tenant_id,
+                "type": row.agent_type,
+                "service": row.service,
+                "service_instance_id": row.instance,
+                "hosts": ",".join(row.clash_hosts),
+            }
+            observations.append(Observation(1, labels))
+        for tenant, count in more.items():
+            labels = {"tenant_id": tenant, "type": "", "service": "", "service_instance_id": "+"}
+            observations.append(Observation(count, labels | {"hosts": ""}))
+        return observations
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -452,6 +552,12 @@ class FleetTracker:
                     row.state = "running"
                 row.state_since = float(row.state_since) or row.last_seen
                 row.over_budget = _times(row.over_budget)
+                row.starts = {}  # start times are compared within one gateway run
+                hosts = row.clash_hosts if isinstance(row.clash_hosts, list) else []
+                row.clash_hosts = [str(h)[:MAX_VALUE_CHARS] for h in hosts[:4]]
+                row.clash_seen = _number(row.clash_seen, 0.0)
+                row.previous_host_seen = _number(row.previous_host_seen, 0.0)
+                row.previous_host = str(row.previous_host)[:MAX_VALUE_CHARS]
                 if not isinstance(row.resource, dict):
                     row.resource = {}
                 elif row.resource:  # saved by an older gateway, or under larger bounds
@@ -476,7 +582,7 @@ class FleetTracker:
         document = {
             "version": STATE_VERSION,
             "saved_at": self._last_save,
-            "agents": [asdict(row) for row in rows],
+            "agents": [asdict(row) | {"starts": {}} for row in rows],
         }
         try:
             _write_atomically(self.state_file, document)
@@ -540,6 +646,7 @@ def create_fleet(settings: GatewaySettings, meter: Meter) -> FleetTracker:
         settings.fleet_state_path,
         silent_after=settings.fleet_silent_after_seconds,
         forget_after=settings.fleet_forget_after_seconds,
+        retire_after=settings.fleet_retire_after_seconds,
         save_every=settings.fleet_save_seconds,
         max_per_tenant=settings.fleet_max_agents_per_tenant,
         max_resource_attributes=settings.fleet_max_resource_attributes,

@@ -15,6 +15,7 @@ marked `otel.metric.overflow=true`; the fleet shows the agent "over budget".
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -121,3 +122,35 @@ def overflowing(resource_metrics: ResourceMetrics) -> tuple[str, ...]:
             ):
                 names.append(metric.name[:MAX_VALUE_CHARS])
     return tuple(names)
+
+
+MAX_STARTS = 16
+"""Series whose start times a row follows (gateway.fleet's clash detection)."""
+STARTS_PER_REQUEST = 4
+"""Metrics whose first cumulative point is read per request (a few µs each)."""
+_CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+
+def series_starts(
+    resource_metrics: ResourceMetrics, limit: int = STARTS_PER_REQUEST
+) -> tuple[tuple[str, int], ...]:
+    """(series, start time) of the first cumulative point of each metric, for at most
+    `limit` metrics. A process keeps one start time per series for its whole life; a
+    second process sending the same series under the same identity has its own."""
+    found: list[tuple[str, int]] = []
+    for scope_metrics in resource_metrics.scope_metrics:
+        for metric in scope_metrics.metrics:
+            if len(found) >= limit:
+                return tuple(found)
+            kind = metric.WhichOneof("data")
+            if kind not in ("sum", "histogram", "exponential_histogram"):
+                continue
+            data = getattr(metric, kind)
+            if data.aggregation_temporality != _CUMULATIVE or not data.data_points:
+                continue
+            point = data.data_points[0]
+            if point.start_time_unix_nano:
+                labels = b"".join(kv.SerializeToString() for kv in point.attributes)
+                key = f"{metric.name[:MAX_VALUE_CHARS]}/{zlib.crc32(labels):08x}"
+                found.append((key, point.start_time_unix_nano))
+    return tuple(found)

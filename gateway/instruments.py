@@ -177,6 +177,16 @@ STATE_STORE_REPLICAS = Instrument(
     "Gateway processes sharing the state store, as last known (1 in memory).",
 )
 
+FLEET_AGENTS_CLASHING = Instrument(
+    "gateway.fleet.agents_clashing",
+    "gauge",
+    "{agent}",
+    "gateway_fleet_agents_clashing",
+    "gateway.fleet",
+    "Agents whose identity two live processes share (tenant, type, service, "
+    "service_instance_id and the hosts seen); 1 per agent, absent when none.",
+)
+
 LAST_SEEN: dict[str, tuple[Instrument, Instrument]] = {
     "connector": (CONNECTOR_LAST_SEEN, CONNECTOR_LAST_SEEN_TIMESTAMP),
     "agent": (AGENT_LAST_SEEN, AGENT_LAST_SEEN_TIMESTAMP),
@@ -196,6 +206,7 @@ ALL: Sequence[Instrument] = (
     FLEET_AGENTS_OVER_BUDGET,
     STATE_STORE_UP,
     STATE_STORE_REPLICAS,
+    FLEET_AGENTS_CLASHING,
 )
 """Every row of the gateway's /metrics, in the order docs/gateway.md lists them. The
 last-seen rows are not there: gateway.fleet_series sends them to the Collectors."""

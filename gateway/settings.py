@@ -201,6 +201,12 @@ class GatewaySettings(BaseSettings, LimitValues):
     fleet_forget_after_seconds: float = Field(
         7 * 86400.0, gt=0, description="An agent not heard from for this long is forgotten."
     )
+    fleet_retire_after_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="An agent stopped (or retired) for this long leaves the table: a pod "
+        "replaced in a rolling deploy keeps no row.",
+    )
     fleet_max_agents_per_tenant: int = Field(
         1000, ge=1, description="Agents remembered per tenant (least recently seen go first)."
     )

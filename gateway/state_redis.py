@@ -296,7 +296,7 @@ class RedisState:
             for at in range(0, len(rows), FLEET_BATCH):
                 args: list[str] = []
                 for row in rows[at : at + FLEET_BATCH]:
-                    args += [_field(row), json.dumps(vars(row))]
+                    args += [_field(row), json.dumps(vars(row) | {"starts": {}})]  # local only
                 keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
                 await self.client.eval(MERGE, len(keys), *keys, *args)
         except BaseException:

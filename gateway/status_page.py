@@ -93,6 +93,8 @@ def agent_document(fleet: FleetTracker, row: Sighting, now: float) -> dict[str, 
         "seconds_since": round(max(0.0, now - row.last_seen), 1),
         "status": fleet.status(row, now),
         "over_budget": fleet.over_budget(row, now),
+        "clash": fleet.clashing(row, now),
+        "clash_hosts": list(row.clash_hosts) if fleet.clashing(row, now) else [],
     }
 
 

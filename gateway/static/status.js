@@ -42,6 +42,14 @@ function statusCell(agent) {
     mark.title = "Series past the agent's cardinality limit were merged into one.";
     cell.append(mark);
   }
+  if (agent.clash) {
+    const hosts = (agent.clash_hosts || []).join(", ") || "one host";
+    const mark = element("span", `⚠ clash: two processes on ${hosts}`, "clash");
+    mark.title =
+      "Two live processes send under this service.instance.id: give each its own " +
+      "(docs/operations.md, AgentIdentityClash).";
+    cell.append(mark);
+  }
   return cell;
 }
 
@@ -50,6 +58,7 @@ function agentRow(agent) {
   row.dataset.status = agent.status;
   row.dataset.instance = agent.instance;
   if ((agent.over_budget || []).length > 0) row.dataset.overBudget = agent.over_budget.join(",");
+  if (agent.clash) row.dataset.clash = (agent.clash_hosts || []).join(",");
   row.append(
     statusCell(agent),
     element("td", agent.type),
@@ -70,12 +79,14 @@ function tenantSection(tenant) {
   const title = element("h2", tenant.tenant_id);
   const count = (status) => tenant.agents.filter((a) => a.status === status).length;
   const over = tenant.agents.filter((a) => (a.over_budget || []).length > 0).length;
+  const clashes = tenant.agents.filter((a) => a.clash).length;
   title.append(
     element(
       "span",
       `${tenant.agents.length} agent(s): ${count("up")} up, ${count("silent")} silent, ` +
         `${count("stopped")} stopped, ${count("retired")} retired` +
-        (over > 0 ? `, ${over} over budget` : ""),
+        (over > 0 ? `, ${over} over budget` : "") +
+        (clashes > 0 ? `, ${clashes} clashing` : ""),
       "counts",
     ),
   );

@@ -29,6 +29,7 @@ from bench.fleet_scenarios import (
 from stack.local import StackError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+CONTAINERS = "SIGKILL of one of two containers sharing the machine id"
 pytest.importorskip("prefect")
 
 
@@ -62,7 +63,7 @@ def test_every_death_pages_within_3_minutes_for_that_instance_only(
     outcomes: dict[str, Outcome],
 ) -> None:
     deaths = [o for o in outcomes.values() if o.expected and "Silent" in o.expected]
-    assert len(deaths) == 5
+    assert len(deaths) == (6 if CONTAINERS in outcomes else 5)
     for outcome in deaths:
         assert outcome.alerts == [outcome.expected], outcome
         assert outcome.seconds_to_alert is not None
@@ -85,6 +86,33 @@ def test_the_survivors_of_a_same_named_trio_stay_up(outcomes: dict[str, Outcome]
         **{instance: "up" for instance in trio.detail["instances"]},
         killed: "silent",
     }
+
+
+def test_containers_sharing_the_machine_id_are_agents_of_their_own(
+    outcomes: dict[str, Outcome],
+) -> None:
+    if CONTAINERS not in outcomes:
+        pytest.skip("new UTS and mount namespaces need root and unshare(1)")
+    survivor, killed = outcomes[CONTAINERS].detail["instances"]
+    assert survivor != killed
+    assert outcomes[CONTAINERS].fleet_status == {survivor: "up", killed: "silent"}
+
+
+def test_a_second_process_under_one_id_raises_the_clash_warning(
+    fleet: FleetRun, outcomes: dict[str, Outcome]
+) -> None:
+    clash = outcomes["a second process with the same service.instance.id"]
+    assert clash.alerts == ["AgentIdentityClash@shared-id-connector-0"], clash
+    # Its first export one interval (5 s) after its start, two intervals, then a
+    # scrape and an evaluation (10 s each) and Alertmanager's poll.
+    assert clash.seconds_to_alert is not None
+    assert clash.seconds_to_alert <= 3 * 5 + 20 + 10, clash
+    assert clash.fleet_status == {"shared-id-connector-0": "up"}
+    (alert,) = [
+        a for _, a in fleet.alerts_seen.values() if a["labels"]["alertname"] == "AgentIdentityClash"
+    ]
+    assert alert["labels"]["severity"] == "warning"
+    assert [r["name"] for r in alert["receivers"]] == ["team"]
 
 
 def test_lifecycle_states_in_the_fleet(outcomes: dict[str, Outcome]) -> None:

@@ -55,8 +55,8 @@ def test_list_and_forget_through_the_admin_api(
         assert status == 0
         header, *rows = out.splitlines()
         assert header.split() == [
-            "TENANT", "TYPE", "STATUS", "SERVICE", "INSTANCE", "HOST", "VERSION", "LAST", "SEEN",
-            "OVER", "BUDGET",
+            "TENANT", "TYPE", "STATUS", "SERVICE", "INSTANCE", "HOST", "CLASH", "VERSION", "LAST",
+            "SEEN", "OVER", "BUDGET",
         ]  # fmt: skip
         assert sorted(row.split()[:6] for row in rows) == [
             ["acme", "connector", "up", "billing", "7f3a9c2e-one", "db-7"],

@@ -30,6 +30,8 @@ def test_every_row_is_on_metrics_with_its_scope_and_nothing_else_is(tmp_path: Pa
             fleet = gw.gateway.fleet
             fleet.see("acme", Agent("connector", "billing", "c-1", "1", "h", False))
             fleet.see("acme", Agent("etl", "nightly", "e-1", "1", "h", False))
+            for host in ("h2", "h"):  # two processes as c-1: a clash
+                fleet.see("acme", Agent("connector", "billing", "c-1", "1", host, False))
             await gw.export(counter_request().SerializeToString(), keys["acme"])
             with contextlib.suppress(grpc.aio.AioRpcError):  # only to be counted
                 await gw.export(b"", "oga_nope_nope")
