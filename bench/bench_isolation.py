@@ -35,11 +35,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a file: make `bench` and `scripts` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -57,6 +53,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from bench import isolation_attacks as attacks
+from bench.procstat import status_field
 from gateway import tenants
 from stack.local import REPO, LocalStack, Process, collector_binary
 
@@ -228,12 +225,7 @@ def b_in_collector(stack: LocalStack, b_ended: float, reads: int = 5, within: fl
 
 def rss_mib(process: Process) -> float:
     """Resident memory of a process, MiB."""
-    try:
-        status = Path(f"/proc/{process.popen.pid}/status").read_text()
-    except OSError:
-        return 0.0
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else 0.0
+    return status_field(process.popen.pid, "VmRSS") / 1024
 
 
 def reset(stack: LocalStack, collector: Process, gateway: Process) -> None:
