@@ -1,7 +1,7 @@
 """Gateway RSS during a long flood of refused tiny-chunk bodies (no key, fresh
 connections one after the other): does it stay bounded?
 
-Run: PYTHONPATH=$PWD .venv/bin/python probes/flood_rss.py [seconds]
+Run: PYTHONPATH=$PWD .venv/bin/python probes/flood_rss.py [seconds] [attack of hostile.py]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ async def flood(stack: LocalStack, gateway: object, key: str, seconds: float) ->
     target = attacks.Target(
         stack.gateway_grpc_endpoint.removeprefix("http://"), stack.gateway_http_url, key
     )
-    task = asyncio.create_task(hostile.tiny_chunks_stranger(target, stop))
+    task = asyncio.create_task(getattr(hostile, ATTACK)(target, stop))
     began = time.monotonic()
     while time.monotonic() - began < seconds:
         await asyncio.sleep(3)
@@ -53,6 +53,8 @@ def main(seconds: float) -> None:
     finally:
         stack.stop_all()
 
+
+ATTACK = sys.argv[2] if len(sys.argv) > 2 else "tiny_chunks_stranger"
 
 if __name__ == "__main__":
     main(float(sys.argv[1]) if len(sys.argv) > 1 else 30)

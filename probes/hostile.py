@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -360,6 +361,47 @@ async def rapid_reset(target: attacks.Target, stop: asyncio.Event) -> str:
     return f"{sent} streams opened and reset, {closed} connections ended by the server"
 
 
+async def fresh_401(target: attacks.Target, stop: asyncio.Event) -> str:
+    """A small POST without a key on a fresh connection, one after the other, from
+    127.0.0.9 (the baseline of tiny_chunks_stranger)."""
+    host, _, port = target.http_url.removeprefix("http://").partition(":")
+    data = b"POST /v1/metrics HTTP/1.1\r\nHost: g\r\nContent-Length: 10\r\n\r\n0123456789"
+    outcomes: collections.Counter[str] = collections.Counter()
+    while not stop.is_set():
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=("127.0.0.9", 0))
+        writer.write(data)
+        line = await asyncio.wait_for(reader.readline(), 30)
+        outcomes[line.split(b" ")[1].decode() if line.count(b" ") >= 2 else "closed"] += 1
+        writer.close()
+    return attacks._tally(outcomes, 0) + " (HTTP)"
+
+
+async def stranger_gzip_bomb(target: attacks.Target, stop: asyncio.Event) -> str:
+    """grpc_gzip_bomb without a key, with 64 KB of metadata (run with
+    PROBE_GATEWAY_ENV='{"GATEWAY_AUTH_FAILURE_LIMIT": "0"}': B shares the address)."""
+    filler = KeyValue(key="pad", value=AnyValue(string_value="\0" * 60_000_000))
+    request = ExportMetricsServiceRequest(
+        resource_metrics=[ResourceMetrics(resource=Resource(attributes=[filler]))]
+    )
+    raw = request.SerializeToString()
+    outcomes: collections.Counter[str] = collections.Counter()
+    metadata = tuple((f"x-pad-{i}", "v" * 1000) for i in range(64))
+    options = [("grpc.max_send_message_length", 128 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(
+        target.grpc,
+        options=options,
+        compression=grpc.Compression.Gzip,
+    ) as channel:
+        export = channel.unary_unary(attacks.EXPORT, None, None)
+        while not stop.is_set():
+            try:
+                await export(raw, metadata=metadata, timeout=10)
+                outcomes["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                outcomes[f"{exc.code().name}: {(exc.details() or '')[:50]}"] += 1
+    return attacks._tally(outcomes, 0) + " (gRPC gzip, no key)"
+
+
 PHASES = {
     "quiet": None,
     "histogram_buckets": histogram_buckets,
@@ -375,6 +417,7 @@ PHASES = {
     "tiny_chunks": tiny_chunks,
     "tiny_chunks_stranger": tiny_chunks_stranger,
     "rapid_reset": rapid_reset,
+    "stranger_gzip_bomb": stranger_gzip_bomb,
 }
 
 
@@ -399,7 +442,9 @@ def main(words: list[str]) -> None:
     try:
         collector = stack.start_collector(collector_binary())
         stack.wait_ready(collector, timeout=60)
-        gateway = stack.start_gateway(bench.GATEWAY_ENV)
+        gateway = stack.start_gateway(
+            {**bench.GATEWAY_ENV, **json.loads(os.environ.get("PROBE_GATEWAY_ENV", "{}"))}
+        )
         stack.wait_ready(gateway, timeout=60)
         for name, attack in PHASES.items():
             if words and name != "quiet" and not any(w in name for w in words):
