@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -526,55 +527,73 @@ def test_a_body_of_tiny_chunks_is_refused_before_it_holds_the_loop(
         run(scenario)
 
 
+RAPID_RESET = """
+import socket, sys
+import h2.config, h2.connection, h2.errors
+headers = [(":method", "POST"), (":scheme", "http"), (":path", sys.argv[2]),
+           (":authority", "gateway"), ("content-type", "application/grpc"), ("te", "trailers")]
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.setblocking(False)
+conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+conn.initiate_connection()
+sock.setblocking(True)
+sock.sendall(conn.data_to_send())
+sock.setblocking(False)
+while True:
+    for _ in range(100):
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, headers)
+        conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+    sock.setblocking(True)
+    sock.sendall(conn.data_to_send())
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        pass
+"""
+"""A caller without a key opening HTTP/2 streams and resetting them at once, without
+end: run in a process of its own (in this one it would share the gateway's GIL)."""
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="grpcio starts a handler for every stream, even one reset at once: a caller "
     "without a key opening and resetting HTTP/2 streams (rapid reset) fills the server's "
     "queue of calls waiting for a handler, and others' calls are refused CANCELLED; "
-    "probes/hostile.py rapid_reset: B 18 % of 50 accepted, p99 1.1 s; here globex's "
-    "exports took ~1.2 s each",
+    "probes/hostile.py rapid_reset: B 18 % of 50 accepted, p99 1.1 s",
 )
 def test_a_strangers_rapid_reset_leaves_a_tenants_exports_alone(tmp_path: Path) -> None:
-    import h2.config
-    import h2.connection
-    import h2.errors
-
-    headers = [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", EXPORT),
-        (":authority", "gateway"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]
     with live_gateway(tmp_path, **SHARED_ADDRESS) as live:
 
-        async def reset_streams(stop: asyncio.Event) -> None:
-            _, writer = await asyncio.open_connection("127.0.0.1", live.grpc_port)
-            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-            conn.initiate_connection()
-            with contextlib.suppress(OSError):
-                while not stop.is_set():
-                    for _ in range(100):
-                        stream = conn.get_next_available_stream_id()
-                        conn.send_headers(stream, headers)
-                        conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
-                    writer.write(conn.data_to_send())
-                    await writer.drain()
-            writer.close()
-
         async def scenario() -> None:
-            stop = asyncio.Event()
-            attacks = [asyncio.create_task(reset_streams(stop)) for _ in range(4)]
-            await asyncio.sleep(1.0)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{live.grpc_port}") as channel:
-                began = time.monotonic()
-                codes = [await export(channel, live.keys["globex"]) for _ in range(5)]
-                took = time.monotonic() - began
-            stop.set()
-            await asyncio.gather(*attacks)
-            assert Counter(codes) == {grpc.StatusCode.OK: 5}
-            assert took < 1.0, f"globex's 5 exports took {took:.1f} s"
+            argv = ["-c", RAPID_RESET, str(live.grpc_port), EXPORT]
+            attackers = [
+                await asyncio.create_subprocess_exec(sys.executable, *argv) for _ in range(2)
+            ]
+            try:
+                await asyncio.sleep(1.0)
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{live.grpc_port}") as channel:
+
+                    async def timed_export() -> tuple[grpc.StatusCode, float]:
+                        began = time.monotonic()
+                        code = await export(channel, live.keys["globex"])
+                        return code, time.monotonic() - began
+
+                    calls = []
+                    for _ in range(30):  # 10 a second, open loop, as an agent's exports
+                        calls.append(asyncio.create_task(timed_export()))
+                        await asyncio.sleep(0.1)
+                    results = await asyncio.gather(*calls)
+            finally:
+                for attacker in attackers:
+                    attacker.kill()
+                    await attacker.wait()
+            codes = Counter(code for code, _ in results)
+            slowest = max(seconds for _, seconds in results)
+            assert codes == {grpc.StatusCode.OK: 30}, codes
+            assert slowest < 1.0, f"globex's slowest export took {slowest:.1f} s"
 
         run(scenario)
