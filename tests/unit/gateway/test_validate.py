@@ -80,6 +80,29 @@ CASES: dict[str, tuple[str, Callable[[], m.Metric]]] = {
         "invalid_value",
         lambda: _histogram(count=0, explicit_bounds=[2.0, 1.0], bucket_counts=[0, 0, 0]),
     ),
+    # Each bound is a series of its own in the Collector (x_bucket{le=...}).
+    "too many bounds": (
+        "invalid_value",
+        lambda: _histogram(
+            count=0, explicit_bounds=[float(b) for b in range(65)], bucket_counts=[0] * 66
+        ),
+    ),
+    "too many quantiles": (
+        "invalid_value",
+        lambda: m.Metric(
+            name="q",
+            summary=m.Summary(
+                data_points=[
+                    m.SummaryDataPoint(
+                        quantile_values=[
+                            m.SummaryDataPoint.ValueAtQuantile(quantile=q / 100, value=1.0)
+                            for q in range(65)
+                        ]
+                    )
+                ]
+            ),
+        ),
+    ),
     "delta exponential histogram": (
         "invalid_value",
         lambda: m.Metric(
