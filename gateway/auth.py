@@ -14,7 +14,8 @@ principal everything after it is given. A credential is one of:
   map certificates to tenants. A bearer credential sent with it must name the
   same tenant.
 
-An address that fails too often is refused before any of this (gateway.throttle).
+An address that fails too often gets its failures refused as throttled; a valid
+credential from it still passes (gateway.throttle).
 """
 
 from __future__ import annotations
@@ -107,15 +108,18 @@ class Authenticator:
         """The principal the credentials prove; raise Unauthenticated (with a cause)."""
         address = peer_address(credentials.peer)
         wait = self.throttle.retry_after(address)
-        if wait > 0:
-            raise Unauthenticated(
-                "too many failed authentications from your address; "
-                f"retry after {math.ceil(wait)} s",
-                cause="throttled",
-            )
         try:
+            # A valid credential passes even from a blocked address: the stranger
+            # that failed may share it with a tenant (a NAT, a node), and a key or a
+            # token cannot be guessed, so the block never helps a guesser.
             return self._authenticate(credentials)
         except Unauthenticated:
+            if wait > 0:
+                raise Unauthenticated(
+                    "too many failed authentications from your address; "
+                    f"retry after {math.ceil(wait)} s",
+                    cause="throttled",
+                ) from None
             self.throttle.record_failure(address)
             raise
 

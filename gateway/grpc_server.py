@@ -5,9 +5,10 @@ with RetryInfo when the refusal may be retried, the tenant in trailing metadata.
 
 Export is registered as a client-streaming method (the same on the wire as a
 unary one): the handler runs as soon as the call's headers arrive, so a call
-from an address over its cap, or without a valid credential, is ended before
-its message is awaited, and an authenticated one awaits its message under the
-chain's body deadline, holding its place in the in-flight bound meanwhile.
+without a valid credential, or of a tenant over its cap of calls at that
+address, is ended before its message is awaited, and an authenticated one
+awaits its message under the chain's body deadline, holding its place in the
+in-flight bound meanwhile.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from gateway.app import Gateway
 from gateway.auth import Credentials, authorization_from
-from gateway.chain import TENANT_HEADER, BodyPace, Chain, Outcome
+from gateway.chain import TENANT_HEADER, BodyPace, Chain
 from gateway.decode import decode_protobuf
-from gateway.errors import GatewayError, InvalidRequest, PeerOverloaded, RequestTooLarge
+from gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
 from gateway.inflight import Lease
 from gateway.peers import PeerCounts
+from gateway.tenants import Tenant
 from gateway.tls import client_certificate_from_grpc, grpc_server_credentials
 from gateway.work import Work
 
@@ -89,31 +91,37 @@ class MetricsExportHandler:
         """One Export call; refusals end the call with the error's gRPC status."""
         del requests  # read through the context, under the chain's deadline
         peer = context.peer()
+        held: list[tuple[str, str] | None] = []
+
+        def vet(tenant: Tenant) -> None:
+            # Counted once the credential is known: a call without one is refused at
+            # once and holds nothing; a tenant's calls waiting for their message take
+            # its own allowance at this address, not another tenant's there.
+            held.append(self._peers.enter(peer, tenant.id))
+
+        credentials = Credentials(
+            authorization_from(
+                value
+                for key, value in context.invocation_metadata() or ()
+                if key == "authorization"
+            ),
+            peer=peer,
+            client_certificate=(
+                client_certificate_from_grpc(context.auth_context()) if self._certificates else None
+            ),
+        )
         try:
-            address = self._peers.enter(peer)
-        except PeerOverloaded as exc:
-            self._chain.count(TRANSPORT, Outcome(error=exc))
-            code, details, trailers = grpc_status(exc)
-            await context.abort(code, details, trailing_metadata=trailers)
-        try:
-            credentials = Credentials(
-                authorization_from(
-                    value
-                    for key, value in context.invocation_metadata() or ()
-                    if key == "authorization"
-                ),
-                peer=peer,
-                client_certificate=(
-                    client_certificate_from_grpc(context.auth_context())
-                    if self._certificates
-                    else None
-                ),
-            )
             outcome = await self._chain.export(
-                TRANSPORT, credentials, MessageBody(context), decode_protobuf, protobuf=True
+                TRANSPORT,
+                credentials,
+                MessageBody(context),
+                decode_protobuf,
+                protobuf=True,
+                vet=vet,
             )
         finally:
-            self._peers.leave(address)
+            for key in held:
+                self._peers.leave(key)
         if outcome.error is not None:
             code, details, trailers = grpc_status(outcome.error)
             await context.abort(code, details, trailing_metadata=trailers)

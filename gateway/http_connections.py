@@ -52,7 +52,7 @@ def bounded_protocol(
     address and a deadline on each request's headers."""
 
     class BoundedProtocol(base):  # type: ignore[valid-type,misc]
-        _address: str | None = None
+        _address: tuple[str, str] | None = None
         _counted = False
         _header_timer: asyncio.TimerHandle | None = None
 

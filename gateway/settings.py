@@ -95,7 +95,9 @@ class GatewaySettings(BaseSettings, LimitValues):
         description="Slowest upload rate allowed past body_timeout_seconds.",
     )
     max_grpc_calls_per_peer: int = Field(
-        64, ge=0, description="gRPC calls in progress from one client address (0 = no cap)."
+        64,
+        ge=0,
+        description="gRPC calls in progress of one tenant from one client address (0 = no cap).",
     )
     max_http_connections_per_peer: int = Field(
         64, ge=0, description="HTTP connections open from one client address (0 = no cap)."

@@ -1,10 +1,11 @@
-"""Refuse clients that keep failing to authenticate, before checking anything.
+"""Refuse clients that keep failing to authenticate.
 
 After `max_failures` failed authentications from one address within
-`window_seconds`, that address is refused for `block_seconds` without looking
-at its credentials. Memory is bounded: at most `max_peers` addresses are
-remembered, the least recently seen is forgotten first. IPv6 clients are
-tracked by their /64 network, since one host usually owns a whole /64.
+`window_seconds`, that address's failures are refused as throttled for
+`block_seconds` (a valid credential from it still passes: gateway.auth).
+Memory is bounded: at most `max_peers` addresses are remembered, the least
+recently seen is forgotten first. IPv6 clients are tracked by their /64 network,
+since one host usually owns a whole /64.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
     assert FailureThrottle(0, 60, 60).retry_after("10.9.9.9") == 0
 
 
-def test_an_address_that_keeps_failing_is_refused_without_checking_its_key(
+def test_an_address_that_keeps_failing_has_its_failures_throttled_and_valid_keys_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
@@ -179,12 +179,15 @@ def test_an_address_that_keeps_failing_is_refused_without_checking_its_key(
             assert _refusal(auth, Credentials("Bearer nope", peer=PEER)).cause == "unknown"
     assert "refusing 10.1.2.3 for 20 s" in caplog.text
 
-    # Blocked: even a valid key from that address is refused, a neighbour is not.
-    refused = _refusal(auth, Credentials(f"Bearer {keys['acme']}", peer="ipv4:10.1.2.3:1"))
+    # Blocked: a failure from that address is throttled, a valid key from it (a
+    # tenant behind the same NAT) is served, as is a neighbour.
+    refused = _refusal(auth, Credentials("Bearer nope", peer="ipv4:10.1.2.3:1"))
     assert refused.cause == "throttled"
     assert refused.message == (
         "too many failed authentications from your address; retry after 20 s"
     )
+    same_address = Credentials(f"Bearer {keys['acme']}", peer="ipv4:10.1.2.3:2")
+    assert auth.authenticate(same_address) == Tenant("acme")
     neighbour = Credentials(f"Bearer {keys['acme']}", peer="ipv4:10.1.2.4:1")
     assert auth.authenticate(neighbour) == Tenant("acme")
 
@@ -231,13 +234,6 @@ def test_throttled_refusals_are_counted_over_grpc(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the failure block refuses a whole address without looking at credentials: "
-    "a caller without a key at a tenant's address (a NAT, a shared node) gets that "
-    "tenant's valid exports refused UNAUTHENTICATED, which exporters drop at once; "
-    "probes/hostile.py stranger_bad_keys: B 16 % of 50 accepted",
-)
 def test_a_strangers_failures_do_not_refuse_a_valid_key_at_its_address(tmp_path: Path) -> None:
     keys = make_tenants(tmp_path / "tenants.json", "acme")
 

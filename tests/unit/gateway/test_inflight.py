@@ -61,10 +61,12 @@ def test_an_address_holds_at_most_its_cap_and_zero_turns_the_cap_off() -> None:
         peers.enter("ipv4:10.0.0.1:1002")
     assert "max_grpc_calls_per_peer=2" in str(refused.value)
     assert refused.value.retry_after_seconds is not None
-    assert peers.enter("ipv4:10.0.0.2:1000") == "10.0.0.2"  # another address
+    assert peers.enter("ipv4:10.0.0.2:1000") == ("10.0.0.2", "")  # another address
+    assert peers.enter("ipv4:10.0.0.1:1003", "acme") == ("10.0.0.1", "acme")  # a tenant's own
     for address in held:
         peers.leave(address)
     assert peers.held("ipv4:10.0.0.1:1") == 0
+    assert peers.held("ipv4:10.0.0.1:1", "acme") == 1
 
     off = PeerCounts(0, "gRPC calls", "max_grpc_calls_per_peer")
     assert all(off.enter("ipv4:10.0.0.1:1") is None for _ in range(100))
