@@ -47,6 +47,7 @@ HOST_NAME = "host.name"
 
 _global_lock = threading.Lock()
 _global_installed = False
+_exiting: list[AgentTelemetry] = []  # every exporting agent: its final export at exit
 
 
 def setup_metrics(
@@ -178,12 +179,41 @@ def _start(
         service_version=_text(resource.attributes.get(SERVICE_VERSION)),
     )
     follow_forks(telemetry, provider, resource)  # right after the SDK's fork hook
-    atexit.register(telemetry.at_exit)
+    _exit_with(telemetry)
     if announcer is not None and config.handle_sigterm:
         on_sigterm(telemetry.shutdown)
     if set_global:
         _install_global(provider)
     return telemetry
+
+
+def _exit_with(telemetry: AgentTelemetry) -> None:
+    """Send `telemetry`'s final export at exit, side by side with the others'."""
+    with _global_lock:
+        if not _exiting:
+            atexit.register(_final_exports)
+        _exiting.append(telemetry)
+
+
+def _final_exports() -> None:
+    """The exit hook of every `setup_metrics`: one after another, a host that set up
+    metrics N times would wait N shutdown timeouts at exit (30 times 2 s: 54 s)."""
+    with _global_lock:
+        every = list(_exiting)
+    workers = [threading.Thread(target=t.at_exit, daemon=True) for t in every]
+    try:
+        with signals_blocked():
+            for worker in workers:
+                worker.start()
+    except RuntimeError:  # no new threads at exit (Python 3.12.0-3.12.1): one by one
+        for telemetry in every:
+            telemetry.at_exit()
+        return
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:  # a second Ctrl-C: the user does not want to wait
+        _logger.warning("otel_agents: final export abandoned (interrupted at exit)")
 
 
 def _build_exporter(config: AgentConfig) -> MetricExporter:
