@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
 
@@ -32,7 +33,7 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from otel_agents.config import AgentConfig, ConfigError
 from otel_agents.exporters import build_exporter, exemplar_filter
 from otel_agents.forks import follow_forks
-from otel_agents.identity import host_name, stable_instance_id
+from otel_agents.identity import host_name, release_slots, stable_instance_id
 from otel_agents.lifecycle import StopAnnouncingExporter
 from otel_agents.signals import on_sigterm, signals_blocked
 from otel_agents.telemetry import AgentTelemetry
@@ -48,6 +49,9 @@ HOST_NAME = "host.name"
 _global_lock = threading.Lock()
 _global_installed = False
 _exiting: list[AgentTelemetry] = []  # every exporting agent: its final export at exit
+_finalizer_pid: int | None = None  # the multiprocessing child whose end exports them
+# multiprocessing runs finalizers of priority >= 0 in its children, highest first.
+_MULTIPROCESSING_EXIT_PRIORITY = 10
 
 
 def setup_metrics(
@@ -193,6 +197,24 @@ def _exit_with(telemetry: AgentTelemetry) -> None:
         if not _exiting:
             atexit.register(_final_exports)
         _exiting.append(telemetry)
+    _at_multiprocessing_exit()
+
+
+def _at_multiprocessing_exit() -> None:
+    """In a multiprocessing child, also run the final exports at its end: it ends with
+    `os._exit` (start methods 'fork' and 'forkserver', the default from Python 3.14),
+    which skips atexit, after running multiprocessing's own finalizers."""
+    global _finalizer_pid
+    process = sys.modules.get("multiprocessing.process")
+    util = sys.modules.get("multiprocessing.util")
+    if process is None or util is None or process.parent_process() is None:
+        return
+    with _global_lock:
+        if _finalizer_pid == os.getpid():
+            return
+        _finalizer_pid = os.getpid()
+    util.Finalize(None, _final_exports, exitpriority=_MULTIPROCESSING_EXIT_PRIORITY)
+    util.Finalize(None, release_slots, exitpriority=_MULTIPROCESSING_EXIT_PRIORITY - 1)
 
 
 def _final_exports() -> None:

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
-from otlp_receiver import OtlpReceiver
+from otlp_receiver import OtlpReceiver, otlp_receiver
 
 from otel_agents.identity import machine_key, slot_instance_id
 
@@ -169,3 +169,31 @@ def test_a_fork_during_an_export_still_sends_the_childs_final_export(tmp_path: P
     assert child[0] == "True"  # before: False after the whole 4.5 s (the SDK's export
     assert float(child[1]) < 4.0  # lock, held by the parent's export thread, never freed)
     assert 5 in [value for _, value in receiver.latest("connector.queries_processed").items()]
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_multiprocessing_child_that_sets_up_metrics_sends_its_final_export(
+    tmp_path: Path, method: str
+) -> None:
+    """Before: fork and forkserver children (os._exit, no atexit) exported nothing."""
+    with otlp_receiver() as (receiver, endpoint):
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+            "PYTHONPATH": str(REPO),
+            "XDG_RUNTIME_DIR": str(tmp_path),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_AGENTS_API_KEY": "test-key",
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",  # only the final exports
+        }
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("mp_child_agent.py")), method],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        latest = receiver.latest("connector.queries_processed")
+    assert sorted(latest.values()) == [1, 2, 3]
+    assert len({instance for instance, _ in latest}) == 3
+    assert not list(tmp_path.glob("otel-agents-*/*.lock")), "lock files left behind"
