@@ -117,6 +117,11 @@ def build_resource(
             f"agent_type={agent_type!r} is not one of {', '.join(AGENT_TYPES)}; "
             "pass one of those to setup_metrics"
         )
+    for name, value in (("service_name", service_name), ("service_version", service_version)):
+        if value and not _utf8(value):
+            # Bytes that are not UTF-8 (a file name, sys.argv) reach Python as lone
+            # surrogates, which no export can carry.
+            raise ConfigError(f"the {name} argument is not valid UTF-8 text; pass text")
     attributes = {
         TELEMETRY_SDK_LANGUAGE: "python",
         TELEMETRY_SDK_NAME: "opentelemetry",
@@ -257,6 +262,14 @@ def _install_global(provider: SdkMeterProvider) -> None:
 
 def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(value: object) -> str | None:

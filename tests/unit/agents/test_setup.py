@@ -286,3 +286,24 @@ def test_two_setups_of_one_service_in_one_process_are_not_counted_over_each_othe
         assert second.shutdown(5)
         latest = receiver.latest("connector.records_sent")
     assert sum(latest.values()) == 7
+
+
+@pytest.mark.parametrize("argument", ["service_name", "service_version"])
+def test_an_argument_that_is_not_utf8_is_one_error_line(
+    caplog: pytest.LogCaptureFixture, argument: str
+) -> None:
+    """Bytes that are not UTF-8 (from sys.argv, a file name) arrive as lone surrogates:
+    before, a traceback (service_name) or a failing encoding at every export."""
+    arguments = {"service_name": "conn", "service_version": "1.0", argument: "x\udcff"}
+    with caplog.at_level(logging.WARNING, logger="otel_agents"):
+        telemetry = setup_metrics(
+            arguments["service_name"],
+            "connector",
+            service_version=arguments["service_version"],
+            reader=InMemoryMetricReader(),
+            set_global=False,
+        )
+    assert not telemetry.enabled
+    [line] = [r for r in caplog.records if r.name.startswith("otel_agents")]
+    assert argument in line.getMessage()
+    assert line.exc_info is None
