@@ -54,6 +54,13 @@ class EnvReader:
         """The first set variable among `names` (signal-specific first) as (name, value)."""
         for name in names:
             value = self._environ.get(name, "").strip()
+            if value and not _utf8(value):
+                # Bytes that are not UTF-8 reach Python as lone surrogates, which no
+                # protobuf string, header or file name can carry.
+                warning = f"{name} is not valid UTF-8 text; ignored: write it in UTF-8"
+                if warning not in self.warnings:
+                    self.warn(warning)
+                continue
             if value:
                 return name, value
         return None
@@ -204,6 +211,14 @@ class EnvReader:
                 return ()
             result[key] = value
         return tuple(result.items())
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _items(raw: str, *, lower_keys: bool) -> list[tuple[int, str | None, str | None]]:

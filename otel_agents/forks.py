@@ -120,6 +120,10 @@ def _start_child(provider: SdkMeterProvider, resource: Resource, explicit: bool)
     consumer = provider._measurement_consumer
     consumer._lock = threading.Lock()
     for reader in provider._metric_readers:
+        if hasattr(reader, "_export_lock"):
+            # Held by the parent's export thread when the fork came during an export;
+            # that thread does not exist here, so every export would wait for it forever.
+            reader._export_lock = threading.Lock()
         consumer.add_metric_reader(reader)
     return child
 
@@ -128,6 +132,8 @@ def telemetry_after_fork(telemetry: AgentTelemetry) -> None:
     """The child's own final export (not one its parent may have started before the
     fork); a multiprocessing child exports once more at its end."""
     telemetry._final.clear()
+    if telemetry._exporter is not None:
+        telemetry._exporter.after_fork_in_child()
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         # Run by multiprocessing in its child after it clears the parent's finalizers.

@@ -86,6 +86,11 @@ class StopAnnouncingExporter(MetricExporter):
         gateway. The SDK's reader drops export results; this keeps them."""
         return self._in_flight == 0 and self._last_result is not MetricExportResult.FAILURE
 
+    def after_fork_in_child(self) -> None:
+        """In a forked child: an export the parent had in flight is not this process's."""
+        self._in_flight = 0
+        self._last_result = None
+
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Flush the wrapped exporter."""
         return self.inner.force_flush(timeout_millis=timeout_millis)

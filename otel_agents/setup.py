@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
 
@@ -32,7 +33,7 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from otel_agents.config import AgentConfig, ConfigError
 from otel_agents.exporters import build_exporter, exemplar_filter
 from otel_agents.forks import follow_forks
-from otel_agents.identity import host_name, stable_instance_id
+from otel_agents.identity import host_name, release_slots, stable_instance_id
 from otel_agents.lifecycle import StopAnnouncingExporter
 from otel_agents.signals import on_sigterm, signals_blocked
 from otel_agents.telemetry import AgentTelemetry
@@ -47,6 +48,10 @@ HOST_NAME = "host.name"
 
 _global_lock = threading.Lock()
 _global_installed = False
+_exiting: list[AgentTelemetry] = []  # every exporting agent: its final export at exit
+_finalizer_pid: int | None = None  # the multiprocessing child whose end exports them
+# multiprocessing runs finalizers of priority >= 0 in its children, highest first.
+_MULTIPROCESSING_EXIT_PRIORITY = 10
 
 
 def setup_metrics(
@@ -112,6 +117,11 @@ def build_resource(
             f"agent_type={agent_type!r} is not one of {', '.join(AGENT_TYPES)}; "
             "pass one of those to setup_metrics"
         )
+    for name, value in (("service_name", service_name), ("service_version", service_version)):
+        if value and not _utf8(value):
+            # Bytes that are not UTF-8 (a file name, sys.argv) reach Python as lone
+            # surrogates, which no export can carry.
+            raise ConfigError(f"the {name} argument is not valid UTF-8 text; pass text")
     attributes = {
         TELEMETRY_SDK_LANGUAGE: "python",
         TELEMETRY_SDK_NAME: "opentelemetry",
@@ -178,12 +188,59 @@ def _start(
         service_version=_text(resource.attributes.get(SERVICE_VERSION)),
     )
     follow_forks(telemetry, provider, resource)  # right after the SDK's fork hook
-    atexit.register(telemetry.at_exit)
+    _exit_with(telemetry)
     if announcer is not None and config.handle_sigterm:
         on_sigterm(telemetry.shutdown)
     if set_global:
         _install_global(provider)
     return telemetry
+
+
+def _exit_with(telemetry: AgentTelemetry) -> None:
+    """Send `telemetry`'s final export at exit, side by side with the others'."""
+    with _global_lock:
+        if not _exiting:
+            atexit.register(_final_exports)
+        _exiting.append(telemetry)
+    _at_multiprocessing_exit()
+
+
+def _at_multiprocessing_exit() -> None:
+    """In a multiprocessing child, also run the final exports at its end: it ends with
+    `os._exit` (start methods 'fork' and 'forkserver', the default from Python 3.14),
+    which skips atexit, after running multiprocessing's own finalizers."""
+    global _finalizer_pid
+    process = sys.modules.get("multiprocessing.process")
+    util = sys.modules.get("multiprocessing.util")
+    if process is None or util is None or process.parent_process() is None:
+        return
+    with _global_lock:
+        if _finalizer_pid == os.getpid():
+            return
+        _finalizer_pid = os.getpid()
+    util.Finalize(None, _final_exports, exitpriority=_MULTIPROCESSING_EXIT_PRIORITY)
+    util.Finalize(None, release_slots, exitpriority=_MULTIPROCESSING_EXIT_PRIORITY - 1)
+
+
+def _final_exports() -> None:
+    """The exit hook of every `setup_metrics`: one after another, a host that set up
+    metrics N times would wait N shutdown timeouts at exit (30 times 2 s: 54 s)."""
+    with _global_lock:
+        every = list(_exiting)
+    workers = [threading.Thread(target=t.at_exit, daemon=True) for t in every]
+    try:
+        with signals_blocked():
+            for worker in workers:
+                worker.start()
+    except RuntimeError:  # no new threads at exit (Python 3.12.0-3.12.1): one by one
+        for telemetry in every:
+            telemetry.at_exit()
+        return
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:  # a second Ctrl-C: the user does not want to wait
+        _logger.warning("otel_agents: final export abandoned (interrupted at exit)")
 
 
 def _build_exporter(config: AgentConfig) -> MetricExporter:
@@ -205,6 +262,14 @@ def _install_global(provider: SdkMeterProvider) -> None:
 
 def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if environ is None else environ
+
+
+def _utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(value: object) -> str | None:

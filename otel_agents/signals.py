@@ -55,11 +55,14 @@ def signals_blocked() -> Iterator[None]:
     for a minute. Threads inherit the signal mask of the thread that starts them.
     """
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HOST_SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # reads it, changes nothing
     except (AttributeError, OSError, ValueError):  # no pthread_sigmask (Windows)
         yield
         return
+    # Blocking inside the try: a pending Ctrl-C raises KeyboardInterrupt as soon as the
+    # call returns, and a main thread left blocking both signals would never get another.
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HOST_SIGNALS)
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)

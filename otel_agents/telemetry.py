@@ -85,8 +85,13 @@ class AgentTelemetry:
         if sdk is None:
             return True
         budget = self._budget(timeout_s, "force_flush")
+        exporter = self._exporter
+        # The SDK's flush returns True whatever the export's result: ask the exporter.
         flush = _BoundedCall(
-            lambda: sdk.force_flush(timeout_millis=budget * 1000 * _SDK_SHARE), budget, "flush"
+            lambda: sdk.force_flush(timeout_millis=budget * 1000 * _SDK_SHARE),
+            budget,
+            "flush",
+            arrived=exporter.final_export_arrived if exporter is not None else None,
         )
         flush.start()
         return flush.wait()

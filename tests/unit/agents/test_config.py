@@ -314,6 +314,10 @@ def test_an_unsendable_api_key_is_refused_without_echoing_it() -> None:
             "always_on",
         ),
         ("OTEL_METRICS_EXPORTER", "console", "exporter_enabled", True, "none"),
+        # Bytes that are not UTF-8, as os.environ gives them (lone surrogates).
+        ("OTEL_SERVICE_NAME", "conn\udcff", "service_name", None, "UTF-8"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team=\udcfe", "resource_attributes", (), "UTF-8"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gz\udcff", "compression", "gzip", "UTF-8"),
     ],
 )
 def test_an_unusable_value_falls_back_with_one_warning_that_says_what_to_write(

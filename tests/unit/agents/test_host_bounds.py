@@ -246,3 +246,21 @@ def test_a_delivered_final_export_makes_shutdown_true(caplog: pytest.LogCaptureF
             assert telemetry.shutdown() is True
     assert len(receiver.requests) == 1
     assert own_warnings(caplog) == []
+
+
+def test_a_refused_flush_makes_force_flush_false(caplog: pytest.LogCaptureFixture) -> None:
+    """The SDK's flush says True whatever the export's result (before: True here)."""
+    with refusing_receiver() as endpoint:
+        telemetry = agent(endpoint)
+        with caplog.at_level(logging.WARNING, logger="otel_agents"):
+            assert telemetry.force_flush(timeout_s=2.0) is False
+    [line] = own_warnings(caplog)
+    assert "flush was refused" in line.getMessage()
+
+
+def test_a_delivered_flush_makes_force_flush_true() -> None:
+    receiver: OtlpReceiver
+    with otlp_receiver() as (receiver, endpoint):
+        telemetry = agent(endpoint)
+        assert telemetry.force_flush(timeout_s=5.0) is True
+    assert len(receiver.requests) == 1
