@@ -157,8 +157,8 @@ class FleetRun:
     ) -> Scenario:
         """A scenario of `count` agents of one service (none for `check`); the event
         hits agent `target`. With `containers`, each agent runs in UTS and mount
-        namespaces of its own (root only: its own host name and /tmp, the machine's
-        /etc/machine-id); `env` is added to each agent's environment."""
+        namespaces of its own (root only: its own host name and temporary directory,
+        the machine's /etc/machine-id); `env` is added to each agent's environment."""
         scenario = Scenario(name, event, expect, tenant, service, target=target)
         for index in range(count if event != "check" else 0):
             host = f"{service}-pod-{index}" if containers else ""
@@ -208,7 +208,7 @@ class FleetRun:
         if host:
             inner = f"exec env -u XDG_RUNTIME_DIR {shlex.join(argv)}"
             argv = ["unshare", "--uts", "--mount", "sh", "-c"]
-            argv.append(f"hostname {host} && mount -t tmpfs tmpfs /tmp && {inner}")
+            argv.append(f"hostname {host} && export TMPDIR=$(mktemp -d) && {inner}")
         agent = Agent(mode, tenant, service, name, argv, env)
         if mode != "cron":  # a cron script starts with its event
             time.sleep(self.start_gap_s * random.random() * 2)

@@ -4,8 +4,8 @@ AgentIdentityClash, a restart does not.
 
 Connectors are bench/fleet_agent.py processes (otel_agents, a batch every 0.5 s);
 "containers" are processes in their own UTS and mount namespaces (`unshare`, as root:
-their own host name and /tmp, the host's /etc/machine-id). The stack is the
-Collector, the gateway and Prometheus with the repository's rules (10 s scrapes and
+their own host name and temporary directory, the host's /etc/machine-id). The stack is
+the Collector, the gateway and Prometheus with the repository's rules (10 s scrapes and
 evaluations); ConnectorSilent waits for the rules' 120 s threshold.
 """
 
@@ -53,7 +53,7 @@ class Stack:
         argv = [sys.executable, "-m", "bench.fleet_agent", "connector"]
         if host:
             inner = f"exec env -u XDG_RUNTIME_DIR {shlex.join(argv)}"
-            script = f"hostname {host} && mount -t tmpfs tmpfs /tmp && {inner}"
+            script = f"hostname {host} && export TMPDIR=$(mktemp -d) && {inner}"
             argv = ["unshare", "--uts", "--mount", "sh", "-c", script]
         (self.local.run_dir / "locks").mkdir(mode=0o700, exist_ok=True)
         variables = {

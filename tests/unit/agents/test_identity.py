@@ -114,11 +114,12 @@ def test_without_a_usable_lock_directory_every_process_gets_slot_0(tmp_path: Pat
 # -- containers and Kubernetes ----------------------------------------------------------
 
 
-# As two containers of one image on one node: each its own host name and /tmp, both
+# As two containers of one image on one node: each its own host name and temporary
+# directory (TMPDIR: a tmpfs mounted on /tmp would hide a checkout under /tmp), both
 # the host's /etc/machine-id. The holder prints the id, then holds it until stdin closes.
 def _container(host: str, service: str) -> tuple[subprocess.Popen[str], str]:
     script = (
-        f"hostname {host} && mount -t tmpfs tmpfs /tmp && exec env -u XDG_RUNTIME_DIR "
+        f"hostname {host} && export TMPDIR=$(mktemp -d) && exec env -u XDG_RUNTIME_DIR "
         f"PYTHONPATH={shlex.quote(str(REPO))} {sys.executable} -c {shlex.quote(HOLDER)} {service}"
     )
     process = subprocess.Popen(
