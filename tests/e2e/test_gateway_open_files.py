@@ -82,6 +82,8 @@ def test_a_gateway_started_with_1024_open_files_serves_1500_agents(
                     "GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND": str(10 * AGENTS),
                     "GATEWAY_RATE_LIMIT_BURST": str(10 * AGENTS),
                     "GATEWAY_IN_FLIGHT_TENANT_SHARE": "1",
+                    "GATEWAY_WORK_SECONDS_PER_SECOND": "100",
+                    "GATEWAY_WORK_BURST_SECONDS": "100",
                     "GATEWAY_MAX_GRPC_CALLS_PER_PEER": "0",  # every agent is on loopback
                 }
             )
