@@ -23,6 +23,8 @@ pytestmark = pytest.mark.e2e
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 AGENTS = 1_500
 SERVICE_MANAGER_SOFT_LIMIT = 1_024
+RETRIES = 4
+RETRYABLE = {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
 
 
 @contextlib.contextmanager
@@ -53,11 +55,20 @@ async def _agents_export(port: int, key: str, agents: int) -> list[grpc.StatusCo
             response_deserializer=ExportMetricsServiceResponse.FromString,
         )
         request = counter_request(resource_attributes={"service.instance.id": f"fd-{index}"})
-        try:
-            await export(request, metadata=(("authorization", f"Bearer {key}"),), timeout=60)
-        except grpc.aio.AioRpcError as error:
-            return error.code()
-        return grpc.StatusCode.OK
+        code = grpc.StatusCode.OK
+        # As an OTLP exporter does: a retryable refusal is sent again after a pause
+        # (grpcio may cancel a few of 1,500 calls arriving at once). A connection the
+        # gateway cannot accept stays refused however often it is tried.
+        for attempt in range(RETRIES):
+            try:
+                await export(request, metadata=(("authorization", f"Bearer {key}"),), timeout=30)
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+            if code not in RETRYABLE:
+                break
+            await asyncio.sleep(0.5 * (attempt + 1))
+        return code
 
     try:
         return await asyncio.gather(*(one(i, c) for i, c in enumerate(channels)))
