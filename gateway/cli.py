@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway import agents_cli, tenants
+from gateway import tenants
+from gateway.fleet import cli as agents_cli
 from gateway.settings import GatewaySettings
 
 

@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 
 from gateway import openfiles
 from gateway.app import Gateway
+from gateway.fleet.api import status_router
 from gateway.http_edge import Receive, Scope, Send, json_answer
 from gateway.legacy import PATH_PREFIX as LEGACY_PREFIX
 from gateway.legacy import LegacyReportRoute
 from gateway.metrics_http import metrics_router
 from gateway.otlp_http import OtlpHttpExport
-from gateway.status_page import status_router
 
 OTLP_PATH = "/v1/metrics"
 

@@ -209,4 +209,4 @@ ALL: Sequence[Instrument] = (
     FLEET_AGENTS_CLASHING,
 )
 """Every row of the gateway's /metrics, in the order docs/gateway.md lists them. The
-last-seen rows are not there: gateway.fleet_series sends them to the Collectors."""
+last-seen rows are not there: gateway.fleet.series sends them to the Collectors."""

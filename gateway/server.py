@@ -15,10 +15,11 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway import fleet_series, openfiles
+from gateway import openfiles
 from gateway.app import Gateway
 from gateway.chain import Outcome
 from gateway.errors import GatewayError
+from gateway.fleet import series as fleet_series
 from gateway.grpc_server import create_grpc_server
 from gateway.http_app import GatewayHttpApp, create_app
 from gateway.http_connections import bounded_protocol

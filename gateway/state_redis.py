@@ -86,7 +86,7 @@ for i = 1, #ARGV, 2 do
 end
 return seq
 """
-"""Merge fleet rows as gateway.fleet.merged does, and note each row's change."""
+"""Merge fleet rows as gateway.fleet.rows.merged does, and note each row's change."""
 
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])

@@ -15,16 +15,15 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.atomicfile import write_atomically
 from gateway.watch import WatchedFile
 
 logger = logging.getLogger(__name__)
@@ -184,17 +183,7 @@ def load(path: Path) -> TenantTable:
 
 def save(path: Path, table: TenantTable) -> None:
     """Write the table atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(table.to_json(), out, indent=2)
-            out.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(table.to_json(), indent=2) + "\n", mode=0o600)
 
 
 def _now() -> str:

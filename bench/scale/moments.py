@@ -9,7 +9,7 @@ Two moments recur:
   timestamp of its `scrape_duration_seconds` sample) and duration. An export "during
   its Collector's scrape" started while the Collector that stores its agent (the
   gateway's own `ShardMap`, gateway/shards.py) was being scraped.
-- **The gateway publishing the fleet series** (gateway/fleet_series.py): every
+- **The gateway publishing the fleet series** (gateway/fleet/series.py): every
   GATEWAY_FLEET_SERIES_INTERVAL_SECONDS it sends every agent's last-seen series,
   stamped with the cycle's start, so `*_last_seen_seconds` + `*_last_seen_timestamp_seconds`
   is that start. Each export is placed by its start's phase in the cycle.

@@ -24,7 +24,7 @@ OWN_SERIES = (
 """The agents' own series (their metrics, not target_info nor the last-seen series)."""
 LAST_SEEN = '{__name__=~"(connector|agent)_last_seen_(timestamp_)?seconds"}'
 """The 2 last-seen series per agent, which the gateway sends to the agent's Collector
-(gateway/fleet_series.py): scraped from the Collectors with the agent's job and instance."""
+(gateway/fleet/series.py): scraped from the Collectors with the agent's job and instance."""
 
 STORE_METRICS = (
     "prometheus_tsdb_head_series",

@@ -22,7 +22,7 @@ from stack.local import StackError
 REPO = Path(__file__).resolve().parents[2]
 LAST_SEEN_PER_AGENT = 2
 """`*_last_seen_seconds` and `*_last_seen_timestamp_seconds`, which the gateway sends
-to each agent's Collector (gateway/fleet_series.py)."""
+to each agent's Collector (gateway/fleet/series.py)."""
 
 
 def tenant_name(number: int) -> str:

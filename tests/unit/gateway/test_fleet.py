@@ -287,7 +287,7 @@ def test_the_gateways_metrics_count_agents_by_state_and_hold_no_per_agent_series
     clock.now += 200
     fleet.see("acme", agent("connector", "billing", "up-1"))
     fleet.forget("acme", ["gone"])
-    # Per-agent series go to the Collectors (gateway.fleet_series), not here.
+    # Per-agent series go to the Collectors (gateway.fleet.series), not here.
     assert "last_seen" not in generate_latest(telemetry.registry).decode()
     counts = {}
     for line in _samples(telemetry, "gateway_fleet_agents"):

@@ -26,7 +26,8 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 
 from gateway import cli
-from gateway.fleet import MAX_OVER_BUDGET_NAMES, OVER_BUDGET_SECONDS, FleetTracker
+from gateway.fleet import FleetTracker
+from gateway.fleet.rows import MAX_OVER_BUDGET_NAMES, OVER_BUDGET_SECONDS
 from gateway.tenants import Tenant
 
 ADMIN_KEY = "fleet-budget-admin-key"

@@ -15,7 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import generate_latest
 
 from gateway.fleet import FleetTracker
-from gateway.status_page import agent_document
+from gateway.fleet.api import agent_document
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import Tenant
 

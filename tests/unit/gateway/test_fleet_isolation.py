@@ -21,8 +21,8 @@ from gateway_fixtures import (
 )
 
 from gateway.fleet import FleetTracker
-from gateway.fleet_resource import MAX_VALUE_CHARS
-from gateway.fleet_series import LINGER_SECONDS, MAX_REQUEST_BYTES, fleet_requests, publish
+from gateway.fleet.resource import MAX_VALUE_CHARS
+from gateway.fleet.series import LINGER_SECONDS, MAX_REQUEST_BYTES, fleet_requests, publish
 from gateway.ingest import Forwarder
 from gateway.tenants import Tenant
 

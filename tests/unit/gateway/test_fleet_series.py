@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from gateway.errors import CollectorUnavailable
 from gateway.fleet import Sighting
-from gateway.fleet_series import LINGER_SECONDS, SLICE, fleet_requests, publish
+from gateway.fleet.series import LINGER_SECONDS, SLICE, fleet_requests, publish
 
 NOW = 1_700_000_000.0
 

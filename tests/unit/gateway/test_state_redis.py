@@ -27,9 +27,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
-from gateway import fleet_series
+from gateway.fleet import series as fleet_series
+from gateway.fleet.api import fleet_document
 from gateway.state_redis import RedisState
-from gateway.status_page import fleet_document
 from stack.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow

@@ -107,15 +107,15 @@ def _refused(error: GatewayError) -> Response:
 
 def _load_static() -> dict[str, bytes]:
     """The page's files; a missing one is logged and answered 404, never a failed start."""
-    files = resources.files("gateway") / "static"
+    files = resources.files("gateway.fleet") / "static"
     static = {}
     for name in STATIC:
         try:
             static[name] = (files / name).read_bytes()
         except OSError as exc:
             logger.error(
-                "status page file gateway/static/%s is not installed (%s): /status will not "
-                "work; the package must ship gateway/static/* (package-data)",
+                "status page file gateway/fleet/static/%s is not installed (%s): /status will not "
+                "work; the package must ship gateway/fleet/static/* (package-data)",
                 name,
                 exc,
             )

@@ -1,7 +1,7 @@
 """What the fleet reads of a request: an agent's resource, bounded, and its overflow series.
 
 Where this sits: gateway chain ──(each accepted request)──▶ fleet table (gateway.fleet)
-──▶ /api/fleet, /status, the fleet series (gateway.fleet_series).
+──▶ /api/fleet, /status, the fleet series (gateway.fleet.series).
 
 A row keeps a copy of its agent's resource for its fleet series. A resource may hold
 tens of thousands of attributes: only the identity keys and the first few others

@@ -50,25 +50,21 @@ Bounds: a row stopped or retired for `retire_after` (a pod replaced in a rolling
 deploy, a decommissioned agent) is dropped, and any row unseen for `forget_after`;
 at most `max_per_tenant` rows per tenant, retired, stopped, then least recently
 seen first. Each row keeps a copy
-of the agent's resource for its fleet series (gateway.fleet_series), cut to
+of the agent's resource for its fleet series (gateway.fleet.series), cut to
 `max_resource_attributes` and `max_resource_bytes`: the attributes that name the
 agent first, then the others in the order sent, so that one agent's bloated
 resource can neither swell the state file nor the fleet's exports
-(gateway.fleet_resource).
+(gateway.fleet.resource).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -76,125 +72,34 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway import instruments
-from gateway.fleet_resource import (
-    AGENT_TYPE_KEY,
+from gateway.fleet import store
+from gateway.fleet.resource import (
     LIFECYCLE_KEY,
     MAX_STARTS,
-    MAX_VALUE_CHARS,
     kept_resource,
     may_overflow,
     overflowing,
     resource_strings,
     series_starts,
 )
+from gateway.fleet.rows import (
+    MAX_CLASH_SERIES,
+    MAX_OVER_BUDGET_NAMES,
+    OVER_BUDGET_SECONDS,
+    START_HISTORY,
+    Agent,
+    AmbiguousAgent,
+    FleetLookupError,
+    RowState,
+    Sighting,
+    Status,
+    agent_of,
+    merged,
+)
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
 
 logger = logging.getLogger(__name__)
-
-STATE_VERSION = 2
-PAGED_TYPES = {"connector": "connector", "etl": "agent"}
-"""Agent types with per-agent series (and silence alerts), and their metric prefix."""
-NOT_LISTED = "check"
-"""The agent type of `otel-agents check`'s test point: not an agent."""
-
-OVER_BUDGET_SECONDS = 600.0
-"""An agent stays over budget this long after an export last carried an overflow series."""
-MAX_OVER_BUDGET_NAMES = 16
-"""Metric names remembered per over-budget agent (the oldest go first)."""
-START_HISTORY = 4
-"""Distinct start times remembered per series (the processes of a clash cycle through)."""
-MAX_CLASH_SERIES = 20
-"""Clashing agents per tenant named on gateway_fleet_agents_clashing (the rest are
-counted in one row with service_instance_id="+")."""
-
-RowState = Literal["running", "stopped", "retired"]
-Status = Literal["up", "silent", "stopped", "retired"]
-STATUSES: tuple[Status, ...] = ("up", "silent", "stopped", "retired")
-
-
-class FleetLookupError(LookupError):
-    """`forget` named an agent that is not in the table."""
-
-
-class AmbiguousAgent(FleetLookupError):
-    """`forget` named a prefix that matches several agents."""
-
-
-@dataclass
-class Sighting:
-    """One agent as the gateway last saw it (times are Unix seconds)."""
-
-    tenant_id: str
-    agent_type: str
-    service: str
-    instance: str
-    version: str
-    first_seen: float
-    last_seen: float
-    host: str = ""
-    state: RowState = "running"
-    silence_from: float = 0.0
-    """Silence counts from here: the last sighting, or a gateway restart after it."""
-    state_since: float = 0.0
-    resource: dict[str, str] = field(default_factory=dict)
-    """The agent's resource as last seen (string attributes, tenant_id set by the
-    gateway): its fleet series go out under it, next to its own series."""
-    over_budget: dict[str, float] = field(default_factory=dict)
-    """Metric name → when an export last carried its overflow series (Unix seconds)."""
-    seen_by: str = ""
-    """The gateway process that heard it last (with a shared state store: the one
-    that sends its last-seen series)."""
-    previous_host: str = ""
-    previous_host_seen: float = 0.0
-    """The host it was last seen on before `host`, and when."""
-    starts: dict[str, list[int]] = field(default_factory=dict)
-    """Series → its last START_HISTORY distinct start times (newest first); not saved."""
-    clash_seen: float = 0.0
-    """When an export last alternated with another process's (Unix seconds)."""
-    clash_hosts: list[str] = field(default_factory=list)
-
-    @property
-    def family(self) -> str | None:
-        """The metric prefix of its type (`connector`, `agent`); None for others."""
-        return PAGED_TYPES.get(self.agent_type)
-
-
-@dataclass(frozen=True)
-class Agent:
-    """What a resource says about the agent that sent it."""
-
-    agent_type: str
-    service: str
-    instance: str
-    version: str
-    host: str
-    stopped: bool
-    resource: Mapping[str, str] = field(default_factory=dict)
-    overflowing: tuple[str, ...] = ()
-    """Names of the metrics that carry an overflow series in this export."""
-    starts: tuple[tuple[str, int], ...] = ()
-    """(series, start time) of some of its cumulative series (fleet_resource.series_starts)."""
-
-
-def agent_of(attributes: Mapping[str, str]) -> Agent | None:
-    """The agent a resource's string attributes describe; None when it names none."""
-    service = attributes.get("service.name", "")[:MAX_VALUE_CHARS]
-    instance = attributes.get("service.instance.id", "")[:MAX_VALUE_CHARS]
-    if not service and not instance:
-        return None
-    agent_type = attributes.get(AGENT_TYPE_KEY, "")
-    if agent_type == NOT_LISTED:
-        return None
-    return Agent(
-        agent_type=agent_type if agent_type in PAGED_TYPES else "other",
-        service=service,
-        instance=instance or service,
-        version=attributes.get("service.version", "")[:MAX_VALUE_CHARS],
-        host=attributes.get("host.name", "")[:MAX_VALUE_CHARS],
-        stopped=attributes.get(LIFECYCLE_KEY) == "stopped",
-        resource=attributes,
-    )
 
 
 class FleetTracker:
@@ -463,14 +368,14 @@ class FleetTracker:
 
     def register_metrics(self, meter: Meter) -> None:
         """The fleet's counts by state (gateway_fleet_agents). The per-agent last-seen
-        series go to the Collectors (gateway.fleet_series)."""
+        series go to the Collectors (gateway.fleet.series)."""
         instruments.FLEET_AGENTS.observe(meter, self._observe_counts)
         instruments.FLEET_AGENTS_OVER_BUDGET.observe(meter, self._observe_over_budget)
         instruments.FLEET_AGENTS_CLASHING.observe(meter, self._observe_clashing)
 
     def rows(self) -> list[Sighting]:
         """The rows themselves, not copies, for a reader on the event loop that only
-        reads them (gateway.fleet_series); forgotten ones are removed first."""
+        reads them (gateway.fleet.series); forgotten ones are removed first."""
         now = self.clock()
         with self._lock:
             self._prune(now)
@@ -524,54 +429,18 @@ class FleetTracker:
 
     def load(self) -> None:
         """Read the state file; a missing or unreadable one starts an empty table."""
-        try:
-            document = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            logger.warning("fleet state %s ignored, starting empty: %s", self.state_file, exc)
-            return
-        rows = document.get("agents") if isinstance(document, dict) else None
-        if not isinstance(rows, list) or document.get("version") not in (1, STATE_VERSION):
-            logger.warning(
-                "fleet state %s ignored: not a version %d file", self.state_file, STATE_VERSION
-            )
-            return
-        now = self.clock()
-        saved_at = _number(document.get("saved_at"), now)
-        known = {f.name for f in fields(Sighting)}
+        rows = store.read(
+            self.state_file,
+            now=self.clock(),
+            silent_after=self.silent_after,
+            max_resource_attributes=self.max_resource_attributes,
+            max_resource_bytes=self.max_resource_bytes,
+        )
         with self._lock:
-            for raw in rows:
-                try:
-                    row = Sighting(**{k: v for k, v in raw.items() if k in known})
-                    row.first_seen, row.last_seen = float(row.first_seen), float(row.last_seen)
-                    row.silence_from = max(float(row.silence_from), row.last_seen)
-                except (TypeError, ValueError, AttributeError):
-                    continue
-                if row.state not in ("running", "stopped", "retired"):
-                    row.state = "running"
-                row.state_since = float(row.state_since) or row.last_seen
-                row.over_budget = _times(row.over_budget)
-                row.starts = {}  # start times are compared within one gateway run
-                hosts = row.clash_hosts if isinstance(row.clash_hosts, list) else []
-                row.clash_hosts = [str(h)[:MAX_VALUE_CHARS] for h in hosts[:4]]
-                row.clash_seen = _number(row.clash_seen, 0.0)
-                row.previous_host_seen = _number(row.previous_host_seen, 0.0)
-                row.previous_host = str(row.previous_host)[:MAX_VALUE_CHARS]
-                if not isinstance(row.resource, dict):
-                    row.resource = {}
-                elif row.resource:  # saved by an older gateway, or under larger bounds
-                    row.resource = kept_resource(
-                        {k: v for k, v in row.resource.items() if isinstance(v, str)},
-                        row.tenant_id,
-                        self.max_resource_attributes,
-                        self.max_resource_bytes,
-                    )
-                if row.state == "running" and saved_at - row.silence_from <= self.silent_after:
-                    # Up when the gateway stopped: it could not hear the agent since.
-                    row.silence_from = max(row.silence_from, now)
+            for row in rows:
                 self._tenants.setdefault(row.tenant_id, {})[(row.service, row.instance)] = row
-        logger.info("fleet state: %d agent(s) from %s", len(self.sightings()), self.state_file)
+        if rows:
+            logger.info("fleet state: %d agent(s) from %s", len(rows), self.state_file)
 
     def save(self) -> None:
         """Write the table atomically; a failure is logged (once) and retried later."""
@@ -579,13 +448,8 @@ class FleetTracker:
         with self._lock:
             self._dirty = False
             self._last_save = self.clock()
-        document = {
-            "version": STATE_VERSION,
-            "saved_at": self._last_save,
-            "agents": [asdict(row) | {"starts": {}} for row in rows],
-        }
         try:
-            _write_atomically(self.state_file, document)
+            store.write(self.state_file, rows, self._last_save)
         except OSError as exc:
             self._dirty = True
             if not self._save_failing:
@@ -598,46 +462,6 @@ class FleetTracker:
             self._save_failing = True
             return
         self._save_failing = False
-
-
-def merged(old: Sighting, new: Sighting) -> Sighting:
-    """One row from two processes' copies of it: the description of the latest
-    sighting, the earliest first sighting, the latest state change. The store applies
-    the same rule (gateway.state_redis), so the order of the exchanges does not matter."""
-    base, other = (new, old) if new.last_seen >= old.last_seen else (old, new)
-    row = replace(base)  # its dicts go along: `merge` puts it in place of both
-    row.first_seen = min(old.first_seen, new.first_seen)
-    row.silence_from = max(old.silence_from, new.silence_from)
-    if other.state_since > base.state_since:
-        row.state, row.state_since = other.state, other.state_since
-    return row
-
-
-def _times(value: Any) -> dict[str, float]:
-    """A saved name → time table, whatever was saved."""
-    if not isinstance(value, dict):
-        return {}
-    return {
-        str(k)[:MAX_VALUE_CHARS]: float(v)
-        for k, v in list(value.items())[-MAX_OVER_BUDGET_NAMES:]
-        if isinstance(v, int | float)
-    }
-
-
-def _number(value: Any, default: float) -> float:
-    return float(value) if isinstance(value, int | float) else default
-
-
-def _write_atomically(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(document, out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def create_fleet(settings: GatewaySettings, meter: Meter) -> FleetTracker:

@@ -1,0 +1,101 @@
+"""The fleet-state file: the table as saved, so that a restarted gateway still knows
+which agents were up, stopped or retired (one process's default; replicas share
+Redis instead, gateway.state_redis)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from gateway.atomicfile import write_atomically
+from gateway.fleet.resource import MAX_VALUE_CHARS, kept_resource
+from gateway.fleet.rows import MAX_OVER_BUDGET_NAMES, Sighting
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 2
+
+
+def read(
+    path: Path,
+    *,
+    now: float,
+    silent_after: float,
+    max_resource_attributes: int,
+    max_resource_bytes: int,
+) -> list[Sighting]:
+    """The rows saved in `path`; none when it is missing or unreadable (logged)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        logger.warning("fleet state %s ignored, starting empty: %s", path, exc)
+        return []
+    saved = document.get("agents") if isinstance(document, dict) else None
+    if not isinstance(saved, list) or document.get("version") not in (1, STATE_VERSION):
+        logger.warning("fleet state %s ignored: not a version %d file", path, STATE_VERSION)
+        return []
+    saved_at = _number(document.get("saved_at"), now)
+    known = {f.name for f in fields(Sighting)}
+    rows = []
+    for raw in saved:
+        try:
+            row = Sighting(**{k: v for k, v in raw.items() if k in known})
+            row.first_seen, row.last_seen = float(row.first_seen), float(row.last_seen)
+            row.silence_from = max(float(row.silence_from), row.last_seen)
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if row.state not in ("running", "stopped", "retired"):
+            row.state = "running"
+        row.state_since = float(row.state_since) or row.last_seen
+        row.over_budget = _times(row.over_budget)
+        row.starts = {}  # start times are compared within one gateway run
+        hosts = row.clash_hosts if isinstance(row.clash_hosts, list) else []
+        row.clash_hosts = [str(h)[:MAX_VALUE_CHARS] for h in hosts[:4]]
+        row.clash_seen = _number(row.clash_seen, 0.0)
+        row.previous_host_seen = _number(row.previous_host_seen, 0.0)
+        row.previous_host = str(row.previous_host)[:MAX_VALUE_CHARS]
+        if not isinstance(row.resource, dict):
+            row.resource = {}
+        elif row.resource:  # saved by an older gateway, or under larger bounds
+            row.resource = kept_resource(
+                {k: v for k, v in row.resource.items() if isinstance(v, str)},
+                row.tenant_id,
+                max_resource_attributes,
+                max_resource_bytes,
+            )
+        if row.state == "running" and saved_at - row.silence_from <= silent_after:
+            # Up when the gateway stopped: it could not hear the agent since.
+            row.silence_from = max(row.silence_from, now)
+        rows.append(row)
+    return rows
+
+
+def write(path: Path, rows: Iterable[Sighting], saved_at: float) -> None:
+    """Replace `path` with `rows` (atomically); raises OSError."""
+    document = {
+        "version": STATE_VERSION,
+        "saved_at": saved_at,
+        "agents": [asdict(row) | {"starts": {}} for row in rows],
+    }
+    write_atomically(path, json.dumps(document))
+
+
+def _times(value: Any) -> dict[str, float]:
+    """A saved name → time table, whatever was saved."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(k)[:MAX_VALUE_CHARS]: float(v)
+        for k, v in list(value.items())[-MAX_OVER_BUDGET_NAMES:]
+        if isinstance(v, int | float)
+    }
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
