@@ -43,6 +43,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,8 +72,9 @@ POD_VARIABLES = {
 the same key in OTEL_RESOURCE_ATTRIBUTES wins over all of them."""
 
 _lock = threading.Lock()
-_held: dict[tuple[str, str], _Held] = {}
-"""(machine, service) → (pid, instance id, held slot lock) of this process."""
+_held: dict[tuple[str, str], list[_Held]] = {}
+"""(machine, service) → the slots this process holds for it: pid, instance id, lock,
+and whether a live `setup_metrics` uses it."""
 
 
 def machine_id() -> str:
@@ -166,16 +168,31 @@ def stable_instance_id(
     machine = f"k8s\x00{pod}" if pod else machine_key()
     key = (machine, service_name)
     with _lock:
-        held = _held.get(key)
-        if held is not None and held.pid == os.getpid():
-            return held.instance
+        held = [h for h in _held.get(key, []) if h.pid == os.getpid()]
+        free = next((h for h in held if not h.in_use), None)
+        if free is not None:  # set up again after a shutdown: the same agent
+            free.in_use = True
+            return free.instance
+        # Another live setup of this service in this process is another agent: flock
+        # sees this process's own locks as taken, so this takes the next free slot.
         slot, lock = _take_slot(machine, service_name, lock_dir or default_lock_dir())
         if pod:
             instance = pod if slot == 0 else f"{pod}.{slot}"
         else:
             instance = slot_instance_id(machine, service_name, slot)
-        _held[key] = _Held(os.getpid(), instance, lock)
+        held.append(_Held(os.getpid(), instance, lock))
+        _held[key] = held
         return instance
+
+
+def release_instance_id(instance: str) -> None:
+    """The `setup_metrics` that took `instance` has shut down: a later one in this
+    process may take it again. Takes no lock (it may run in a signal handler); the
+    slot stays held until the process ends."""
+    for held in list(_held.values()):
+        for h in list(held):
+            if h.instance == instance and h.pid == os.getpid():
+                h.in_use = False
 
 
 def child_instance_id(service_name: str, parent_id: str) -> str:
@@ -198,10 +215,12 @@ def default_lock_dir() -> Path:
     return base / f"otel-agents-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
-class _Held(NamedTuple):
+@dataclass
+class _Held:
     pid: int
     instance: str
     lock: _SlotLock | None
+    in_use: bool = True
 
 
 class _SlotLock(NamedTuple):
@@ -332,13 +351,14 @@ def _register_cleanup() -> None:
 def release_slots() -> None:
     """Remove the lock files this process holds and free its slots (run at exit)."""
     with _lock:
-        for key, held in list(_held.items()):
-            if held.lock is not None and held.pid == os.getpid():
-                # Removed while still locked: see the inode check in `_lock_file`.
-                with contextlib.suppress(OSError):
-                    os.unlink(held.lock.name, dir_fd=held.lock.dir_fd)
-                _close(held.lock)
-                del _held[key]
+        for key, slots in list(_held.items()):
+            for held in slots:
+                if held.lock is not None and held.pid == os.getpid():
+                    # Removed while still locked: see the inode check in `_lock_file`.
+                    with contextlib.suppress(OSError):
+                        os.unlink(held.lock.name, dir_fd=held.lock.dir_fd)
+                    _close(held.lock)
+            del _held[key]
 
 
 def _forget_parent_slots() -> None:
@@ -346,9 +366,10 @@ def _forget_parent_slots() -> None:
     # locked after the parent ends; closing them (no unlock) leaves the parent's lock.
     global _lock
     _lock = threading.Lock()
-    for held in _held.values():
-        if held.lock is not None:
-            _close(held.lock)
+    for slots in _held.values():
+        for held in slots:
+            if held.lock is not None:
+                _close(held.lock)
     _held.clear()
 
 

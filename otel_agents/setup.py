@@ -186,6 +186,7 @@ def _start(
         exporter=announcer,
         config=config,
         service_version=_text(resource.attributes.get(SERVICE_VERSION)),
+        instance_id=_text(resource.attributes.get(SERVICE_INSTANCE_ID)),
     )
     follow_forks(telemetry, provider, resource)  # right after the SDK's fork hook
     _exit_with(telemetry)

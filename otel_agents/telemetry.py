@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
 from otel_agents import names
 from otel_agents.config import MAX_SHUTDOWN_TIMEOUT_S, AgentConfig
+from otel_agents.identity import release_instance_id
 from otel_agents.lifecycle import StopAnnouncingExporter, exited_cleanly
 from otel_agents.signals import signals_blocked
 
@@ -47,12 +48,14 @@ class AgentTelemetry:
         exporter: StopAnnouncingExporter | None = None,
         config: AgentConfig | None = None,
         service_version: str | None = None,
+        instance_id: str | None = None,
     ) -> None:
         """Wrap a provider; `sdk_provider` is None when metrics are disabled.
 
         `exporter` makes the final export of a clean shutdown say "stopped" and tells
         whether it arrived; `config` is the settings the provider was built from
-        (defaults if None).
+        (defaults if None); `instance_id` is given back at shutdown, for a later
+        `setup_metrics` of the same service in this process.
         """
         self.meter_provider: MeterProvider = meter_provider
         self.config: AgentConfig = config if config is not None else AgentConfig()
@@ -67,6 +70,7 @@ class AgentTelemetry:
         self._exporter = exporter
         self._final: dict[str, _BoundedCall] = {}  # at most one entry: the final export
         self._warned: set[str] = set()
+        self._instance_id = instance_id
 
     @classmethod
     def disabled(cls) -> AgentTelemetry:
@@ -128,6 +132,8 @@ class AgentTelemetry:
         # is in here. dict.setdefault is atomic, so exactly one candidate is the final one.
         final = self._final.setdefault("final", candidate)
         final.start()
+        if self._instance_id is not None:
+            release_instance_id(self._instance_id)
         # The exit hook stays registered: when another thread started the final export,
         # it makes the interpreter wait for it instead of killing it mid-way.
         return final.wait()

@@ -258,12 +258,6 @@ def test_shutdown_gives_up_at_its_deadline_even_if_the_sdk_hangs(
         release.set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two setup_metrics calls with one service name in one process take the same "
-    "service.instance.id, so their series overwrite each other at the gateway: of 8 "
-    "threads x 1,000 queries, one series showing 1,000 arrived",
-)
 def test_two_setups_of_one_service_in_one_process_are_not_counted_over_each_other(
     tmp_path: Path,
 ) -> None:
@@ -286,6 +280,25 @@ def test_two_setups_of_one_service_in_one_process_are_not_counted_over_each_othe
         assert second.shutdown(5)
         latest = receiver.latest("connector.records_sent")
     assert sum(latest.values()) == 7
+
+
+def test_a_setup_after_a_shutdown_is_the_same_agent_again(tmp_path: Path) -> None:
+    """Two live setups are two agents; one set up again after its shutdown keeps its id."""
+
+    def instance_of(t: AgentTelemetry) -> str:
+        return str(t.meter_provider._sdk_config.resource.attributes["service.instance.id"])  # type: ignore[attr-defined]
+
+    def setup() -> AgentTelemetry:
+        return setup_metrics("again", "connector", reader=InMemoryMetricReader(), set_global=False)
+
+    first, second = setup(), setup()
+    ids = instance_of(first), instance_of(second)
+    assert ids[0] != ids[1]
+    second.shutdown(1)
+    third = setup()
+    assert instance_of(third) == ids[1]
+    first.shutdown(1)
+    third.shutdown(1)
 
 
 @pytest.mark.parametrize("argument", ["service_name", "service_version"])
