@@ -14,7 +14,10 @@ calls (the request path never waits for Redis):
   the limit here (their sum: a series sent through two processes within the window
   counts twice);
 - throttle: failed authentications per address (`authfail:<address>`, expiring with
-  the window); back, the addresses anyone blocked (`blocked` zset).
+  the window); back, the addresses anyone blocked (`blocked` zset);
+- usage: this process's `Usage.snapshot()` per tenant (`usage` hash, one field per
+  tenant and process, written when it changed); back, the other processes' (a gone
+  process's last hour still counts, its rates no longer).
 
 The store may be slow, unreachable or restarted empty: exports go on; each process
 falls back to its share of each limit (the setting ÷ the last known number of
@@ -50,6 +53,7 @@ from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
 from gateway.settings import GatewaySettings
 from gateway.throttle import FailureThrottle
+from gateway.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +153,7 @@ class RedisState:
         replica: str = "",
         series_clock: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
+        usage: Usage | None = None,
     ) -> None:
         self.client = client
         self.fleet, self.rate, self.series, self.throttle = fleet, rate, series, throttle
@@ -162,6 +167,9 @@ class RedisState:
         self.cursor = 0
         self.exchanges = 0
         self._published: set[str] = set()
+        self.usage = usage
+        self._usage_sent: dict[str, str] = {}
+        self._usage_epoch: str | None = None
         fleet.replica = self.replica
         throttle.failures = {}
 
@@ -194,6 +202,7 @@ class RedisState:
             interval=settings.state_sync_seconds,
             timeout=timeout,
             replica=settings.state_replica_name,
+            usage=ingestor.usage,
         )
         instruments.STATE_STORE_UP.observe(meter, state._observe_up)
         instruments.STATE_STORE_REPLICAS.observe(meter, state._observe_replicas)
@@ -272,6 +281,7 @@ class RedisState:
         await self._rates()
         await self._series()
         await self._throttle()
+        await self._usage()
 
     async def _membership(self) -> None:
         now = self.clock()
@@ -402,6 +412,47 @@ class RedisState:
         _, active = await pipe.execute()
         for address, until in active:
             throttle.block_for(address.decode(), until - now)
+
+    async def _usage(self) -> None:
+        if self.usage is None:
+            return
+        if self._usage_epoch != self.epoch:  # an emptied store: send everything again
+            self._usage_sent, self._usage_epoch = {}, self.epoch
+        key = PREFIX + "usage"
+        mine = {
+            f"{tenant_id}\0{self.replica}": json.dumps(counts, sort_keys=True)
+            for tenant_id, counts in self.usage.snapshot().items()
+        }
+        changed = [
+            (name, value) for name, value in mine.items() if self._usage_sent.get(name) != value
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        if changed:
+            pipe.hset(key, mapping={name: value for name, value in changed})
+        pipe.hgetall(key)
+        reply: dict[bytes, bytes] = (await pipe.execute())[-1]
+        self._usage_sent = mine
+        published: list[tuple[str, dict[str, Any], bool]] = []
+        stale: list[bytes] = []
+        for name, raw in reply.items():
+            tenant_id, _, replica = name.decode().rpartition("\0")
+            if replica == self.replica:
+                if name.decode() not in mine:
+                    stale.append(name)  # nothing left here, or a predecessor's under this name
+                continue
+            try:
+                document = json.loads(raw)
+            except ValueError:
+                document = None
+            if not isinstance(document, dict) or (
+                replica not in self.live and self.usage.expired(document)
+            ):
+                stale.append(name)
+                continue
+            published.append((tenant_id, document, replica in self.live))
+        if stale:
+            await self.client.hdel(key, *stale)
+        self.usage.merge_others(published)
 
     async def close(self) -> None:
         """Send this process's last changes and leave the replicas."""

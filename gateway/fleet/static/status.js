@@ -106,8 +106,94 @@ function tenantSection(tenant) {
   return section;
 }
 
+// Usage (/api/usage): one table per tenant, each figure against its limit.
+function usageRow(what, value, limit, over) {
+  const row = element("tr");
+  row.append(element("th", what), element("td", value, over ? "over" : undefined));
+  row.append(element("td", limit));
+  return row;
+}
+
+function counted(counts) {
+  const names = Object.keys(counts || {});
+  return names.length === 0 ? "none" : names.map((name) => `${name}: ${counts[name]}`).join(", ");
+}
+
+function usageSection(tenant, windowSeconds) {
+  const section = element("section", undefined, "usage");
+  section.dataset.tenant = tenant.tenant_id;
+  section.append(element("h2", `Usage · ${tenant.tenant_id}`));
+  const limits = tenant.limits;
+  const hour = tenant.last_hour;
+  const agents = tenant.agents;
+  const table = element("table");
+  const head = element("tr");
+  for (const name of ["", "Now", "Limit"]) head.append(element("th", name));
+  table.append(
+    head,
+    usageRow(
+      "Active series",
+      tenant.active_series,
+      limits.max_active_series ? `${limits.max_active_series} (max_active_series)` : "none",
+      limits.max_active_series > 0 && tenant.active_series >= limits.max_active_series,
+    ),
+    usageRow(
+      `Requests/s (last ${windowSeconds} s)`,
+      tenant.requests_per_second,
+      limits.rate_limit_requests_per_second
+        ? `${limits.rate_limit_requests_per_second} (rate_limit_requests_per_second), ` +
+            `burst ${limits.rate_limit_burst}`
+        : "none",
+      limits.rate_limit_requests_per_second > 0 &&
+        tenant.requests_per_second > limits.rate_limit_requests_per_second,
+    ),
+    usageRow(
+      `Data points/s (last ${windowSeconds} s)`,
+      tenant.data_points_per_second,
+      `${limits.max_data_points_per_request} per request (max_data_points_per_request)`,
+      false,
+    ),
+    usageRow(
+      "Requests, last hour",
+      `${hour.requests} (${hour.accepted} accepted, ${hour.refused} refused)`,
+      "",
+      false,
+    ),
+    usageRow("Refusals by reason, last hour", counted(hour.refusals), "", hour.refused > 0),
+    usageRow("Data points dropped, last hour", counted(hour.dropped_data_points), "", false),
+    usageRow(
+      "Agents",
+      `${agents.up} up, ${agents.silent} silent, ${agents.stopped} stopped, ` +
+        `${agents.retired} retired`,
+      "",
+      agents.silent > 0,
+    ),
+  );
+  section.append(table);
+  return section;
+}
+
+async function refreshUsage(key) {
+  let response;
+  try {
+    response = await fetch("/api/usage", {
+      headers: { Authorization: `Bearer ${key}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (error) {
+    return;
+  }
+  if (!response.ok) return;
+  const usage = await response.json();
+  $("usage").replaceChildren(
+    ...usage.tenants.map((tenant) => usageSection(tenant, usage.rate_window_seconds)),
+  );
+}
+
 function showLogin(message) {
   clearTimeout(timer);
+  $("usage").replaceChildren();
   $("fleet").replaceChildren();
   $("session").hidden = true;
   $("login").hidden = false;
@@ -152,6 +238,7 @@ async function refresh() {
   $("summary").textContent =
     `${fleet.scope} · silent after ${fleet.silent_after_seconds} s${replicas} · ${fleet.generated_at}`;
   $("fleet").replaceChildren(...fleet.tenants.map(tenantSection));
+  await refreshUsage(key);
   document.body.dataset.loaded = "true";
   timer = setTimeout(refresh, REFRESH_MS);
 }
