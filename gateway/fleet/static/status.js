@@ -106,69 +106,81 @@ function tenantSection(tenant) {
   return section;
 }
 
-// Usage (/api/usage): one table per tenant, each figure against its limit.
-function usageRow(what, value, limit, over) {
-  const row = element("tr");
-  row.append(element("th", what), element("td", value, over ? "over" : undefined));
-  row.append(element("td", limit));
-  return row;
-}
+// Usage (/api/usage): one row per tenant, each figure against its limit (named as
+// in the limits file).
+const USAGE_COLUMNS = [
+  ["Tenant", ""],
+  ["Active series", "of max_active_series"],
+  ["Requests/s", "of rate_limit_requests_per_second (burst: rate_limit_burst)"],
+  ["Data points/s", "forwarded; at most max_data_points_per_request per request"],
+  ["Last hour", "requests finished, refused whole, data points forwarded"],
+  ["Refusals, last hour", "by reason (docs/gateway.md, Errors); dropped data points by reason"],
+  ["Agents", "by state"],
+];
 
 function counted(counts) {
-  const names = Object.keys(counts || {});
-  return names.length === 0 ? "none" : names.map((name) => `${name}: ${counts[name]}`).join(", ");
+  return Object.keys(counts || {}).map((name) => `${name}: ${counts[name]}`).join(", ");
 }
 
-function usageSection(tenant, windowSeconds) {
-  const section = element("section", undefined, "usage");
-  section.dataset.tenant = tenant.tenant_id;
-  section.append(element("h2", `Usage · ${tenant.tenant_id}`));
+function ofLimit(value, limit, extra) {
+  return limit ? `${value} of ${limit}${extra || ""}` : `${value} (no limit)`;
+}
+
+function usageRow(tenant) {
   const limits = tenant.limits;
   const hour = tenant.last_hour;
   const agents = tenant.agents;
-  const table = element("table");
-  const head = element("tr");
-  for (const name of ["", "Now", "Limit"]) head.append(element("th", name));
-  table.append(
-    head,
-    usageRow(
-      "Active series",
-      tenant.active_series,
-      limits.max_active_series ? `${limits.max_active_series} (max_active_series)` : "none",
-      limits.max_active_series > 0 && tenant.active_series >= limits.max_active_series,
+  const row = element("tr");
+  row.dataset.usageTenant = tenant.tenant_id;
+  const seriesOver = limits.max_active_series > 0 && tenant.active_series >= limits.max_active_series;
+  const rate = limits.rate_limit_requests_per_second;
+  const refusals = counted(hour.refusals);
+  const dropped = counted(hour.dropped_data_points);
+  row.append(
+    element("td", tenant.tenant_id),
+    element(
+      "td",
+      ofLimit(tenant.active_series, limits.max_active_series),
+      seriesOver ? "over" : undefined,
     ),
-    usageRow(
-      `Requests/s (last ${windowSeconds} s)`,
-      tenant.requests_per_second,
-      limits.rate_limit_requests_per_second
-        ? `${limits.rate_limit_requests_per_second} (rate_limit_requests_per_second), ` +
-            `burst ${limits.rate_limit_burst}`
-        : "none",
-      limits.rate_limit_requests_per_second > 0 &&
-        tenant.requests_per_second > limits.rate_limit_requests_per_second,
+    element(
+      "td",
+      ofLimit(tenant.requests_per_second, rate, ` (burst ${limits.rate_limit_burst})`),
+      rate > 0 && tenant.requests_per_second > rate ? "over" : undefined,
     ),
-    usageRow(
-      `Data points/s (last ${windowSeconds} s)`,
-      tenant.data_points_per_second,
-      `${limits.max_data_points_per_request} per request (max_data_points_per_request)`,
-      false,
+    element("td", tenant.data_points_per_second),
+    element(
+      "td",
+      `${hour.requests} requests, ${hour.refused} refused, ${hour.data_points} data points`,
     ),
-    usageRow(
-      "Requests, last hour",
-      `${hour.requests} (${hour.accepted} accepted, ${hour.refused} refused)`,
-      "",
-      false,
+    element(
+      "td",
+      (refusals || "none") + (dropped ? `; dropped data points: ${dropped}` : ""),
+      refusals ? "over" : undefined,
     ),
-    usageRow("Refusals by reason, last hour", counted(hour.refusals), "", hour.refused > 0),
-    usageRow("Data points dropped, last hour", counted(hour.dropped_data_points), "", false),
-    usageRow(
-      "Agents",
+    element(
+      "td",
       `${agents.up} up, ${agents.silent} silent, ${agents.stopped} stopped, ` +
         `${agents.retired} retired`,
-      "",
-      agents.silent > 0,
+      agents.silent > 0 ? "over" : undefined,
     ),
   );
+  return row;
+}
+
+function usageSection(usage) {
+  const section = element("section", undefined, "usage");
+  section.append(
+    element("h2", `Usage · rates over the last ${usage.rate_window_seconds} s`),
+  );
+  const table = element("table");
+  const head = element("tr");
+  for (const [name, help] of USAGE_COLUMNS) {
+    const cell = element("th", name);
+    if (help) cell.title = help;
+    head.append(cell);
+  }
+  table.append(head, ...usage.tenants.map(usageRow));
   section.append(table);
   return section;
 }
@@ -186,9 +198,7 @@ async function refreshUsage(key) {
   }
   if (!response.ok) return;
   const usage = await response.json();
-  $("usage").replaceChildren(
-    ...usage.tenants.map((tenant) => usageSection(tenant, usage.rate_window_seconds)),
-  );
+  $("usage").replaceChildren(usageSection(usage));
 }
 
 function showLogin(message) {
