@@ -15,9 +15,11 @@ calls (the request path never waits for Redis):
   counts twice);
 - throttle: failed authentications per address (`authfail:<address>`, expiring with
   the window); back, the addresses anyone blocked (`blocked` zset);
-- usage: this process's `Usage.snapshot()` per tenant (`usage` hash, one field per
-  tenant and process, written when it changed); back, the other processes' (a gone
-  process's last hour still counts, its rates no longer).
+- usage: this process's recent counts (`usage` hash, one field per process, written
+  when they changed) and, once a minute, its completed minutes (`usage:hour` hash,
+  and `usage:version` counts the writes); back, the others' recent counts, and
+  their completed minutes when the version moved (a gone process's last hour still
+  counts, its rates no longer).
 
 The store may be slow, unreachable or restarted empty: exports go on; each process
 falls back to its share of each limit (the setting ÷ the last known number of
@@ -135,6 +137,14 @@ def _row(raw: bytes | str | None) -> Sighting | None:
         return None
 
 
+def _document(raw: bytes | str | None) -> dict[str, Any]:
+    try:
+        document = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 class RedisState:
     """The fleet, rate budgets, series counts and throttle shared through Redis."""
 
@@ -168,8 +178,10 @@ class RedisState:
         self.exchanges = 0
         self._published: set[str] = set()
         self.usage = usage
-        self._usage_sent: dict[str, str] = {}
+        self._usage_sent = ("", "")
         self._usage_epoch: str | None = None
+        self._usage_version: bytes | None = None
+        self._usage_hours: dict[str, dict[str, Any]] = {}
         fleet.replica = self.replica
         throttle.failures = {}
 
@@ -417,41 +429,44 @@ class RedisState:
         if self.usage is None:
             return
         if self._usage_epoch != self.epoch:  # an emptied store: send everything again
-            self._usage_sent, self._usage_epoch = {}, self.epoch
-        key = PREFIX + "usage"
-        mine = {
-            f"{tenant_id}\0{self.replica}": json.dumps(counts, sort_keys=True)
-            for tenant_id, counts in self.usage.snapshot().items()
-        }
-        changed = [
-            (name, value) for name, value in mine.items() if self._usage_sent.get(name) != value
-        ]
+            self._usage_sent, self._usage_epoch = ("", ""), self.epoch
+        recent = json.dumps(self.usage.recent(), sort_keys=True)
+        completed = json.dumps(self.usage.completed(), sort_keys=True)
+        key, hour, version = PREFIX + "usage", PREFIX + "usage:hour", PREFIX + "usage:version"
         pipe = self.client.pipeline(transaction=False)
-        if changed:
-            pipe.hset(key, mapping={name: value for name, value in changed})
+        # The completed minutes first: who sees this process's new minute sees them too.
+        if completed != self._usage_sent[1]:
+            pipe.hset(hour, self.replica, completed)
+            pipe.incr(version)
+        if recent != self._usage_sent[0]:
+            pipe.hset(key, self.replica, recent)
         pipe.hgetall(key)
-        reply: dict[bytes, bytes] = (await pipe.execute())[-1]
-        self._usage_sent = mine
-        published: list[tuple[str, dict[str, Any], bool]] = []
-        stale: list[bytes] = []
-        for name, raw in reply.items():
-            tenant_id, _, replica = name.decode().rpartition("\0")
+        pipe.get(version)
+        *_, recents, seen = await pipe.execute()
+        self._usage_sent = (recent, completed)
+        if seen != self._usage_version:  # some process completed a minute: read them all
+            hours = await self.client.hgetall(hour)
+            self._usage_hours = {
+                name.decode() if isinstance(name, bytes) else name: _document(raw)
+                for name, raw in hours.items()
+            }
+            self._usage_version = seen
+        published: list[tuple[dict[str, Any], dict[str, Any], bool]] = []
+        stale: list[str] = []
+        for name, raw in recents.items():
+            replica = name.decode()
             if replica == self.replica:
-                if name.decode() not in mine:
-                    stale.append(name)  # nothing left here, or a predecessor's under this name
                 continue
-            try:
-                document = json.loads(raw)
-            except ValueError:
-                document = None
-            if not isinstance(document, dict) or (
-                replica not in self.live and self.usage.expired(document)
-            ):
-                stale.append(name)
-                continue
-            published.append((tenant_id, document, replica in self.live))
+            theirs = (_document(raw), self._usage_hours.get(replica, {}))
+            if replica not in self.live and self.usage.expired(*theirs):
+                stale.append(replica)  # left over an hour ago
+            else:
+                published.append((*theirs, replica in self.live))
         if stale:
-            await self.client.hdel(key, *stale)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(key, *stale)
+            pipe.hdel(hour, *stale)
+            await pipe.execute()
         self.usage.merge_others(published)
 
     async def close(self) -> None:

@@ -7,9 +7,10 @@
 
 Counting is a few dict updates in this process, never a call to the state store.
 Buckets are numbered by wall-clock second and minute, so the processes sharing a
-store number them alike: each publishes `snapshot()` at every exchange and sums
-the others' with `merge_others`; with no store, `others` stays empty and the
-answer is this process's own.
+store number them alike: each publishes `recent()` (its rates and current minute)
+at every exchange and `completed()` (its other minutes of the hour) once a minute,
+and sums the others' with `merge_others`; with no store, `others` stays empty and
+the answer is this process's own.
 
 Per tenant and minute: `requests` (finished requests counted under the tenant),
 `accepted`, `points` (data points forwarded), a refusal count per reason id
@@ -85,6 +86,7 @@ class Usage:
         self._minutes: dict[str, _Ring] = {}
         self.others: dict[str, Others] = {}
         """Per tenant, the other processes' counts (gateway.state_redis sets it)."""
+        self._others_at = 0.0
 
     def _buckets(self, tenant_id: str) -> tuple[Counts, Counts]:
         now = self.clock()
@@ -134,40 +136,70 @@ class Usage:
             minutes = dict(ring.since(minute - HOUR_MINUTES + 1, minute))
         return window, minutes
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """This process's counts per tenant, for the other processes: `window` (the
-        last complete seconds) and `minutes` (of the last hour, by minute number).
-        Tenants with nothing in the last hour are forgotten here."""
-        snapshot: dict[str, dict[str, Any]] = {}
+    def recent(self) -> dict[str, dict[str, Any]]:
+        """For the other processes, what changes every second, per tenant: `window`
+        (the counts of the last complete seconds), `minute` (the current minute's
+        number) and `counts` (its counts so far). Tenants with nothing in the last
+        hour are forgotten here."""
+        recent: dict[str, dict[str, Any]] = {}
+        _, current = self._periods()
         for tenant_id in list(self._minutes):
             window, minutes = self._local(tenant_id)
             if not minutes and not window:
                 del self._minutes[tenant_id], self._seconds[tenant_id]
-                continue
-            snapshot[tenant_id] = {
-                "window": window,
-                "minutes": {str(m): counts for m, counts in sorted(minutes.items())},
-            }
-        return snapshot
+            elif window or current in minutes:
+                recent[tenant_id] = {
+                    "window": window,
+                    "minute": current,
+                    "counts": minutes.get(current, {}),
+                }
+        return recent
 
-    def merge_others(self, published: Iterable[tuple[str, Mapping[str, Any], bool]]) -> None:
-        """Replace `others` with the sum of the other processes' snapshots:
-        (tenant, snapshot, whether its process is live: a gone one sends nothing now)."""
-        _, minute = self._periods()
+    def completed(self) -> dict[str, dict[str, Counts]]:
+        """For the other processes, what changes once a minute: per tenant, the counts
+        of each completed minute of the last hour (by minute number)."""
+        _, current = self._periods()
+        completed: dict[str, dict[str, Counts]] = {}
+        for tenant_id in self._minutes:
+            _, minutes = self._local(tenant_id)
+            done = {str(m): counts for m, counts in sorted(minutes.items()) if m != current}
+            if done:
+                completed[tenant_id] = done
+        return completed
+
+    def merge_others(
+        self, published: Iterable[tuple[Mapping[str, Any], Mapping[str, Any], bool]]
+    ) -> None:
+        """Replace `others` with the sum of the other processes' counts: for each,
+        its `recent()`, its `completed()` and whether it is live (a process that left
+        sends nothing now: its rates no longer count)."""
+        _, current = self._periods()
+        horizon = current - HOUR_MINUTES
         others: dict[str, Others] = {}
-        for tenant_id, document, live in published:
-            into = others.setdefault(tenant_id, Others())
-            if live:
-                _add(into.window, document.get("window", {}))
-            for number, counts in document.get("minutes", {}).items():
-                if int(number) > minute - HOUR_MINUTES:
-                    _add(into.minutes.setdefault(int(number), {}), counts)
+        for recent, completed, live in published:
+            for tenant_id, minutes in completed.items():
+                into = others.setdefault(tenant_id, Others())
+                for number, counts in minutes.items():
+                    if int(number) > horizon:
+                        _add(into.minutes.setdefault(int(number), {}), counts)
+            for tenant_id, now in recent.items():
+                into = others.setdefault(tenant_id, Others())
+                if live:
+                    _add(into.window, now.get("window", {}))
+                number = int(now.get("minute", 0))
+                # A minute is taken once: from `completed` when it is there already.
+                if number > horizon and str(number) not in completed.get(tenant_id, {}):
+                    _add(into.minutes.setdefault(number, {}), now.get("counts", {}))
         self.others = others
+        self._others_at = self.clock()
 
-    def expired(self, document: Mapping[str, Any]) -> bool:
-        """Whether a snapshot has nothing left in the last hour."""
-        _, minute = self._periods()
-        return all(int(m) <= minute - HOUR_MINUTES for m in document.get("minutes", {}))
+    def expired(self, recent: Mapping[str, Any], completed: Mapping[str, Any]) -> bool:
+        """Whether a process's `recent()` and `completed()` hold nothing of the last hour."""
+        _, current = self._periods()
+        horizon = current - HOUR_MINUTES
+        minutes = [int(now.get("minute", 0)) for now in recent.values()]
+        minutes += [int(m) for done in completed.values() for m in done]
+        return all(m <= horizon for m in minutes)
 
     def tenants(self) -> set[str]:
         """Every tenant with counts here or in another process."""
@@ -181,7 +213,8 @@ class Usage:
             _add(hour, counts)
         other = self.others.get(tenant_id)
         if other is not None:
-            _add(window, other.window)
+            if self.clock() - self._others_at <= RATE_WINDOW_SECONDS:
+                _add(window, other.window)  # older is no rate of the last seconds
             _, minute = self._periods()
             for number, counts in other.minutes.items():
                 if number > minute - HOUR_MINUTES:

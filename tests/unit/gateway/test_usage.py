@@ -162,7 +162,7 @@ def test_rates_cover_the_window_and_the_hour_ends() -> None:
     assert usage.of("acme")["last_hour"]["requests"] == 21
     clock.now += 2 * 60
     assert usage.of("acme")["last_hour"]["requests"] == 0
-    assert usage.snapshot() == {}  # forgotten: nothing in the last hour
+    assert usage.recent() == usage.completed() == {}  # forgotten: nothing in the last hour
     assert usage.tenants() == set()
 
 
@@ -174,17 +174,35 @@ def test_other_processes_counts_add_up_a_gone_ones_rates_do_not() -> None:
             usage.request("acme", None)
         usage.request("acme", "series_limit")
     clock.now += 1
-    snapshot = there.snapshot()["acme"]
-    here.merge_others([("acme", snapshot, True)])
+    assert there.completed() == {}  # the minute is still going on
+    published = (there.recent(), there.completed())
+    here.merge_others([(*published, True)])
     assert here.of("acme")["last_hour"]["requests"] == 10
     assert here.of("acme")["requests_per_second"] == pytest.approx(10 / RATE_WINDOW_SECONDS)
     assert here.of("acme")["last_hour"]["refusals"] == {"series_limit": 2}
-    here.merge_others([("acme", snapshot, False)])  # its process left
+    here.merge_others([(*published, False)])  # its process left
     assert here.of("acme")["last_hour"]["requests"] == 10
     assert here.of("acme")["requests_per_second"] == pytest.approx(4 / RATE_WINDOW_SECONDS)
-    assert not here.expired(snapshot)
+    assert not here.expired(*published)
+
+    # A minute later its minute is complete: counted once, whether the others still
+    # have its last `recent()` or already its `completed()`.
+    clock.now += 60
+    assert list(there.completed()["acme"]) == [str(int(T0 // 60))]
+    for recent in (published[0], there.recent()):
+        here.merge_others([(recent, there.completed(), True)])
+        assert here.of("acme")["last_hour"]["requests"] == 10
+    assert here.of("acme")["requests_per_second"] == 0
+
+    # Others' rates older than the window are no rates of the last seconds.
+    here.merge_others([(*published, True)])
+    assert here.of("acme")["requests_per_second"] == pytest.approx(6 / RATE_WINDOW_SECONDS)
+    clock.now += RATE_WINDOW_SECONDS + 1
+    assert here.of("acme")["requests_per_second"] == 0
+
     clock.now += HOUR_MINUTES * 60
-    assert here.expired(snapshot)
+    assert here.expired(*published)
+    assert here.expired(there.recent(), there.completed())
 
 
 @pytest.fixture
@@ -222,19 +240,25 @@ def test_two_gateways_sharing_redis_answer_the_same(
                     for _ in range(sent):
                         await gw.export(body(instance), keys["acme"])
                     await gw.export(body(instance, **{"Bad-Key": "x"}), keys["acme"])
-                clock.now += 1
-                for _ in range(2):
-                    for gw in (one, two):
-                        state = gw.gateway.state
-                        assert isinstance(state, RedisState)
-                        assert await state.exchange_once()
-                return [usage_document(gw.gateway, {"acme", "globex"}, True) for gw in (one, two)]
+                answers = []
+                for step in (1, 60):  # the minute going on, then completed
+                    clock.now += step
+                    for _ in range(2):
+                        for gw in (one, two):
+                            state = gw.gateway.state
+                            assert isinstance(state, RedisState)
+                            assert await state.exchange_once()
+                    answers += [
+                        usage_document(gw.gateway, {"acme", "globex"}, True) for gw in (one, two)
+                    ]
+                return answers
             finally:
                 for gw in (one, two):
                     await gw.gateway.state.close()
 
-    first, second = asyncio.run(scenario())
+    first, second, later, later_too = asyncio.run(scenario())
     assert first == second
+    assert later == later_too
     acme = next(t for t in first["tenants"] if t["tenant_id"] == "acme")
     assert acme["last_hour"] == {
         "requests": 9,
@@ -248,3 +272,6 @@ def test_two_gateways_sharing_redis_answer_the_same(
     assert acme["active_series"] == 2  # one per agent, one agent per gateway
     assert acme["agents"] == {"up": 2, "silent": 0, "stopped": 0, "retired": 0}
     assert first["state_store"]["replicas"] == 2
+    acme_later = next(t for t in later["tenants"] if t["tenant_id"] == "acme")
+    assert acme_later["last_hour"] == acme["last_hour"]
+    assert acme_later["requests_per_second"] == 0
