@@ -181,6 +181,7 @@ class RedisState:
         self._usage_sent = ("", "")
         self._usage_epoch: str | None = None
         self._usage_version: bytes | None = None
+        self._usage_minute: int | None = None
         self._usage_hours: dict[str, dict[str, Any]] = {}
         fleet.replica = self.replica
         throttle.failures = {}
@@ -430,10 +431,13 @@ class RedisState:
             return
         if self._usage_epoch != self.epoch:  # an emptied store: send everything again
             self._usage_sent, self._usage_epoch = ("", ""), self.epoch
+            self._usage_minute = None
         recent = json.dumps(self.usage.recent(), sort_keys=True)
-        completed = json.dumps(self.usage.completed(), sort_keys=True)
+        completed, minute = self._usage_sent[1], int(self.usage.clock() // 60)
         key, hour, version = PREFIX + "usage", PREFIX + "usage:hour", PREFIX + "usage:version"
         pipe = self.client.pipeline(transaction=False)
+        if minute != self._usage_minute:  # completed minutes change when a minute does
+            completed = json.dumps(self.usage.completed(), sort_keys=True)
         # The completed minutes first: who sees this process's new minute sees them too.
         if completed != self._usage_sent[1]:
             pipe.hset(hour, self.replica, completed)
@@ -443,7 +447,7 @@ class RedisState:
         pipe.hgetall(key)
         pipe.get(version)
         *_, recents, seen = await pipe.execute()
-        self._usage_sent = (recent, completed)
+        self._usage_sent, self._usage_minute = (recent, completed), minute
         if seen != self._usage_version:  # some process completed a minute: read them all
             hours = await self.client.hgetall(hour)
             self._usage_hours = {
