@@ -16,7 +16,7 @@ Per tenant and minute: `requests` (finished requests counted under the tenant),
 `accepted`, `points` (data points forwarded), a refusal count per reason id
 (counted as `gateway_rejections_total` counts: a request refused whole, or a
 request that had points dropped for that reason) and `dropped:<reason>` (points
-dropped from accepted requests). Per second: `requests` and `points`.
+dropped from a request for a reason that drops points). Per second: `requests` and `points`.
 Requests refused before authentication belong to no tenant and are not here.
 """
 
@@ -111,7 +111,7 @@ class Usage:
         minute["points"] = minute.get("points", 0) + points
 
     def dropped(self, tenant_id: str, reason: str, points: int) -> None:
-        """One accepted request of `tenant_id` had `points` points dropped for `reason`."""
+        """One request of `tenant_id` had `points` points dropped for `reason`."""
         _, minute = self._buckets(tenant_id)
         minute[reason] = minute.get(reason, 0) + 1
         key = f"dropped:{reason}"
