@@ -218,6 +218,8 @@ class Chain:
         metrics.requests.add(
             1, {"tenant_id": tenant_id, "transport": transport, "outcome": outcome.reason}
         )
+        if tenant_id != UNKNOWN_TENANT:
+            self.ingestor.usage.request(tenant_id, None if error is None else error.reason)
         if error is not None:
             metrics.rejections.add(1, {"tenant_id": tenant_id, "reason": error.reason})
             if isinstance(error, Unauthenticated):

@@ -20,6 +20,7 @@ from gateway.legacy import PATH_PREFIX as LEGACY_PREFIX
 from gateway.legacy import LegacyReportRoute
 from gateway.metrics_http import metrics_router
 from gateway.otlp_http import OtlpHttpExport
+from gateway.usage_api import usage_router
 
 OTLP_PATH = "/v1/metrics"
 
@@ -62,6 +63,7 @@ def create_app(gateway: Gateway) -> GatewayHttpApp:
 def _api(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="otel-gateway", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(status_router(gateway))
+    app.include_router(usage_router(gateway))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

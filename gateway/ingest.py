@@ -32,6 +32,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.series import ActiveSeries
 from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
+from gateway.usage import Usage
 from gateway.validate import SWOLLEN_BYTES_PER_POINT, Rejections, bounded_count, enforce_steps
 from gateway.work import Work, WorkBudget
 
@@ -89,6 +90,8 @@ class Ingestor:
         self._metrics = metrics
         self._clock = clock
         self.observers = list(observers)
+        self.usage = Usage()
+        """Each tenant's requests, points and refusals, for /api/usage (gateway.usage)."""
         if limits is None:
             limits = Limits(TenantLimits(max_request_bytes=max_request_bytes))
         self.use_limits(limits)
@@ -105,6 +108,10 @@ class Ingestor:
         del options
         counts = self.series.counts(self._clock())
         return [Observation(count, {"tenant_id": tenant}) for tenant, count in counts.items()]
+
+    def active_series(self, tenant_id: str) -> int:
+        """Active series of `tenant_id` in every process sharing the state (gateway.state)."""
+        return self.series.count(tenant_id, self._clock()) + self.series.others.get(tenant_id, 0)
 
     def admit(self, tenant: Tenant, body_bytes: int, work: Work | None = None) -> TenantLimits:
         """Refuse a request before its body is read: its tenant's rate, its work
@@ -173,6 +180,7 @@ class Ingestor:
         for reason, count in rejections.counts.items():
             self._count_points(tenant, count, "rejected", reason)
             self._metrics.rejections.add(1, {"tenant_id": tenant.id, "reason": reason})
+            self.usage.dropped(tenant.id, reason, count)
         for observer in self.observers:
             try:
                 observer.on_request(tenant, request, raw)
@@ -200,6 +208,7 @@ class Ingestor:
         finally:
             self._metrics.forward_duration.record(time.perf_counter() - started)
         self._count_points(tenant, points, "forwarded")
+        self.usage.forwarded(tenant.id, points)
         return response
 
     def _count_points(self, tenant: Tenant, points: int, outcome: str, reason: str = "") -> None:

@@ -14,7 +14,12 @@ calls (the request path never waits for Redis):
   the limit here (their sum: a series sent through two processes within the window
   counts twice);
 - throttle: failed authentications per address (`authfail:<address>`, expiring with
-  the window); back, the addresses anyone blocked (`blocked` zset).
+  the window); back, the addresses anyone blocked (`blocked` zset);
+- usage: this process's recent counts (`usage` hash, one field per process, written
+  when they changed) and, once a minute, its completed minutes (`usage:hour` hash,
+  and `usage:version` counts the writes); back, the others' recent counts, and
+  their completed minutes when the version moved (a gone process's last hour still
+  counts, its rates no longer).
 
 The store may be slow, unreachable or restarted empty: exports go on; each process
 falls back to its share of each limit (the setting ÷ the last known number of
@@ -50,6 +55,7 @@ from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
 from gateway.settings import GatewaySettings
 from gateway.throttle import FailureThrottle
+from gateway.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +137,14 @@ def _row(raw: bytes | str | None) -> Sighting | None:
         return None
 
 
+def _document(raw: bytes | str | None) -> dict[str, Any]:
+    try:
+        document = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 class RedisState:
     """The fleet, rate budgets, series counts and throttle shared through Redis."""
 
@@ -149,6 +163,7 @@ class RedisState:
         replica: str = "",
         series_clock: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
+        usage: Usage | None = None,
     ) -> None:
         self.client = client
         self.fleet, self.rate, self.series, self.throttle = fleet, rate, series, throttle
@@ -162,6 +177,12 @@ class RedisState:
         self.cursor = 0
         self.exchanges = 0
         self._published: set[str] = set()
+        self.usage = usage
+        self._usage_sent = ("", "")
+        self._usage_epoch: str | None = None
+        self._usage_version: bytes | None = None
+        self._usage_minute: int | None = None
+        self._usage_hours: dict[str, dict[str, Any]] = {}
         fleet.replica = self.replica
         throttle.failures = {}
 
@@ -194,6 +215,7 @@ class RedisState:
             interval=settings.state_sync_seconds,
             timeout=timeout,
             replica=settings.state_replica_name,
+            usage=ingestor.usage,
         )
         instruments.STATE_STORE_UP.observe(meter, state._observe_up)
         instruments.STATE_STORE_REPLICAS.observe(meter, state._observe_replicas)
@@ -272,6 +294,7 @@ class RedisState:
         await self._rates()
         await self._series()
         await self._throttle()
+        await self._usage()
 
     async def _membership(self) -> None:
         now = self.clock()
@@ -402,6 +425,53 @@ class RedisState:
         _, active = await pipe.execute()
         for address, until in active:
             throttle.block_for(address.decode(), until - now)
+
+    async def _usage(self) -> None:
+        if self.usage is None:
+            return
+        if self._usage_epoch != self.epoch:  # an emptied store: send everything again
+            self._usage_sent, self._usage_epoch = ("", ""), self.epoch
+            self._usage_minute = None
+        recent = json.dumps(self.usage.recent(), sort_keys=True)
+        completed, minute = self._usage_sent[1], int(self.usage.clock() // 60)
+        key, hour, version = PREFIX + "usage", PREFIX + "usage:hour", PREFIX + "usage:version"
+        pipe = self.client.pipeline(transaction=False)
+        if minute != self._usage_minute:  # completed minutes change when a minute does
+            completed = json.dumps(self.usage.completed(), sort_keys=True)
+        # The completed minutes first: who sees this process's new minute sees them too.
+        if completed != self._usage_sent[1]:
+            pipe.hset(hour, self.replica, completed)
+            pipe.incr(version)
+        if recent != self._usage_sent[0]:
+            pipe.hset(key, self.replica, recent)
+        pipe.hgetall(key)
+        pipe.get(version)
+        *_, recents, seen = await pipe.execute()
+        self._usage_sent, self._usage_minute = (recent, completed), minute
+        if seen != self._usage_version:  # some process completed a minute: read them all
+            hours = await self.client.hgetall(hour)
+            self._usage_hours = {
+                name.decode() if isinstance(name, bytes) else name: _document(raw)
+                for name, raw in hours.items()
+            }
+            self._usage_version = seen
+        published: list[tuple[dict[str, Any], dict[str, Any], bool]] = []
+        stale: list[str] = []
+        for name, raw in recents.items():
+            replica = name.decode()
+            if replica == self.replica:
+                continue
+            theirs = (_document(raw), self._usage_hours.get(replica, {}))
+            if replica not in self.live and self.usage.expired(*theirs):
+                stale.append(replica)  # left over an hour ago
+            else:
+                published.append((*theirs, replica in self.live))
+        if stale:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(key, *stale)
+            pipe.hdel(hour, *stale)
+            await pipe.execute()
+        self.usage.merge_others(published)
 
     async def close(self) -> None:
         """Send this process's last changes and leave the replicas."""

@@ -49,7 +49,7 @@ pytestmark = pytest.mark.e2e
 ARTIFACTS = REPO / "test-artifacts"
 ADMIN_KEY = "status-page-e2e-admin-key"
 KEY_ITEM = re.search(  # the page's sessionStorage item, read from its script
-    r'KEY_ITEM = "([^"]+)"', (REPO / "gateway" / "static" / "status.js").read_text()
+    r'KEY_ITEM = "([^"]+)"', (REPO / "gateway" / "fleet" / "static" / "status.js").read_text()
 )
 
 
@@ -280,11 +280,15 @@ def _browse(tmp_path: Path, url: str, *extra: str) -> str:
 
 
 class _Rows(HTMLParser):
-    """Tenant sections and agent rows of the rendered page, as text."""
+    """Tenant sections and agent rows of the rendered page, as text; and each tenant's
+    row of the usage table."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tenants: list[str] = []
+        self.usage: dict[str, dict[str, str]] = {}
+        self._usage_tenant = ""
+        self._usage_cells: list[str] | None = None
         self.rows: list[dict[str, str]] = []
         self.login_hidden = True
         self._cells: list[str] | None = None
@@ -296,6 +300,10 @@ class _Rows(HTMLParser):
             self.login_hidden = "hidden" in values
         if tag == "section" and values.get("data-tenant"):
             self.tenants.append(values["data-tenant"] or "")
+        if tag == "tr" and values.get("data-usage-tenant"):
+            self._usage_tenant, self._usage_cells = values["data-usage-tenant"] or "", []
+        if tag == "td" and self._usage_cells is not None:
+            self._usage_cells.append("")
         if tag == "tr" and values.get("data-status"):
             self._row = {"tenant": self.tenants[-1], "status": values["data-status"] or ""}
             self._cells = []
@@ -305,8 +313,14 @@ class _Rows(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._cells:
             self._cells[-1] += data
+        if self._usage_cells:
+            self._usage_cells[-1] += data
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "tr" and self._usage_cells is not None:
+            names = ("tenant", "series", "requests", "points", "hour", "refusals", "agents")
+            self.usage[self._usage_tenant] = dict(zip(names, self._usage_cells, strict=True))
+            self._usage_cells = None
         if tag == "tr" and self._cells is not None:
             names = ("badge", "type", "service", "instance", "host", "version", "seen")
             self.rows.append({**self._row, **dict(zip(names, self._cells, strict=True))})
@@ -352,6 +366,14 @@ def test_the_status_page_shows_every_tenants_agents_in_chromium(
     assert rows["crm-01"]["seen"].endswith("s ago")
     assert rows["crm-01"]["badge"].endswith("⚠ over budget: crm.queries")
     assert [i for i, row in rows.items() if "over budget" in row["badge"]] == ["crm-01"]
+    # Usage (/api/usage): acme sent over OTLP/HTTP and the legacy endpoint, globex over gRPC.
+    assert list(page.usage) == ["acme", "globex"]
+    acme_usage, globex_usage = page.usage["acme"], page.usage["globex"]
+    assert acme_usage["hour"] == "2 requests, 0 refused, 2 data points"
+    assert acme_usage["series"] == "2 of 10000"
+    assert acme_usage["agents"] == "2 up, 0 silent, 1 stopped, 0 retired"
+    assert globex_usage["agents"] == "1 up, 1 silent, 0 stopped, 0 retired"
+    assert globex_usage["refusals"] == "none"
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "status-page.png"

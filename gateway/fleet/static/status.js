@@ -106,8 +106,104 @@ function tenantSection(tenant) {
   return section;
 }
 
+// Usage (/api/usage): one row per tenant, each figure against its limit (named as
+// in the limits file).
+const USAGE_COLUMNS = [
+  ["Tenant", ""],
+  ["Active series", "of max_active_series"],
+  ["Requests/s", "of rate_limit_requests_per_second (burst: rate_limit_burst)"],
+  ["Data points/s", "forwarded; at most max_data_points_per_request per request"],
+  ["Last hour", "requests finished, refused whole, data points forwarded"],
+  ["Refusals, last hour", "by reason (docs/gateway.md, Errors); dropped data points by reason"],
+  ["Agents", "by state"],
+];
+
+function counted(counts) {
+  return Object.keys(counts || {}).map((name) => `${name}: ${counts[name]}`).join(", ");
+}
+
+function ofLimit(value, limit, extra) {
+  return limit ? `${value} of ${limit}${extra || ""}` : `${value} (no limit)`;
+}
+
+function usageRow(tenant) {
+  const limits = tenant.limits;
+  const hour = tenant.last_hour;
+  const agents = tenant.agents;
+  const row = element("tr");
+  row.dataset.usageTenant = tenant.tenant_id;
+  const seriesOver = limits.max_active_series > 0 && tenant.active_series >= limits.max_active_series;
+  const rate = limits.rate_limit_requests_per_second;
+  const refusals = counted(hour.refusals);
+  const dropped = counted(hour.dropped_data_points);
+  row.append(
+    element("td", tenant.tenant_id),
+    element(
+      "td",
+      ofLimit(tenant.active_series, limits.max_active_series),
+      seriesOver ? "over" : undefined,
+    ),
+    element(
+      "td",
+      ofLimit(tenant.requests_per_second, rate, ` (burst ${limits.rate_limit_burst})`),
+      rate > 0 && tenant.requests_per_second > rate ? "over" : undefined,
+    ),
+    element("td", tenant.data_points_per_second),
+    element(
+      "td",
+      `${hour.requests} requests, ${hour.refused} refused, ${hour.data_points} data points`,
+    ),
+    element(
+      "td",
+      (refusals || "none") + (dropped ? `; dropped data points: ${dropped}` : ""),
+      refusals ? "over" : undefined,
+    ),
+    element(
+      "td",
+      `${agents.up} up, ${agents.silent} silent, ${agents.stopped} stopped, ` +
+        `${agents.retired} retired`,
+      agents.silent > 0 ? "over" : undefined,
+    ),
+  );
+  return row;
+}
+
+function usageSection(usage) {
+  const section = element("section", undefined, "usage");
+  section.append(
+    element("h2", `Usage · rates over the last ${usage.rate_window_seconds} s`),
+  );
+  const table = element("table");
+  const head = element("tr");
+  for (const [name, help] of USAGE_COLUMNS) {
+    const cell = element("th", name);
+    if (help) cell.title = help;
+    head.append(cell);
+  }
+  table.append(head, ...usage.tenants.map(usageRow));
+  section.append(table);
+  return section;
+}
+
+async function refreshUsage(key) {
+  let response;
+  try {
+    response = await fetch("/api/usage", {
+      headers: { Authorization: `Bearer ${key}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (error) {
+    return;
+  }
+  if (!response.ok) return;
+  const usage = await response.json();
+  $("usage").replaceChildren(usageSection(usage));
+}
+
 function showLogin(message) {
   clearTimeout(timer);
+  $("usage").replaceChildren();
   $("fleet").replaceChildren();
   $("session").hidden = true;
   $("login").hidden = false;
@@ -152,6 +248,7 @@ async function refresh() {
   $("summary").textContent =
     `${fleet.scope} · silent after ${fleet.silent_after_seconds} s${replicas} · ${fleet.generated_at}`;
   $("fleet").replaceChildren(...fleet.tenants.map(tenantSection));
+  await refreshUsage(key);
   document.body.dataset.loaded = "true";
   timer = setTimeout(refresh, REFRESH_MS);
 }
