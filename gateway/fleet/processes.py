@@ -98,12 +98,17 @@ def cleaned(value: Any) -> list[Process]:
         return []  # Redis's cjson writes an empty list as {}
     found: list[Process] = []
     for entry in value[: 2 * MAX_PROCESSES]:
+        if not isinstance(entry, list | tuple) or len(entry) != 5:
+            continue
+        host, series, start, first, last = entry
         if (
-            isinstance(entry, list | tuple)
-            and len(entry) == 5
-            and all(isinstance(e, str) for e in entry[:3])
-            and all(isinstance(e, int | float) for e in entry[3:])
+            isinstance(host, str)
+            and isinstance(series, str)
+            and isinstance(start, str)
+            and isinstance(first, int | float)
+            and isinstance(last, int | float)
         ):
-            host, series, start = (str(e)[:MAX_VALUE_CHARS] for e in entry[:3])
-            found.append((host, series[:8], start[:24], float(entry[3]), float(entry[4])))
+            found.append((host[:MAX_VALUE_CHARS], series[:8], start[:24], first, last))
+    if len(found) <= MAX_PROCESSES and len({p[:3] for p in found}) == len(found):
+        return found  # as written (by `union`): the common case
     return union(found)

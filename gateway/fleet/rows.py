@@ -119,7 +119,8 @@ def merged(old: Sighting, new: Sighting) -> Sighting:
     row.silence_from = max(old.silence_from, new.silence_from)
     if other.state_since > base.state_since:
         row.state, row.state_since = other.state, other.state_since
-    row.processes = union(old.processes, new.processes)
+    if old.processes != new.processes:
+        row.processes = union(old.processes, new.processes)
     if other.clash_seen > base.clash_seen:
         row.clash_seen, row.clash_hosts = other.clash_seen, list(other.clash_hosts)
     return row

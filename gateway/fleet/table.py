@@ -41,10 +41,13 @@ service.instance.id): a machine id shared by containers or cloned machines, or o
 interleave, so the row sees its agent's host.name, or the start time of a
 cumulative series (fixed for a process's whole life), go A, B, A: back to a value
 it had left. A restart changes them once (A, B, B, ...), a clean stop and a start
-likewise, and an agent moving to another gateway replica shows each replica one
-process: none of them alternates. The row is then "clashing" (with the hosts seen)
-until nothing alternates for `silent_after`; its state is unchanged (the clash is
-shown beside it, and counted by gateway_fleet_agents_clashing).
+likewise, and an agent moving to another gateway replica is one process (one host,
+one start time) on each: none of them alternates. The row keeps the processes it
+heard (gateway.fleet.processes), and replicas sharing a store merge them, so two
+processes whose exports reach different replicas clash on every replica. The row is
+then "clashing" (with the hosts seen) until nothing alternates for `silent_after`;
+its state is unchanged (the clash is shown beside it, and counted by
+gateway_fleet_agents_clashing).
 
 Bounds: a row stopped or retired for `retire_after` (a pod replaced in a rolling
 deploy, a decommissioned agent) is dropped, and any row unseen for `forget_after`;
