@@ -7,9 +7,11 @@ share a store merge their lists (the union: the earliest first sighting, the lat
 last one; gateway.state_redis does the same in Redis), so the row knows every process
 whichever replica its exports reach.
 
-Two processes of one series clash when the older was seen again after the newer
-appeared (A, B, A): a restart never goes back to its old start time (A, B, B), and
-an agent moving between replicas is one process (one host, one start) on each.
+Entries of two hosts, or of two start times of one series, are two processes; they
+clash when the older was seen again after the newer appeared (A, B, A): a restart
+never goes back to its old start time (A, B, B), a process rescheduled on another
+host leaves the old one for good, and an agent moving between replicas is one
+process (one host, one start) on each.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from gateway.fleet.resource import MAX_VALUE_CHARS
+from gateway.fleet.resource import MAX_VALUE_CHARS, STARTS_PER_REQUEST
 
 Process = tuple[str, str, str, float, float]
 """host, series (resource.series_starts; "" for an export without cumulative series), start
@@ -26,10 +28,7 @@ seen, last seen (Unix seconds)."""
 
 MAX_PROCESSES = 8
 """Processes a row keeps (the most recently seen): two processes' two series each,
-or four processes' one; a client whose start times move at each export (delta
-temporality) keeps no more."""
-SERIES_PER_EXPORT = 2
-"""Series of an export whose start times a row keeps (of the first few read)."""
+or four processes' one; an agent that changes host at each export keeps no more."""
 
 
 def heard(
@@ -39,7 +38,7 @@ def heard(
     none when it has no cumulative series (it is then told apart by host only); and
     False when it came from the process heard last (nothing new can alternate)."""
     host = host[:MAX_VALUE_CHARS]
-    keys = sorted((host, series, str(start)) for series, start in starts[:SERIES_PER_EXPORT])
+    keys = sorted((host, series, str(start)) for series, start in starts[:STARTS_PER_REQUEST])
     keys = keys or [(host, "", "")]
     count = len(keys)
     if [p[:3] for p in processes[:count]] == keys and now > processes[0][4]:
@@ -68,22 +67,21 @@ def union(*lists: Iterable[Process]) -> list[Process]:
 
 
 def clash(processes: list[Process], window: float) -> tuple[float, list[str]]:
-    """When two processes of one series were last both seen after alternating (0.0
-    if never), and the hosts of the alternations within `window` before that."""
-    by_series: dict[str, list[Process]] = {}
-    for process in processes:
-        by_series.setdefault(process[1], []).append(process)
-    if len(by_series) == len(processes):
-        return 0.0, []  # one process per series (the common case): nothing alternates
+    """When two processes that alternated were last both seen (0.0 if never), and the
+    hosts of the alternations within `window` before that. Two entries are two
+    processes when their hosts differ, or their start times of one series do."""
+    if len(processes) < 2 or (
+        len({p[0] for p in processes}) == 1 and len({p[1] for p in processes}) == len(processes)
+    ):
+        return 0.0, []  # one host, one start per series (the common case)
+    ordered = sorted(processes, key=lambda p: p[3])
     pairs: list[tuple[float, str, str]] = []
-    for group in by_series.values():
-        if len(group) < 2:
-            continue
-        group.sort(key=lambda p: p[3])
-        for i, older in enumerate(group):
-            for newer in group[i + 1 :]:
-                if older[3] < newer[3] < older[4]:  # the older one came back
-                    pairs.append((min(older[4], newer[4]), older[0], newer[0]))
+    for i, older in enumerate(ordered):
+        for newer in ordered[i + 1 :]:
+            # One entry per (host, series, start): same host and series, another start.
+            two = older[0] != newer[0] or older[1] == newer[1]
+            if two and older[3] < newer[3] < older[4]:  # the older one came back
+                pairs.append((min(older[4], newer[4]), older[0], newer[0]))
     if not pairs:
         return 0.0, []
     seen = max(at for at, _, _ in pairs)

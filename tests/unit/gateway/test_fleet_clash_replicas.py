@@ -28,6 +28,7 @@ from test_fleet_clash import ACME, EXPORT_S, Clock, Process
 from gateway.fleet import FleetTracker
 from gateway.fleet.api import fleet_document
 from gateway.fleet.processes import MAX_PROCESSES
+from gateway.fleet.rows import Agent
 from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
 from gateway.state_redis import PREFIX, RedisState
@@ -236,5 +237,48 @@ def test_an_agent_changing_identity_at_each_export_keeps_its_row_small(
             for replica in (a, b):
                 [row] = replica.fleet.sightings()
                 assert row.processes == [tuple(p) for p in document["processes"]]
+
+    asyncio.run(scenario())
+
+
+def test_two_hosts_clash_even_when_their_processes_share_no_series(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        async with replicas(tmp_path, redis_server.url, clock) as (a, b):
+
+            def pod(host: str, series: str, start: int) -> Agent:
+                starts = tuple((f"{series}{i:07x}", start) for i in range(2))
+                return Agent("connector", "orders", "c4a17407", "1", host, False, starts=starts)
+
+            # Their first points differ (another attribute value each): no series in common.
+            for _ in range(2):
+                for replica, agent in ((a, pod("pod-a", "a", 1)), (b, pod("pod-b", "b", 2))):
+                    clock.now += EXPORT_S / 2
+                    replica.fleet.see(ACME.id, agent)
+                await exchange(a, b)
+            assert a.clashes() == b.clashes() == [("c4a17407", ["pod-a", "pod-b"])]
+
+    asyncio.run(scenario())
+
+
+def test_killed_and_rescheduled_back_and_forth_is_no_clash(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        async with replicas(tmp_path, redis_server.url, clock) as (a, b):
+            # Each process killed (no final export) after two exports, its successor on
+            # the other node within seconds, its connection on either replica.
+            for i, (host, replica) in enumerate(
+                [("node-1", a), ("node-2", b), ("node-1", b), ("node-2", a), ("node-1", a)]
+            ):
+                clock.now += 1.0
+                process = Process(host)
+                for _ in range(2):
+                    send(replica, clock, process)
+                    await exchange(a, b)
+                    assert a.clashes() == b.clashes() == [], f"process {i} on {host}"
 
     asyncio.run(scenario())
