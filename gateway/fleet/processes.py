@@ -54,7 +54,9 @@ def _order(process: Process) -> tuple[float, str, str, str]:
 
 def union(*lists: Iterable[Process]) -> list[Process]:
     """One list from several: per process the earliest first and latest last sighting,
-    the MAX_PROCESSES most recently seen kept (the same in any order of merging)."""
+    the MAX_PROCESSES most recently seen kept. The same in any order of merging while
+    they fit; past that, a process dropped and heard again counts as first seen then
+    (it can only look newer: never a clash with a process gone before it)."""
     found: dict[tuple[str, str, str], Process] = {}
     for processes in lists:
         for process in processes:

@@ -138,6 +138,11 @@ def test_two_processes_each_on_its_own_replica_clash_on_both(
                 assert 'service_instance_id="c4a17407"' in line
             # The same label set on both: the alert's max by (...) sees one agent.
             assert clashing_lines(a) == clashing_lines(b)
+            for _ in range(10):  # as long as both run (past silent_after), on both
+                send(a, clock, pods[0])
+                send(b, clock, pods[1])
+                await exchange(a, b)
+                assert a.clashes() == b.clashes() == [("c4a17407", ["pod-a", "pod-b"])]
 
             for _ in range(6):  # pod-b is gone: the mark ends after silent_after
                 send(a, clock, pods[0])
