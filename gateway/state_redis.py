@@ -50,6 +50,8 @@ from redis.exceptions import RedisError
 
 from gateway import instruments
 from gateway.fleet import FleetTracker, Sighting
+from gateway.fleet.processes import MAX_PROCESSES, cleaned
+from gateway.fleet.store import clash_hosts
 from gateway.ingest import Ingestor
 from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
@@ -70,8 +72,33 @@ MAX_PULLS = 40
 """Looks per exchange: 20,000 changed rows (the rest at the next exchange)."""
 
 MERGE = """
+local function union(a, b)
+  local found, all = {}, {}
+  for _, list in ipairs({a, b}) do
+    for _, p in ipairs(type(list) == 'table' and list or {}) do
+      local key = p[1] .. '\\0' .. p[2] .. '\\0' .. p[3]
+      local known = found[key]
+      if known then
+        known[4] = math.min(known[4], p[4])
+        known[5] = math.max(known[5], p[5])
+      else
+        found[key] = {p[1], p[2], p[3], p[4], p[5]}
+        table.insert(all, found[key])
+      end
+    end
+  end
+  table.sort(all, function(x, y)
+    if x[5] ~= y[5] then return x[5] > y[5] end
+    if x[1] ~= y[1] then return x[1] < y[1] end
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[3] < y[3]
+  end)
+  local kept = {}
+  for i = 1, math.min(#all, tonumber(ARGV[1])) do kept[i] = all[i] end
+  return kept
+end
 local seq = 0
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local field, new = ARGV[i], cjson.decode(ARGV[i + 1])
   local raw = redis.call('HGET', KEYS[1], field)
   if raw then
@@ -84,6 +111,11 @@ for i = 1, #ARGV, 2 do
       base.state = other.state
       base.state_since = other.state_since
     end
+    base.processes = union(old.processes, new.processes)
+    if (other.clash_seen or 0) > (base.clash_seen or 0) then
+      base.clash_seen = other.clash_seen
+      base.clash_hosts = other.clash_hosts
+    end
     new = base
   end
   seq = redis.call('INCR', KEYS[2])
@@ -92,7 +124,8 @@ for i = 1, #ARGV, 2 do
 end
 return seq
 """
-"""Merge fleet rows as gateway.fleet.rows.merged does, and note each row's change."""
+"""Merge fleet rows as gateway.fleet.rows.merged does (the processes as
+gateway.fleet.processes.union, at most ARGV[1]), and note each row's change."""
 
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -132,6 +165,9 @@ def _row(raw: bytes | str | None) -> Sighting | None:
         for name in ("resource", "over_budget"):  # cjson keeps {} but a list is safer to fix
             if not isinstance(getattr(row, name), dict):
                 setattr(row, name, {})
+        row.processes = cleaned(row.processes)
+        row.clash_seen = float(row.clash_seen)
+        row.clash_hosts = clash_hosts(row.clash_hosts)
         return row
     except (ValueError, TypeError, AttributeError):
         return None
@@ -317,9 +353,9 @@ class RedisState:
         rows = self.fleet.take_changed()
         try:
             for at in range(0, len(rows), FLEET_BATCH):
-                args: list[str] = []
+                args = [str(MAX_PROCESSES)]
                 for row in rows[at : at + FLEET_BATCH]:
-                    args += [_field(row), json.dumps(vars(row) | {"starts": {}})]  # local only
+                    args += [_field(row), json.dumps(vars(row))]
                 keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
                 await self.client.eval(MERGE, len(keys), *keys, *args)
         except BaseException:

@@ -124,10 +124,9 @@ def overflowing(resource_metrics: ResourceMetrics) -> tuple[str, ...]:
     return tuple(names)
 
 
-MAX_STARTS = 16
-"""Series whose start times a row follows (gateway.fleet's clash detection)."""
-STARTS_PER_REQUEST = 4
-"""Metrics whose first cumulative point is read per request (a few µs each)."""
+STARTS_PER_REQUEST = 2
+"""Metrics whose first cumulative point is read per request (a few µs each), and
+whose start times a fleet row keeps (gateway.fleet.processes)."""
 _CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
 
@@ -151,6 +150,6 @@ def series_starts(
             point = data.data_points[0]
             if point.start_time_unix_nano:
                 labels = b"".join(kv.SerializeToString() for kv in point.attributes)
-                key = f"{metric.name[:MAX_VALUE_CHARS]}/{zlib.crc32(labels):08x}"
-                found.append((key, point.start_time_unix_nano))
+                key = zlib.crc32(labels, zlib.crc32(metric.name.encode()))
+                found.append((f"{key:08x}", point.start_time_unix_nano))
     return tuple(found)

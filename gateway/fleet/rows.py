@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from gateway.fleet.processes import Process, union
 from gateway.fleet.resource import AGENT_TYPE_KEY, LIFECYCLE_KEY, MAX_VALUE_CHARS
 
 PAGED_TYPES = {"connector": "connector", "etl": "agent"}
@@ -17,8 +18,6 @@ OVER_BUDGET_SECONDS = 600.0
 """An agent stays over budget this long after an export last carried an overflow series."""
 MAX_OVER_BUDGET_NAMES = 16
 """Metric names remembered per over-budget agent (the oldest go first)."""
-START_HISTORY = 4
-"""Distinct start times remembered per series (the processes of a clash cycle through)."""
 MAX_CLASH_SERIES = 20
 """Clashing agents per tenant named on gateway_fleet_agents_clashing (the rest are
 counted in one row with service_instance_id="+")."""
@@ -60,13 +59,10 @@ class Sighting:
     seen_by: str = ""
     """The gateway process that heard it last (with a shared state store: the one
     that sends its last-seen series)."""
-    previous_host: str = ""
-    previous_host_seen: float = 0.0
-    """The host it was last seen on before `host`, and when."""
-    starts: dict[str, list[int]] = field(default_factory=dict)
-    """Series → its last START_HISTORY distinct start times (newest first); not saved."""
+    processes: list[Process] = field(default_factory=list)
+    """The processes that sent as it, most recently seen first (gateway.fleet.processes)."""
     clash_seen: float = 0.0
-    """When an export last alternated with another process's (Unix seconds)."""
+    """When two processes that alternated were last both seen (Unix seconds)."""
     clash_hosts: list[str] = field(default_factory=list)
 
     @property
@@ -114,12 +110,17 @@ def agent_of(attributes: Mapping[str, str]) -> Agent | None:
 
 def merged(old: Sighting, new: Sighting) -> Sighting:
     """One row from two processes' copies of it: the description of the latest
-    sighting, the earliest first sighting, the latest state change. The store applies
-    the same rule (gateway.state_redis), so the order of the exchanges does not matter."""
+    sighting, the earliest first sighting, the latest state change, the processes of
+    both and the latest clash. The store applies the same rule (gateway.state_redis),
+    so the order of the exchanges does not matter."""
     base, other = (new, old) if new.last_seen >= old.last_seen else (old, new)
     row = replace(base)  # its dicts go along: `merge` puts it in place of both
     row.first_seen = min(old.first_seen, new.first_seen)
     row.silence_from = max(old.silence_from, new.silence_from)
     if other.state_since > base.state_since:
         row.state, row.state_since = other.state, other.state_since
+    if old.processes != new.processes:
+        row.processes = union(old.processes, new.processes)
+    if other.clash_seen > base.clash_seen:
+        row.clash_seen, row.clash_hosts = other.clash_seen, list(other.clash_hosts)
     return row

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.atomicfile import write_atomically
+from gateway.fleet.processes import MAX_PROCESSES, cleaned
 from gateway.fleet.resource import MAX_VALUE_CHARS, kept_resource
 from gateway.fleet.rows import MAX_OVER_BUDGET_NAMES, Sighting
 
@@ -54,12 +55,9 @@ def read(
             row.state = "running"
         row.state_since = float(row.state_since) or row.last_seen
         row.over_budget = _times(row.over_budget)
-        row.starts = {}  # start times are compared within one gateway run
-        hosts = row.clash_hosts if isinstance(row.clash_hosts, list) else []
-        row.clash_hosts = [str(h)[:MAX_VALUE_CHARS] for h in hosts[:4]]
+        row.processes = cleaned(row.processes)
+        row.clash_hosts = clash_hosts(row.clash_hosts)
         row.clash_seen = _number(row.clash_seen, 0.0)
-        row.previous_host_seen = _number(row.previous_host_seen, 0.0)
-        row.previous_host = str(row.previous_host)[:MAX_VALUE_CHARS]
         if not isinstance(row.resource, dict):
             row.resource = {}
         elif row.resource:  # saved by an older gateway, or under larger bounds
@@ -81,7 +79,7 @@ def write(path: Path, rows: Iterable[Sighting], saved_at: float) -> None:
     document = {
         "version": STATE_VERSION,
         "saved_at": saved_at,
-        "agents": [asdict(row) | {"starts": {}} for row in rows],
+        "agents": [asdict(row) for row in rows],
     }
     write_atomically(path, json.dumps(document))
 
@@ -95,6 +93,12 @@ def _times(value: Any) -> dict[str, float]:
         for k, v in list(value.items())[-MAX_OVER_BUDGET_NAMES:]
         if isinstance(v, int | float)
     }
+
+
+def clash_hosts(value: Any) -> list[str]:
+    """The hosts of a clash read back, whatever was saved."""
+    hosts = value if isinstance(value, list) else []
+    return [str(h)[:MAX_VALUE_CHARS] for h in hosts[:MAX_PROCESSES]]
 
 
 def _number(value: Any, default: float) -> float:

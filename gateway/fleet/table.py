@@ -41,10 +41,13 @@ service.instance.id): a machine id shared by containers or cloned machines, or o
 interleave, so the row sees its agent's host.name, or the start time of a
 cumulative series (fixed for a process's whole life), go A, B, A: back to a value
 it had left. A restart changes them once (A, B, B, ...), a clean stop and a start
-likewise, and an agent moving to another gateway replica shows each replica one
-process: none of them alternates. The row is then "clashing" (with the hosts seen)
-until nothing alternates for `silent_after`; its state is unchanged (the clash is
-shown beside it, and counted by gateway_fleet_agents_clashing).
+likewise, and an agent moving to another gateway replica is one process (one host,
+one start time) on each: none of them alternates. The row keeps the processes it
+heard (gateway.fleet.processes), and replicas sharing a store merge them, so two
+processes whose exports reach different replicas clash on every replica. The row is
+then "clashing" (with the hosts seen) until nothing alternates for `silent_after`;
+its state is unchanged (the clash is shown beside it, and counted by
+gateway_fleet_agents_clashing).
 
 Bounds: a row stopped or retired for `retire_after` (a pod replaced in a rolling
 deploy, a decommissioned agent) is dropped, and any row unseen for `forget_after`;
@@ -72,10 +75,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 from gateway import instruments
-from gateway.fleet import store
+from gateway.fleet import processes, store
 from gateway.fleet.resource import (
     LIFECYCLE_KEY,
-    MAX_STARTS,
     kept_resource,
     may_overflow,
     overflowing,
@@ -86,7 +88,6 @@ from gateway.fleet.rows import (
     MAX_CLASH_SERIES,
     MAX_OVER_BUDGET_NAMES,
     OVER_BUDGET_SECONDS,
-    START_HISTORY,
     Agent,
     AmbiguousAgent,
     FleetLookupError,
@@ -192,11 +193,9 @@ class FleetTracker:
             # A final export (a clean stop) ends its process: it may arrive after the
             # next process's first one, and says nothing of who runs now.
             if not agent.stopped:
-                if self._alternates(row, agent, now) and row.state == "running":
-                    row.clash_seen = now
-                    row.clash_hosts = sorted({row.host, agent.host} - {""})
-                if agent.host != row.host:
-                    row.previous_host, row.previous_host_seen = row.host, row.last_seen
+                row.processes, new = processes.heard(row.processes, agent.host, agent.starts, now)
+                if new:
+                    self._mark_clash(row)
                 row.host = agent.host
             row.agent_type, row.version = agent.agent_type, agent.version
             if agent.resource:
@@ -216,24 +215,11 @@ class FleetTracker:
             if self.replica:  # shared: sent at the next exchange
                 self._changed.add((tenant_id, *key))
 
-    def _alternates(self, row: Sighting, agent: Agent, now: float) -> bool:
-        """Whether this export goes back to a host or a series start time the row had
-        just left (A, B, A): two live processes; follows the series' start times."""
-        alternates = (
-            agent.host != row.host
-            and agent.host == row.previous_host
-            and now - row.previous_host_seen <= self.silent_after
-        )
-        for key, start in agent.starts:
-            known = row.starts.get(key)
-            if known is None:
-                if len(row.starts) < MAX_STARTS:
-                    row.starts[key] = [start]
-            elif start != known[0]:
-                # A restart never goes back to an older start; three processes cycle.
-                alternates = alternates or start in known
-                row.starts[key] = [start, *(s for s in known if s != start)][:START_HISTORY]
-        return alternates
+    def _mark_clash(self, row: Sighting) -> None:
+        """Note the latest time two of its processes alternated (gateway.fleet.processes)."""
+        seen, hosts = processes.clash(row.processes, self.silent_after)
+        if seen > row.clash_seen:
+            row.clash_seen, row.clash_hosts = seen, hosts
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
         """Retire agents of a tenant at once, by instance id or a unique prefix of one.
@@ -361,7 +347,8 @@ class FleetTracker:
                 old = agents.get(key)
                 if old is None and len(agents) >= self.max_per_tenant:
                     self._evict_one(new.tenant_id, agents)
-                agents[key] = new if old is None else merged(old, new)
+                row = agents[key] = new if old is None else merged(old, new)
+                self._mark_clash(row)  # processes heard by other replicas may alternate
             self._dirty = True
 
     # -- metrics -----------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """Agent identity with real processes against the real stack: containers that share a
 machine id are agents of their own, two processes under one id raise
-AgentIdentityClash, a restart does not.
+AgentIdentityClash (also when each sends to its own gateway replica), a restart does
+not.
 
 Connectors are bench/fleet_agent.py processes (otel_agents, a batch every 0.5 s);
 "containers" are processes in their own UTS and mount namespaces (`unshare`, as root:
 their own host name and temporary directory, the host's /etc/machine-id). The stack is
 the Collector, the gateway and Prometheus with the repository's rules (10 s scrapes and
-evaluations); ConnectorSilent waits for the rules' 120 s threshold.
+evaluations); ConnectorSilent waits for the rules' 120 s threshold. The replicas'
+case has a stack of its own: two gateways sharing a redis-server (GATEWAY_STATE_URL),
+both scraped by Prometheus.
 """
 
 from __future__ import annotations
@@ -28,7 +31,17 @@ from needs import require
 from polling import poll
 
 from gateway import tenants
-from stack.local import REPO, LocalStack, Process, StackError, collector_binary, prometheus_binary
+from stack.local import (
+    REPO,
+    LocalStack,
+    Ports,
+    Process,
+    StackError,
+    collector_binary,
+    http_get,
+    prometheus_binary,
+)
+from stack.redis_server import RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -67,10 +80,10 @@ class Stack:
         }
         return self.local.start_process(name, argv, variables)
 
-    def fleet(self, service: str) -> list[dict[str, Any]]:
-        """The service's rows on /api/fleet."""
+    def fleet(self, service: str, gateway: LocalStack | None = None) -> list[dict[str, Any]]:
+        """The service's rows on /api/fleet (of `gateway`'s gateway, default the stack's)."""
         request = urllib.request.Request(  # noqa: S310 (the stack's loopback address)
-            f"{self.local.gateway_http_url}/api/fleet",
+            f"{(gateway or self.local).gateway_http_url}/api/fleet",
             headers={"authorization": f"Bearer {self.key}"},
         )
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
@@ -217,3 +230,116 @@ def test_a_plain_restart_is_not_a_clash(stack: Stack) -> None:
         time.sleep(1.0)
     assert stack.alerts("AgentIdentityClash", service) == []
     stack.local.stop(agent)
+
+
+@dataclass
+class Replicated:
+    """A stack whose gateway has a replica (`other`: its ports, the same Collector)
+    sharing the fleet through `redis`."""
+
+    stack: Stack
+    other: LocalStack
+    redis: RedisServer
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicated]:
+    run_dir = tmp_path_factory.mktemp("identity-replicas")
+    tenants_file = run_dir / "tenants.json"
+    table, key = tenants.add_key(tenants.TenantTable(), TENANT)
+    tenants.save(tenants_file, table)
+    redis = RedisServer(run_dir / "redis")
+    local = LocalStack(run_dir / "stack", tenants_file=tenants_file)
+    other = LocalStack(
+        run_dir / "other",
+        tenants_file=tenants_file,
+        ports=Ports(collector_otlp=local.ports.collector_otlp),
+    )
+    shared = {"GATEWAY_STATE_URL": redis.url}
+    try:
+        try:
+            redis.start()
+        except RuntimeError as exc:
+            require("redis-server", exc)
+        binaries = (collector_binary(), prometheus_binary())
+        local.wait_ready(local.start_collector(binaries[0]))
+        gateways = [stack.start_gateway(shared) for stack in (local, other)]
+        scraped = [f"127.0.0.1:{stack.ports.gateway_metrics}" for stack in (local, other)]
+        # Prometheus scrapes both replicas in its `gateway` job, as deployed.
+        for process in (*gateways, local.start_prometheus(binaries[1], {"gateway": scraped})):
+            local.wait_ready(process)
+        yield Replicated(Stack(local, key), other, redis)
+    except StackError as exc:
+        if "not installed" in str(exc) or "building" in str(exc):
+            require("the stack", exc)
+        raise
+    finally:
+        other.stop_all()
+        local.stop_all()
+        redis.stop()
+
+
+def _clashing_lines(gateway: LocalStack) -> list[str]:
+    """The gateway_fleet_agents_clashing lines of a gateway's /metrics."""
+    status, body = http_get(f"{gateway.gateway_metrics_url}/metrics", timeout=5)
+    assert status == 200
+    lines = body.decode().splitlines()
+    return sorted(line for line in lines if line.startswith("gateway_fleet_agents_clashing{"))
+
+
+def test_two_processes_each_on_its_own_gateway_replica_raise_the_clash(
+    replicated: Replicated,
+) -> None:
+    stack, other = replicated.stack, replicated.other
+    service, interval = "replicated-connector", 15.0
+    shared = {"OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=orders-shared"}
+    first = stack.agent("shared-1", service, interval, **shared)
+    poll(
+        "the first process in the fleet of both replicas",
+        lambda: all(stack.fleet(service, g) for g in (stack.local, other)),
+        60,
+    )
+    started = time.monotonic()
+    # The second process's exports reach the other replica only.
+    second = stack.agent(
+        "shared-2",
+        service,
+        interval,
+        OTEL_EXPORTER_OTLP_ENDPOINT=other.gateway_grpc_endpoint,
+        **shared,
+    )
+    poll(
+        "the clash on both replicas' /api/fleet",
+        lambda: all(
+            [row["clash"] for row in stack.fleet(service, g)] == [True]
+            for g in (stack.local, other)
+        ),
+        timeout=4 * interval,
+    )
+    in_fleet = time.monotonic() - started
+    alerts = poll(
+        "AgentIdentityClash in Prometheus",
+        lambda: stack.alerts("AgentIdentityClash", service),
+        timeout=4 * interval,
+    )
+    firing = time.monotonic() - started
+    print(
+        f"\n[identity] clash across replicas ({interval:.0f} s exports) on both /api/fleet "
+        f"{in_fleet:.0f} s, AgentIdentityClash firing {firing:.0f} s after the second "
+        "process started"
+    )
+    # One alert from the row both replicas expose: the same series on each.
+    lines = [_clashing_lines(g) for g in (stack.local, other)]
+    assert len(lines[0]) == 1
+    assert lines[0] == lines[1]
+    assert len(alerts) == 1
+    labels = alerts[0]["metric"]
+    assert (labels["instance"], labels["tenant_id"], labels["hosts"]) == (
+        "orders-shared",
+        TENANT,
+        os.uname().nodename,
+    )
+    # Its first export comes one interval after its start; two more at most.
+    assert firing <= 3 * interval + 10, firing
+    for process in (first, second):
+        stack.local.stop(process)

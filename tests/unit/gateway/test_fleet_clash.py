@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 
 from gateway.fleet import FleetTracker
 from gateway.fleet.api import agent_document
+from gateway.fleet.rows import Agent
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import Tenant
 
@@ -192,6 +193,19 @@ def test_an_agent_moving_between_gateway_replicas_is_never_a_clash(tmp_path: Pat
     for fleet in (replicas[1], replicas[0], replicas[1]):
         _send(fleet, clock, restarted)
     assert [_clashes(fleet, clock) for fleet in replicas] == [[], []]
+
+
+def test_a_process_whose_series_appear_one_by_one_is_no_clash(tmp_path: Path) -> None:
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock)
+    start = 1_700_000_000_123_456_789
+    for count in (1, 1, 2, 2, 1, 2):  # a second cumulative metric from its second minute
+        starts = tuple((f"{i:08x}", start + i) for i in range(count))
+        clock.now += EXPORT_S
+        fleet.see(
+            ACME.id, Agent("connector", "orders", "c4a17407", "1", "node-1", False, starts=starts)
+        )
+    assert _clashes(fleet, clock) == []
 
 
 def test_a_delta_client_whose_start_times_move_at_each_export_is_no_clash(
