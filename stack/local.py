@@ -426,10 +426,7 @@ class LocalStack:
         workers and the state store of this stack."""
         ports = self.gateway_ports[replica]
         name = "gateway" if replica == 0 else f"gateway-{replica}"
-        shared = {
-            **({"GATEWAY_STATE_URL": self.gateway_state_url} if self.gateway_state_url else {}),
-            **({"GATEWAY_WORKERS": str(self.gateway_workers)} if self.gateway_workers > 1 else {}),
-        }
+        store = {"GATEWAY_STATE_URL": self.gateway_state_url} if self.gateway_state_url else {}
         env = {
             "GATEWAY_GRPC_HOST": "127.0.0.1",
             "GATEWAY_GRPC_PORT": str(ports.grpc),
@@ -443,7 +440,10 @@ class LocalStack:
             # Its own fleet table: stacks may share a tenants file, beside which
             # the gateway would keep one otherwise.
             "GATEWAY_FLEET_STATE_FILE": str(self.run_dir / f"{name}-fleet-state.json"),
-            **shared,
+            # Set either way: a GATEWAY_WORKERS of the caller's shell must not
+            # start more workers than Prometheus scrapes.
+            "GATEWAY_WORKERS": str(self.gateway_workers),
+            **store,
             **(extra_env or {}),
         }
         return self._start(
