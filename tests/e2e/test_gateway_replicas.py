@@ -275,16 +275,28 @@ def events(replicas: Replicas) -> dict[str, float]:
     killed_at = time.time()
     replicas.proxy.move_to(stack.gateway_ports[1].grpc)
     moved_at = time.time()
-    paged_at = 0.0
+    paged_at, clashes, looks = 0.0, 0, 0
     while time.time() < moved_at + QUIET_FOR_S or not paged_at:
         if time.time() > killed_at + PAGE_DEADLINE_S and not paged_at:
             break
         replicas.poll_alerts()
         pages = [s for s, name in replicas.alerts_of(killed.instance) if name == "ConnectorSilent"]
         paged_at = paged_at or (pages[0] if pages else 0.0)
+        # Both replicas' view of the moved agent, every few seconds of the watch.
+        if looks <= (time.time() - moved_at) / 5:
+            looks += 1
+            rows = [replicas.fleet(replica)[moved.instance] for replica in (0, 1)]
+            clashes += sum(bool(row["clash"]) or row["status"] != "up" for row in rows)
         time.sleep(1.0)
     recorded = sum(float(s["value"][1]) for s in before)
-    return {"killed": killed_at, "paged": paged_at, "moved": moved_at, "before": recorded}
+    return {
+        "killed": killed_at,
+        "paged": paged_at,
+        "moved": moved_at,
+        "before": recorded,
+        "looks": looks,
+        "clash_or_not_up": clashes,
+    }
 
 
 def test_an_agent_killed_behind_one_replica_pages_within_3_minutes(
@@ -313,6 +325,9 @@ def test_an_agent_moved_to_the_other_replica_neither_pages_nor_clashes_and_count
     total = MOVED_BATCHES * 100
     assert events["before"] < total, events
     assert replicas.proxy.connections >= 2, "the moved agent reconnected through the proxy"
+    # Up and not clashing on both replicas at every look of the watch, and now.
+    assert events["looks"] >= 20, events
+    assert events["clash_or_not_up"] == 0, events
     for replica in (0, 1):
         row = replicas.fleet(replica)[moved.instance]
         assert row["status"] == "up", (replica, row)
