@@ -33,9 +33,13 @@ system-deps:
 
 # `make demo COLLECTORS=3`: the gateway spreads the agents over 3 Collectors
 # (docs/scaling.md, "Sharded Collectors"); one when COLLECTORS is not set.
+# `make demo GATEWAY_WORKERS=2`: two gateway workers sharing their state in a Redis
+# of the demo's own (docs/scaling.md, "Gateway replicas"); one process, no Redis,
+# when GATEWAY_WORKERS is not set.
 # It builds only what it runs: no Thanos, no load generator.
 demo: $(VENV)/.installed collector system-deps
-	@$(BIN)/python -m scripts.demo $(if $(COLLECTORS),--collectors $(COLLECTORS))
+	@$(BIN)/python -m scripts.demo $(if $(COLLECTORS),--collectors $(COLLECTORS)) \
+		$(if $(GATEWAY_WORKERS),--gateway-workers $(GATEWAY_WORKERS))
 
 # The pipeline past one Prometheus: Prometheus shards and Thanos (docs/scaling.md).
 thanos-demo: $(VENV)/.installed collector thanos system-deps

@@ -7,7 +7,8 @@ OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME; the data agent and the cron scri
 also take PREFECT_API_URL. Once set up it prints one JSON line,
 {"instance": <service.instance.id>, "pid": <pid>}, then:
 
-- connector: counts a batch of 100 records every 0.5 s, connected to its upstream;
+- connector: counts a batch of 100 records every 0.5 s, connected to its upstream
+  (only the first FLEET_AGENT_BATCHES batches when that is set: a known total);
 - data-agent: runs flow `healthy-flow` and flow `flaky-flow` every few seconds;
   `flaky-flow` fails while the file FLEET_AGENT_FAIL_FILE exists;
 - cron: runs `healthy-flow` once and exits, as a cron job's script does;
@@ -27,6 +28,7 @@ import uuid
 from pathlib import Path
 
 FAIL_FILE_ENV = "FLEET_AGENT_FAIL_FILE"
+BATCHES_ENV = "FLEET_AGENT_BATCHES"
 FLOW_PERIOD_S = 3.0
 
 
@@ -53,8 +55,11 @@ def connector(service: str) -> None:
     counters = connector_metrics(telemetry, version="1.0")
     counters.set_connected(True)
     _announce(_instance(service))
+    batches = int(os.environ.get(BATCHES_ENV, "0")) or None
     while True:
-        counters.record_batch(100, 6_400)
+        if batches is None or batches > 0:
+            counters.record_batch(100, 6_400)
+            batches = None if batches is None else batches - 1
         time.sleep(0.5)
 
 

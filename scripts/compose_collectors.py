@@ -7,8 +7,8 @@ Where this sits: gateway ──(one agent → one of *N Collectors*)──▶ Co
 
 compose.yaml runs one Collector, `collector`. The override written here adds
 `collector-1` ... `collector-{N-1}`, each a copy of `collector`; lists every one in
-the gateway's GATEWAY_COLLECTOR_ENDPOINT (the gateway sends each agent to one of them,
-gateway/shards.py); and mounts, in place of prometheus/targets/compose/, a targets
+each gateway replica's GATEWAY_COLLECTOR_ENDPOINT (a gateway sends each agent to one
+of them, gateway/shards.py); and mounts, in place of prometheus/targets/compose/, a targets
 directory that lists every Collector with its `collector` label, for `prometheus` and
 for the shards of profile `thanos` (docs/scaling.md, "Sharded Collectors").
 
@@ -44,26 +44,38 @@ def _replace_host(address: str, host: str) -> str:
     return f"{host}:{address.rpartition(':')[2]}"
 
 
+def gateway_replicas(services: dict[str, Any]) -> list[str]:
+    """The services of compose.yaml that run the gateway (those that forward to a
+    Collector), in file order."""
+    return [
+        name
+        for name, service in services.items()
+        if "GATEWAY_COLLECTOR_ENDPOINT" in (service.get("environment") or {})
+    ]
+
+
 def override(compose: dict[str, Any], collectors: int, targets_dir: str) -> dict[str, Any]:
     """The override of `compose` (compose.yaml as data) for `collectors` Collectors,
     whose Prometheus services read their targets from `targets_dir`."""
     services = compose["services"]
     names = [collector_name(index) for index in range(collectors)]
-    [endpoint] = services["gateway"]["environment"]["GATEWAY_COLLECTOR_ENDPOINT"].split(",")
     added = {name: copy.deepcopy(services["collector"]) for name in names[1:]}
-    gateway = {
-        "environment": {
-            "GATEWAY_COLLECTOR_ENDPOINT": ",".join(_replace_host(endpoint, n) for n in names)
-        },
-        "depends_on": {name: {"condition": "service_started"} for name in names[1:]},
-    }
+    gateways = {}
+    for replica in gateway_replicas(services):
+        [endpoint] = services[replica]["environment"]["GATEWAY_COLLECTOR_ENDPOINT"].split(",")
+        gateways[replica] = {
+            "environment": {
+                "GATEWAY_COLLECTOR_ENDPOINT": ",".join(_replace_host(endpoint, n) for n in names)
+            },
+            "depends_on": {name: {"condition": "service_started"} for name in names[1:]},
+        }
     mount = f"{targets_dir}:{TARGETS_MOUNT}:ro"
     readers = {
         name: {"volumes": [mount]}
         for name, service in services.items()
         if any(str(v).split(":")[1:2] == [TARGETS_MOUNT] for v in service.get("volumes", []))
     }
-    return {"services": {**added, "gateway": gateway, **readers}}
+    return {"services": {**added, **gateways, **readers}}
 
 
 def target_files(collectors: int) -> dict[str, list[dict[str, Any]]]:

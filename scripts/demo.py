@@ -6,10 +6,14 @@ becomes ready; restarts a component that dies (stack/supervisor.py, like
 compose's `restart: unless-stopped`); runs until Ctrl-C, then stops every process
 it started.
 
-    python -m scripts.demo [--collectors N] [--recipe NAME]
+    python -m scripts.demo [--collectors N] [--gateway-workers N] [--recipe NAME]
 
 `--collectors N` (`make demo COLLECTORS=N`) runs N Collectors, the gateway spreading
 the agents over them (docs/scaling.md, "Sharded Collectors"); 1 by default.
+`--gateway-workers N` (`make demo GATEWAY_WORKERS=N`) runs the gateway as N worker
+processes sharing its ports and, for their shared state (GATEWAY_STATE_URL), Debian's
+redis-server on a free port (docs/scaling.md, "Gateway replicas"); 1 by default: one
+process, no Redis.
 `--recipe NAME` (or COLLECTOR_RECIPE=NAME, as in compose) runs every Collector with
 the routing recipe otel-collector/recipes/NAME.yaml after config.yaml (docs/routing.md);
 the endpoints it adds get free ports, printed with each Collector, and a Prometheus of
@@ -45,6 +49,7 @@ from stack.local import (
     prometheus_binary,
 )
 from stack.prefect_server import client_env, start_prefect_server
+from stack.redis_server import RedisServer
 from stack.supervisor import Supervisor
 
 RUN_DIR = REPO / ".run" / "demo"
@@ -234,9 +239,50 @@ def start_collectors(stack: LocalStack, supervisor: Supervisor) -> None:
         )
 
 
-def run(collectors: int = 1, recipe: str = "") -> int:
-    """Start everything with `collectors` Collectors (each with `recipe`, if any), wait
-    for Ctrl-C or a failure, stop everything."""
+def start_redis(stack: LocalStack, supervisor: Supervisor) -> str:
+    """Debian's redis-server for the gateway workers' shared state, watched; its URL.
+
+    On a free port: a Redis the machine already runs (Debian's package starts one on
+    6379) must not be shared with, nor block, the demo.
+    """
+    redis = RedisServer(stack.run_dir)
+    try:
+        process = stack.start_process("redis", redis.command(), {})
+        started = time.monotonic()
+        redis.wait_answers(process=process.popen)
+    except RuntimeError as exc:
+        raise StackError(str(exc)) from exc
+    supervisor.watch(process)
+    say(
+        f"Redis ready in {time.monotonic() - started:.1f} s: {redis.url} "
+        "(the gateway workers' shared state, GATEWAY_STATE_URL; nothing kept on disk)"
+    )
+    return redis.url
+
+
+def start_gateway(stack: LocalStack, supervisor: Supervisor, admin_key: str) -> None:
+    """The gateway (its workers, if several), watched once ready."""
+    gateway = stack.start_gateway(
+        {"GATEWAY_ADMIN_KEY_SHA256": hashlib.sha256(admin_key.encode()).hexdigest()}
+    )
+    seconds = stack.wait_ready(gateway)
+    supervisor.watch(gateway)
+    say(
+        f"gateway ready in {seconds:.1f} s: OTLP/gRPC {stack.gateway_grpc_endpoint}, "
+        f"{stack.gateway_http_url}/readyz, {stack.gateway_metrics_url}/metrics"
+    )
+    if stack.gateway_workers > 1:
+        metrics = ", ".join(stack.gateway_metrics_addresses)
+        say(
+            f"{stack.gateway_workers} gateway workers share these ports (the kernel spreads "
+            f"the agents' connections) and the state in {stack.gateway_state_url}; each "
+            f"serves its own /metrics: {metrics}"
+        )
+
+
+def run(collectors: int = 1, recipe: str = "", gateway_workers: int = 1) -> int:
+    """Start everything with `collectors` Collectors (each with `recipe`, if any) and
+    `gateway_workers` gateway workers, wait for Ctrl-C or a failure, stop everything."""
     started = time.monotonic()
     # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the demo is, then the
     # `finally` below stops every process. Set explicitly: a shell starts
@@ -244,7 +290,18 @@ def run(collectors: int = 1, recipe: str = "") -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
 
-    check_ports_free({**vars(PORTS), "prefect": PREFECT_PORT, "demo upstream": UPSTREAM_PORT})
+    worker_metrics = {
+        f"gateway worker {index} metrics": PORTS.gateway_metrics + index
+        for index in range(1, gateway_workers)
+    }
+    check_ports_free(
+        {
+            **vars(PORTS),
+            **worker_metrics,
+            "prefect": PREFECT_PORT,
+            "demo upstream": UPSTREAM_PORT,
+        }
+    )
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     keys = make_tenants(RUN_DIR / "tenants.json")
@@ -262,21 +319,16 @@ def run(collectors: int = 1, recipe: str = "") -> int:
         collectors=collectors,
         collector_configs=[RECIPES_DIR / f"{recipe}.yaml"] if recipe else [],
         collector_extra_endpoints=recipe_endpoints(recipe),
+        gateway_workers=gateway_workers,
     )
     # Each component is watched once it is ready: one that dies later is
     # restarted (said here, and marked in its log) while the demo runs on.
     supervisor = Supervisor(stack, report=say).start()
     try:
         start_collectors(stack, supervisor)
-        gateway = stack.start_gateway(
-            {"GATEWAY_ADMIN_KEY_SHA256": hashlib.sha256(admin_key.encode()).hexdigest()}
-        )
-        seconds = stack.wait_ready(gateway)
-        supervisor.watch(gateway)
-        say(
-            f"gateway ready in {seconds:.1f} s: OTLP/gRPC {stack.gateway_grpc_endpoint}, "
-            f"{stack.gateway_http_url}/readyz, {stack.gateway_metrics_url}/metrics"
-        )
+        if gateway_workers > 1:
+            stack.gateway_state_url = start_redis(stack, supervisor)
+        start_gateway(stack, supervisor, admin_key)
         if collectors > 1:
             say(f"the gateway spreads the agents over {collectors} Collectors by their id")
         prometheus = stack.start_prometheus(prometheus_binary())
@@ -332,6 +384,14 @@ def main(argv: list[str]) -> int:
         help="Collectors to spread the agents over (default 1)",
     )
     parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateway processes sharing its ports and, through a Redis the demo starts, "
+        "its state (default 1: one process, no Redis)",
+    )
+    parser.add_argument(
         "--recipe",
         default=os.environ.get("COLLECTOR_RECIPE", ""),
         metavar="NAME",
@@ -343,7 +403,9 @@ def main(argv: list[str]) -> int:
     if args.recipe and not (RECIPES_DIR / f"{args.recipe}.yaml").is_file():
         known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
         parser.error(f"--recipe {args.recipe}: no such recipe; one of {known}")
-    return run(args.collectors, args.recipe)
+    if not 1 <= args.gateway_workers <= 64:
+        parser.error(f"--gateway-workers {args.gateway_workers}: between 1 and 64")
+    return run(args.collectors, args.recipe, args.gateway_workers)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,26 @@ class CollectorPorts:
     """The ports of `LocalStack.collector_extra_endpoints`, by variable."""
 
 
+@dataclass(frozen=True)
+class GatewayPorts:
+    """The ports of one gateway replica (its workers, if any, share grpc and http and
+    serve /metrics on metrics + their index, as gateway/workers.py does)."""
+
+    grpc: int
+    http: int
+    metrics: int
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """Where agents send OTLP/gRPC (plaintext)."""
+        return f"http://127.0.0.1:{self.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        """The replica's HTTP server."""
+        return f"http://127.0.0.1:{self.http}"
+
+
 @dataclass
 class LocalStack:
     """Starts and stops the pipeline's processes under one run directory.
@@ -174,6 +194,11 @@ class LocalStack:
     docs/routing.md); `collector_extra_endpoints` name the variables of the listen
     addresses those files add (a tenant's own exporter), each a free port per Collector;
     `collector_env` holds the other variables they read (ROUTE_OWN_TENANTS, ...).
+
+    `gateway_replicas` gateways may run, each on ports of its own (replica 0 on the
+    `gateway_*` ports), each with `gateway_workers` processes; with
+    `gateway_state_url` they share their state through that store (GATEWAY_STATE_URL).
+    Prometheus scrapes the /metrics of every replica and worker.
     """
 
     run_dir: Path
@@ -185,10 +210,15 @@ class LocalStack:
     collector_configs: Sequence[Path] = ()
     collector_extra_endpoints: Sequence[str] = ()
     collector_env: Mapping[str, str] = field(default_factory=dict)
+    gateway_replicas: int = 1
+    gateway_workers: int = 1
+    gateway_state_url: str = ""
 
     def __post_init__(self) -> None:
         if self.collectors < 1:
             raise StackError(f"collectors={self.collectors}: run at least one Collector")
+        if self.gateway_replicas < 1 or self.gateway_workers < 1:
+            raise StackError("run at least one gateway replica of at least one worker")
         chosen = list(self.collector_prometheus_ports)
         if chosen and chosen[0]:
             self.ports = replace(self.ports, collector_prometheus=chosen[0])
@@ -212,6 +242,13 @@ class LocalStack:
                     self._extra_ports(),
                 )
                 for index in range(1, self.collectors)
+            ),
+        ]
+        self.gateway_ports = [
+            GatewayPorts(p.gateway_grpc, p.gateway_http, p.gateway_metrics),
+            *(
+                GatewayPorts(free_port(), free_port(), free_port())
+                for _ in range(1, self.gateway_replicas)
             ),
         ]
 
@@ -239,6 +276,15 @@ class LocalStack:
     def gateway_metrics_url(self) -> str:
         """The gateway's own /metrics server (GATEWAY_METRICS_PORT), which Prometheus scrapes."""
         return f"http://127.0.0.1:{self.ports.gateway_metrics}"
+
+    @property
+    def gateway_metrics_addresses(self) -> list[str]:
+        """host:port of every gateway replica's and worker's /metrics."""
+        return [
+            f"127.0.0.1:{ports.metrics + worker}"
+            for ports in self.gateway_ports
+            for worker in range(self.gateway_workers)
+        ]
 
     @property
     def prometheus_url(self) -> str:
@@ -291,14 +337,19 @@ class LocalStack:
         if (PROMETHEUS_CONFIG.parent / "rules").is_dir() and not rules.exists():
             rules.symlink_to(PROMETHEUS_CONFIG.parent / "rules")
         targets: dict[str, str | list[str]] = {
-            "gateway": f"127.0.0.1:{p.gateway_metrics}",
+            "gateway": self.gateway_metrics_addresses,
             "prometheus": f"127.0.0.1:{p.prometheus}",
             # Where alerts go (the alerting section of prometheus.yml); nothing
             # listens there unless start_alertmanager runs too.
             "alertmanager": f"127.0.0.1:{p.alertmanager}",
         }
         documents: dict[str, list[dict[str, Any]]] = {
-            name: [{"targets": [address], "labels": {"component": name}}]
+            name: [
+                {
+                    "targets": address if isinstance(address, list) else [address],
+                    "labels": {"component": name},
+                }
+            ]
             for name, address in targets.items()
         }
         for job, port in (("collector", "prometheus"), ("collector-telemetry", "telemetry")):
@@ -368,29 +419,38 @@ class LocalStack:
             ready_url=f"{self.alertmanager_url}/-/ready",
         )
 
-    def start_gateway(self, extra_env: Mapping[str, str] | None = None) -> Process:
-        """The gateway (`python -m gateway.cli serve`) with this stack's ports."""
-        p = self.ports
+    def start_gateway(
+        self, extra_env: Mapping[str, str] | None = None, replica: int = 0
+    ) -> Process:
+        """Gateway replica `replica` (`python -m gateway.cli serve`) with its ports, its
+        workers and the state store of this stack."""
+        ports = self.gateway_ports[replica]
+        name = "gateway" if replica == 0 else f"gateway-{replica}"
+        store = {"GATEWAY_STATE_URL": self.gateway_state_url} if self.gateway_state_url else {}
         env = {
             "GATEWAY_GRPC_HOST": "127.0.0.1",
-            "GATEWAY_GRPC_PORT": str(p.gateway_grpc),
+            "GATEWAY_GRPC_PORT": str(ports.grpc),
             "GATEWAY_HTTP_HOST": "127.0.0.1",
-            "GATEWAY_HTTP_PORT": str(p.gateway_http),
+            "GATEWAY_HTTP_PORT": str(ports.http),
             # /metrics on a port of its own, as deployed (docs/deploy.md).
             "GATEWAY_METRICS_HOST": "127.0.0.1",
-            "GATEWAY_METRICS_PORT": str(p.gateway_metrics),
+            "GATEWAY_METRICS_PORT": str(ports.metrics),
             "GATEWAY_COLLECTOR_ENDPOINT": self.collector_endpoints,
             "GATEWAY_TENANTS_FILE": str(self.tenants_file),
             # Its own fleet table: stacks may share a tenants file, beside which
             # the gateway would keep one otherwise.
-            "GATEWAY_FLEET_STATE_FILE": str(self.run_dir / "gateway-fleet-state.json"),
+            "GATEWAY_FLEET_STATE_FILE": str(self.run_dir / f"{name}-fleet-state.json"),
+            # Set either way: a GATEWAY_WORKERS of the caller's shell must not
+            # start more workers than Prometheus scrapes.
+            "GATEWAY_WORKERS": str(self.gateway_workers),
+            **store,
             **(extra_env or {}),
         }
         return self._start(
-            "gateway",
+            name,
             [sys.executable, "-m", "gateway.cli", "serve"],
             env,
-            ready_url=f"{self.gateway_http_url}/healthz",
+            ready_url=f"{ports.http_url}/healthz",
         )
 
     def start_process(

@@ -32,26 +32,36 @@ class RedisServer:
         """The GATEWAY_STATE_URL of this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start it and wait until it answers PING (RuntimeError naming what is missing)."""
+    def command(self) -> list[str]:
+        """The command line of this server (RuntimeError naming what is missing)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: scripts/install-system-deps.sh")
+        return [
+            binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+        ]
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start it and wait until it answers PING (RuntimeError naming what is missing)."""
+        command = self.command()
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        self.wait_answers(timeout)
+
+    def wait_answers(
+        self, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+    ) -> None:
+        """Until it answers PING; RuntimeError when its process (`process`, else the one
+        started here) exits or `timeout` passes first."""
+        process = process or self.process
         deadline = time.monotonic() + timeout
         while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            exited = process is not None and process.poll() is not None
+            if exited or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start: see {self.workdir}/redis.log")
             time.sleep(0.05)
 

@@ -37,6 +37,8 @@ class TcpProxy:
       component gone, a host answering with RST);
     - `blackhole()`: connections stay open but nothing is forwarded either way, and
       new ones are accepted and never forwarded (a partition: packets dropped);
+    - `move_to(port)`: every connection is closed and new ones go to another
+      upstream (a balancer that sends a client to another replica);
     - `restore()`: forwarding again; bytes held during a blackhole are delivered, as
       TCP retransmission would after a partition heals. `restore(strand=True)` leaves
       the connections that lived through the blackhole dead forever (a middlebox that
@@ -73,6 +75,10 @@ class TcpProxy:
         """Keep connections, forward nothing."""
         self._call(self._set_mode("blackhole"))
 
+    def move_to(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        """Close every connection; forward new ones to another upstream."""
+        self._call(self._move(upstream_host, upstream_port))
+
     def restore(self, *, strand: bool = False) -> None:
         """Forward again (see the class docstring for `strand`)."""
         self._call(self._restore(strand))
@@ -101,6 +107,11 @@ class TcpProxy:
             link.abort()
             link.flowing.set()  # let its tasks see the closed sockets and end
         self._links.clear()
+
+    async def _move(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        for link in list(self._links):
+            link.abort()
 
     async def _shutdown(self) -> None:
         await self._refuse()

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from gateway.settings import GatewaySettings
-from scripts.compose_collectors import TARGETS_MOUNT, target_files
+from scripts.compose_collectors import TARGETS_MOUNT, gateway_replicas, target_files
 from scripts.compose_collectors import write as write_override
 from stack.local import collector_name
 from stack.shards import GLOBAL_RULE_FILES, evaluation_interval, shard_config
@@ -37,6 +37,7 @@ COMPOSE_TARGETS = REPO / "prometheus" / "targets" / "compose"
 CONSTRAINTS = REPO / "constraints.txt"
 DEMO_DOCKERFILE = REPO / "Dockerfile.demo"
 THANOS_GO_MOD = REPO / "thanos" / "go.mod"
+BALANCER_CONFIG = REPO / "balancer" / "nginx.conf"
 
 COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
 # The Collector's stable modules (the confmap providers) are versioned v1.x in
@@ -46,7 +47,18 @@ STABLE_MODULES_VERSION = {"0.165.0": "v1.71.0"}
 LOOPBACK = {"127.0.0.1", "::1"}
 # The collector image is distroless: nothing in it can run a health check.
 NO_HEALTHCHECK = {"collector"}
-CORE_SERVICES = {"gateway", "collector", "prometheus", "alertmanager", "grafana", "prefect"}
+# `gateway` is the balancer the agents connect to; gateway-1 and gateway-2 the replicas.
+REPLICAS = ("gateway-1", "gateway-2")
+CORE_SERVICES = {
+    "gateway",
+    *REPLICAS,
+    "redis",
+    "collector",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+    "prefect",
+}
 # Demo agents run one process each: the container is as alive as the agent (the
 # restart policy brings it back); whether it reports is what the dashboards show.
 DEMO_SERVICES = {
@@ -161,7 +173,8 @@ def test_only_the_gateway_publishes_ports_on_all_interfaces(
 ) -> None:
     gateway = _port_bindings(services["gateway"])
     assert sorted(gateway) == [("", "4317"), ("", "4318")]
-    assert _port_bindings(services["collector"]) == []
+    for name in ("collector", "redis", *REPLICAS):
+        assert _port_bindings(services[name]) == [], name
     for name, service in services.items():
         if name == "gateway":
             continue
@@ -251,17 +264,98 @@ def test_collector_runs_config_yaml_then_the_recipe_named(
 def test_gateway_variables_name_settings_and_mounted_files(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    gateway = services["gateway"]
-    environment = gateway["environment"]
-    fields = set(GatewaySettings.model_fields)
-    unknown = [n for n in environment if n.removeprefix("GATEWAY_").lower() not in fields]
-    assert not unknown, f"not gateway settings: {unknown}"
-    tenants_file = Path(environment["GATEWAY_TENANTS_FILE"])
-    mounts = [Path(target) for target in _container_mounts(gateway)]
-    assert any(tenants_file.is_relative_to(m) for m in mounts), (
-        f"{tenants_file} is not inside a mount of the gateway: {mounts}"
-    )
-    assert environment["GATEWAY_COLLECTOR_ENDPOINT"].split(":")[0] in services
+    assert gateway_replicas(services) == list(REPLICAS)
+    for name in REPLICAS:
+        gateway = services[name]
+        environment = gateway["environment"]
+        fields = set(GatewaySettings.model_fields)
+        unknown = [n for n in environment if n.removeprefix("GATEWAY_").lower() not in fields]
+        assert not unknown, f"{name}: not gateway settings: {unknown}"
+        tenants_file = Path(environment["GATEWAY_TENANTS_FILE"])
+        mounts = [Path(target) for target in _container_mounts(gateway)]
+        assert any(tenants_file.is_relative_to(m) for m in mounts), (
+            f"{name}: {tenants_file} is not inside a mount of the gateway: {mounts}"
+        )
+        assert environment["GATEWAY_COLLECTOR_ENDPOINT"].split(":")[0] in services
+        # The settings load as the replica would load them.
+        GatewaySettings(**{k.removeprefix("GATEWAY_").lower(): v for k, v in environment.items()})
+
+
+def test_the_replicas_share_one_redis_the_tenants_file_and_every_setting(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    first, second = (services[name] for name in REPLICAS)
+    # One store, a service of this file, which both wait for.
+    urls = {services[name]["environment"]["GATEWAY_STATE_URL"] for name in REPLICAS}
+    [url] = urls
+    host, _, port = url.removeprefix("redis://").partition("/")[0].partition(":")
+    assert host == "redis", url
+    assert port == "6379", url
+    redis = services["redis"]
+    assert redis["image"].rpartition(":")[0] in ("redis", "valkey/valkey")
+    for name in REPLICAS:
+        assert services[name]["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+
+    # The same image, settings and tenants file; a name and a data volume of its own.
+    names = {name: services[name]["environment"]["GATEWAY_STATE_REPLICA_NAME"] for name in REPLICAS}
+    assert names == {name: name for name in REPLICAS}
+    own = ("environment", "volumes")
+    assert {k: v for k, v in first.items() if k not in own} == {
+        k: v for k, v in second.items() if k not in own
+    }
+    assert {k: v for k, v in first["environment"].items() if k != "GATEWAY_STATE_REPLICA_NAME"} == {
+        k: v for k, v in second["environment"].items() if k != "GATEWAY_STATE_REPLICA_NAME"
+    }
+    binds = [{v for v in services[name]["volumes"] if v.startswith("./")} for name in REPLICAS]
+    assert binds[0] == binds[1] == {"./config:/etc/otel-gateway:ro"}
+    data = [
+        {v.split(":")[0] for v in services[name]["volumes"] if not v.startswith("./")}
+        for name in REPLICAS
+    ]
+    assert data == [{"gateway-1-data"}, {"gateway-2-data"}], "each replica its own fleet file"
+
+    # Prometheus scrapes each replica's /metrics.
+    port = first["environment"]["GATEWAY_METRICS_PORT"]
+    [group] = json.loads((COMPOSE_TARGETS / "gateway.json").read_text())
+    assert group["targets"] == [f"{name}:{port}" for name in REPLICAS]
+
+
+def _balancer_upstreams(config: str) -> dict[str, list[str]]:
+    """upstream name → its servers (host:port), from balancer/nginx.conf."""
+    upstreams: dict[str, list[str]] = {}
+    for name, body in re.findall(r"upstream\s+(\S+)\s*\{(.*?)\}", config, re.S):
+        upstreams[name] = re.findall(r"^\s*server\s+(\S+)", body, re.M)
+    return upstreams
+
+
+def test_the_balancer_spreads_both_ports_over_every_replica(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    balancer = services["gateway"]
+    assert balancer["image"].rpartition(":")[0] == "nginx"
+    assert f"./{BALANCER_CONFIG.relative_to(REPO)}:/etc/nginx/nginx.conf:ro" in balancer["volumes"]
+    config = BALANCER_CONFIG.read_text(encoding="utf-8")
+    upstreams = _balancer_upstreams(config)
+    servers = re.findall(r"server\s*\{\s*listen\s+(\d+);\s*proxy_pass\s+(\S+);", config)
+    published = sorted(port for _, port in _port_bindings(balancer))
+    assert sorted(port for port, _ in servers) == published
+    for port, upstream in servers:
+        # Every replica, on the port the balancer listens on (the replicas' own).
+        assert upstreams[upstream] == [f"{name}:{port}" for name in REPLICAS], upstream
+    # L4 (stream), not an HTTP proxy: gRPC's HTTP/2 passes through untouched.
+    assert re.search(r"^stream\s*\{", config, re.M)
+    assert not re.search(r"^http\s*\{", config, re.M)
+    # The replicas see the balancer's address only: their caps per address are off,
+    # and the balancer caps HTTP connections per address as a replica would.
+    for name in REPLICAS:
+        environment = services[name]["environment"]
+        assert environment["GATEWAY_MAX_GRPC_CALLS_PER_PEER"] == "0", name
+        assert environment["GATEWAY_MAX_HTTP_CONNECTIONS_PER_PEER"] == "0", name
+        assert environment["GATEWAY_AUTH_FAILURE_LIMIT"] == "0", name
+    default_cap = GatewaySettings.model_fields["max_http_connections_per_peer"].default
+    assert f"limit_conn per_address {default_cap};" in config
+    # Room for as many agents as a replica's open files allow.
+    assert balancer["ulimits"] == services[REPLICAS[0]]["ulimits"]
 
 
 @pytest.mark.parametrize(
@@ -296,8 +390,11 @@ def test_gateway_image_exposes_what_compose_publishes(
 ) -> None:
     lines = (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines()
     exposed = {port for line in lines if line.startswith("EXPOSE ") for port in line.split()[1:]}
+    # The balancer publishes the replicas' ports, each forwarded to the same port.
     published = {port for _, port in _port_bindings(services["gateway"])}
     assert exposed == published
+    for name in REPLICAS:
+        assert services[name]["build"]["dockerfile"] == "Dockerfile", name
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users, "the gateway image runs as root"
     assert users[-1] not in {"root", "0"}
@@ -330,7 +427,9 @@ def test_data_volumes_keep_each_stateful_service(services: dict[str, dict[str, A
         "alertmanager": "/alertmanager",
         "grafana": "/var/lib/grafana",
         "prefect": "/var/lib/prefect",
-        "gateway": "/var/lib/otel-gateway",
+        "gateway-1": "/var/lib/otel-gateway",
+        "gateway-2": "/var/lib/otel-gateway",
+        "redis": "/data",
         "prometheus-shard-0": "/prometheus",
         "prometheus-shard-1": "/prometheus",
         "thanos-receive": "/var/thanos/receive",
@@ -346,12 +445,12 @@ def test_data_volumes_keep_each_stateful_service(services: dict[str, dict[str, A
 def test_services_read_their_config_from_the_mounted_repo_files(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    gateway = services["gateway"]["environment"]
-    fleet_state = Path(gateway["GATEWAY_FLEET_STATE_FILE"])
-    writable = [
-        Path(v.split(":")[1]) for v in services["gateway"]["volumes"] if not v.endswith(":ro")
-    ]
-    assert any(fleet_state.is_relative_to(m) for m in writable), "fleet state is not writable"
+    for name in REPLICAS:
+        fleet_state = Path(services[name]["environment"]["GATEWAY_FLEET_STATE_FILE"])
+        writable = [
+            Path(v.split(":")[1]) for v in services[name]["volumes"] if not v.endswith(":ro")
+        ]
+        assert any(fleet_state.is_relative_to(m) for m in writable), f"{name}: not writable"
 
     alertmanager = services["alertmanager"]
     [config] = [
@@ -529,16 +628,17 @@ def test_the_override_runs_n_collectors_and_prometheus_scrapes_each(
     for name in names:
         assert services[name] == compose["services"]["collector"], name
 
-    # The gateway sends to each of them, once, and starts after them.
-    gateway = services["gateway"]
-    settings = GatewaySettings(
-        collector_endpoint=gateway["environment"]["GATEWAY_COLLECTOR_ENDPOINT"]
-    )
-    endpoints = settings.collector_endpoints
-    assert [e.rsplit(":", 1)[0] for e in endpoints] == names
-    assert {e.rsplit(":", 1)[1] for e in endpoints} == {"4317"}
+    # Each gateway replica sends to each of them, once, and starts after them.
+    for replica in REPLICAS:
+        gateway = services[replica]
+        settings = GatewaySettings(
+            collector_endpoint=gateway["environment"]["GATEWAY_COLLECTOR_ENDPOINT"]
+        )
+        endpoints = settings.collector_endpoints
+        assert [e.rsplit(":", 1)[0] for e in endpoints] == names
+        assert {e.rsplit(":", 1)[1] for e in endpoints} == {"4317"}
+        assert set(gateway["depends_on"]) == {*names, "redis"}, replica
     assert "0.0.0.0:4317" in services["collector"]["environment"]["COLLECTOR_OTLP_ENDPOINT"]
-    assert set(gateway["depends_on"]) == set(names)
 
     # Every Prometheus (the single one and the thanos profile's shards) scrapes every
     # Collector and its telemetry, each target labelled with its Collector's name.
