@@ -36,17 +36,6 @@ def _announce(instance: str) -> None:
     print(json.dumps({"instance": instance, "pid": os.getpid()}), flush=True)
 
 
-def _instance(service: str) -> str:
-    """The agent's service.instance.id: OTEL_RESOURCE_ATTRIBUTES's, else the default."""
-    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
-        key, _, value = pair.partition("=")
-        if key.strip() == "service.instance.id" and value.strip():
-            return value.strip()
-    from otel_agents.identity import stable_instance_id
-
-    return stable_instance_id(service)
-
-
 def connector(service: str) -> None:
     """A connector that counts a batch every 0.5 s."""
     from otel_agents import connector_metrics, setup_metrics
@@ -54,7 +43,7 @@ def connector(service: str) -> None:
     telemetry = setup_metrics(service, "connector", service_version="1.0")
     counters = connector_metrics(telemetry, version="1.0")
     counters.set_connected(True)
-    _announce(_instance(service))
+    _announce(telemetry.instance_id or "")
     batches = int(os.environ.get(BATCHES_ENV, "0")) or None
     while True:
         if batches is None or batches > 0:
@@ -87,7 +76,7 @@ def _instrumented(service: str) -> None:
 
     telemetry = setup_metrics(service, "etl", service_version="1.0")
     instrument(telemetry, service_name=service, version="1.0")
-    _announce(_instance(service))
+    _announce(telemetry.instance_id or "")
 
 
 def data_agent(service: str) -> None:

@@ -54,7 +54,7 @@ class AgentTelemetry:
 
         `exporter` makes the final export of a clean shutdown say "stopped" and tells
         whether it arrived; `config` is the settings the provider was built from
-        (defaults if None); `instance_id` is given back at shutdown, for a later
+        (defaults if None); `instance_id` (the resource's) is given back at shutdown, for a later
         `setup_metrics` of the same service in this process.
         """
         self.meter_provider: MeterProvider = meter_provider
@@ -70,7 +70,8 @@ class AgentTelemetry:
         self._exporter = exporter
         self._final: dict[str, _BoundedCall] = {}  # at most one entry: the final export
         self._warned: set[str] = set()
-        self._instance_id = instance_id
+        self.instance_id = instance_id
+        """The resource's `service.instance.id`: the agent's `instance` in the fleet."""
 
     @classmethod
     def disabled(cls) -> AgentTelemetry:
@@ -132,8 +133,8 @@ class AgentTelemetry:
         # is in here. dict.setdefault is atomic, so exactly one candidate is the final one.
         final = self._final.setdefault("final", candidate)
         final.start()
-        if self._instance_id is not None:
-            release_instance_id(self._instance_id)
+        if self.instance_id is not None:
+            release_instance_id(self.instance_id)
         # The exit hook stays registered: when another thread started the final export,
         # it makes the interpreter wait for it instead of killing it mid-way.
         return final.wait()
