@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -9,7 +12,7 @@ from pydantic import ValidationError
 
 from gateway.fleet import Sighting, merged
 from gateway.ratelimit import LeasedRateLimiter
-from gateway.series import ActiveSeries
+from gateway.series import ActiveSeries, series_id, stable_attributes_hash
 from gateway.settings import GatewaySettings
 
 
@@ -74,3 +77,59 @@ def test_a_state_url_that_is_not_redis_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="GATEWAY_WORKERS=3 needs GATEWAY_STATE_URL"):
         GatewaySettings(workers=3)
     assert GatewaySettings(state_url="rediss://:pw@redis:6380/0", workers=3).workers == 3
+
+
+def test_a_series_global_id_is_the_same_in_every_process() -> None:
+    """Python's own hash differs per process: the id a shared store counts must not."""
+    program = (
+        "from gateway.series import series_id, stable_attributes_hash as h;"
+        "print(series_id('m', h([('b', 'x'), ('a', b'y')]), ('svc', 'i-1')).hex(), hash('m'))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for seed in ("1", "2")
+    ]
+    assert outputs[0][1] != outputs[1][1]  # the process hash does differ
+    assert outputs[0][0] == outputs[1][0]
+    same = series_id("m", stable_attributes_hash([("a", b"y"), ("b", "x")]), ("svc", "i-1"))
+    assert same.hex() == outputs[0][0]  # in any order of the attributes
+
+
+def test_each_series_goes_to_the_store_once_per_bucket_and_all_again_when_it_was_emptied() -> None:
+    series = ActiveSeries(600.0)
+    series.shared = True
+
+    def see(key: int, now: float) -> None:
+        assert series.admit("acme", key, 100, now, lambda: key.to_bytes(8, "little"))
+        series.of("acme")[key] = now  # as the request path refreshes a known series
+        series.of("acme").move_to_end(key)
+
+    def look(now: float, bucket: int, epoch: str) -> list[int]:
+        pending = series.pending(now, bucket, epoch)
+        series.added(pending)
+        return sorted(pending.ids.get("acme", {}))
+
+    for key in range(3):
+        see(key, 10.0)
+    assert look(11.0, 1, "e1") == [0, 1, 2]
+    see(0, 20.0)
+    see(3, 20.0)
+    assert look(21.0, 1, "e1") == [3]  # 0 is in this bucket already
+    assert look(35.0, 1, "e1") == []
+    see(1, 45.0)
+    assert look(46.0, 2, "e1") == [1]  # a new bucket: what was seen since the last look
+    assert look(47.0, 2, "e1") == []
+    assert look(48.0, 2, "e2") == [0, 1, 2, 3]  # the store was emptied: everything again
+    # A failed exchange (no `added`) leaves the series for the next one.
+    see(4, 60.0)
+    series.pending(61.0, 2, "e2")
+    assert look(62.0, 2, "e2") == [4]
+    # Series that are no longer active are forgotten with their ids.
+    assert series.counts(700.0) == {}
+    assert look(701.0, 4, "e2") == []
