@@ -77,14 +77,21 @@ BLOCKS: dict[str, list[Case]] = {
         Case("previous_design", "legacy-json", 7),
     ],
     "gateway_x1": [Case("gateway_x1", "grpc", 20)],
-    "gateway_x2": [Case("gateway_x2", "grpc", 20)],
+    "gateway_x2": _shared_state("gateway_x2"),
     "sink": [Case("sink", "grpc", 20), Case("sink", "grpc", 500), Case("sink", "http", 20)],
 }
 """Throughput cases per SUT; `collector` is the Collector alone (no gateway);
 `gateway_redis` is one gateway with GATEWAY_STATE_URL on a redis-server of its own,
 `gateway_redis_x2` two workers (`serve --workers 2`) sharing one."""
-SHARED_STATE_SUTS = ("gateway", "gateway_redis", "gateway_redis_x2")
-"""Compared side by side: in memory, one process with Redis, two workers with Redis."""
+SHARED_STATE_BASES = {
+    "gateway": "gateway",
+    "gateway_redis": "gateway",
+    "gateway_x2": "gateway_x2",
+    "gateway_redis_x2": "gateway_x2",
+}
+"""Compared side by side, each with the same number of processes in memory: one process
+with Redis against one in memory, two workers with Redis against two processes on one
+port each with its own state (`gateway_x2`: the same split of the load, no sharing)."""
 LATENCY_PATHS: list[tuple[Load, int]] = [
     ("grpc", 20),
     ("grpc", 500),
