@@ -5,7 +5,8 @@ A series is one metric name + its data point attributes + the resource's
 apart from the tenant). It is active while it was seen within the window.
 
 Memory is bounded: a tenant holds at most `max_active_series` entries (an int
-hash and a timestamp each, ~100 bytes), and the tenants are the ones in the
+hash and a timestamp each, ~100 bytes; with a shared store about as much again for
+the series' global id), and the tenants are the ones in the
 tenants file. Entries are kept in least-recently-seen order, so expiring the
 stale ones is popping from the front: no scan of the whole table, ever.
 
@@ -59,12 +60,12 @@ def series_id(metric_name: str, attributes: int, service: tuple[str, str]) -> by
 
 @dataclass
 class Pending:
-    """The series to add to the store's current time bucket, per tenant (`pending`)."""
+    """Global ids to add to the store, per tenant and time bucket (`ActiveSeries.pending`)."""
 
     bucket: int
     epoch: object
-    looked_at: float
-    ids: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    walked_at: float | None
+    ids: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
 
 
 class ActiveSeries:
@@ -82,9 +83,9 @@ class ActiveSeries:
         self.shared = False
         """Set by a shared store: keep each series' global id (`series_id`)."""
         self._ids: dict[str, dict[int, bytes]] = {}
-        self._added: dict[str, set[int]] = {}  # in the store's current bucket
+        self._new: dict[str, list[bytes]] = {}  # since the last exchange
         self._bucket = 0
-        self._looked = float("-inf")
+        self._walked = float("-inf")
         self._epoch: object = None
 
     def of(self, tenant_id: str) -> OrderedDict[int, float]:
@@ -124,6 +125,10 @@ class ActiveSeries:
             if ids is None:
                 ids = self._ids[tenant_id] = {}
             ids[key] = global_id()
+            new = self._new.get(tenant_id)
+            if new is None:
+                new = self._new[tenant_id] = []
+            new.append(ids[key])
         return True
 
     def local_limit(self, tenant_id: str, limit: int) -> int:
@@ -152,39 +157,46 @@ class ActiveSeries:
             if count == 0:
                 del self._seen[tenant]
                 self._ids.pop(tenant, None)
-                self._added.pop(tenant, None)
         return {tenant: count for tenant, count in counts.items() if count}
 
     def pending(self, now: float, bucket: int, epoch: object) -> Pending:
-        """The global ids of the series seen since the last `added` and not yet added
-        to time bucket `bucket` of the store; all of them when `epoch` (the store's
-        contents) changed. Walks back from the most recently seen: cost in proportion
-        to the series seen since the last look."""
-        fresh = bucket != self._bucket or epoch != self._epoch
-        since = float("-inf") if epoch != self._epoch else self._looked - LATE_SECONDS
-        pending = Pending(bucket, epoch, now)
+        """What to add to the store's time bucket `bucket`: the series new here since the
+        last exchange; when a bucket has ended, every series seen in it (added to the
+        one before `bucket`); when the store's contents changed (`epoch`: emptied, or
+        the first exchange), every active series. So a series goes to the store once
+        per bucket, and the request path never does more than remember new ones."""
+        new, self._new = self._new, {}
+        pending = Pending(bucket, epoch, None, {(t, bucket): ids for t, ids in new.items()})
+        if epoch != self._epoch:  # the new ones are among them
+            since, into, pending.ids = float("-inf"), bucket, {}
+        elif bucket != self._bucket:
+            since, into = self._walked - LATE_SECONDS, bucket - 1
+        else:
+            return pending
+        pending.walked_at = now
         for tenant_id, seen in self._seen.items():
-            ids = self._ids.get(tenant_id)
-            if not ids:
+            known = self._ids.get(tenant_id)
+            if not known:
                 continue
-            added = set() if fresh else self._added.get(tenant_id, set())
-            found: dict[int, bytes] = {}
+            found = pending.ids.setdefault((tenant_id, into), [])
+            # Most recently seen first: the walk stops at the first seen before `since`.
             for key, at in reversed(seen.items()):
                 if at < since:
                     break
-                if key not in added and (global_id := ids.get(key)) is not None:
-                    found[key] = global_id
-            if found:
-                pending.ids[tenant_id] = found
+                if (global_id := known.get(key)) is not None:
+                    found.append(global_id)
         return pending
 
     def added(self, pending: Pending) -> None:
-        """`pending` is in the store: look only at what is seen after it next time."""
-        if pending.bucket != self._bucket or pending.epoch != self._epoch:
-            self._added = {}
-        for tenant_id, found in pending.ids.items():
-            self._added.setdefault(tenant_id, set()).update(found)
-        self._bucket, self._epoch, self._looked = pending.bucket, pending.epoch, pending.looked_at
+        """`pending` is in the store."""
+        self._bucket, self._epoch = pending.bucket, pending.epoch
+        if pending.walked_at is not None:
+            self._walked = pending.walked_at
+
+    def not_added(self) -> None:
+        """The exchange failed: every active series again at the next one (bounded, where
+        keeping each new one until the store is back would not be)."""
+        self._epoch = None
 
     def _expire(self, tenant_id: str, seen: OrderedDict[int, float], now: float) -> None:
         horizon = now - self.window_seconds

@@ -9,11 +9,11 @@ calls (the request path never waits for Redis):
   rows changed anywhere since the last look (`fleet:changed`, by sequence number);
 - rate: what each tenant spent on its fallback share; back, tokens leased from its
   global bucket (`LEASE`), enough for two exchanges at its recent demand;
-- series: the global ids of the series this process saw, each once per time bucket
-  (`series:<tenant>:<bucket>`, a HyperLogLog per tenant and bucket, `SERIES_BUCKETS`
-  of them per window); back, each tenant's distinct count over the buckets of the
-  window (PFCOUNT: 0.81 % standard error), of which what this process does not hold
-  counts against the limit here;
+- series: the global ids of the series new here, and, once per time bucket, of those
+  seen in the bucket that ended (`series:<tenant>:<bucket>`, a HyperLogLog per tenant
+  and bucket, `SERIES_BUCKETS` of them per window); back, each tenant's distinct count
+  over the buckets of the window (`SERIES_COUNT`: PFCOUNT, 0.81 % standard error), of
+  which what this process does not hold counts against the limit here;
 - throttle: failed authentications per address (`authfail:<address>`, expiring with
   the window); back, the addresses anyone blocked (`blocked` zset).
 
@@ -68,6 +68,20 @@ SERIES_BUCKETS = 5
 last added to leaves the window, i.e. for up to a fifth of the window longer."""
 SERIES_BATCH = 10_000
 """Global ids per PFADD."""
+SERIES_COUNT = """
+local tenants, first, last = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', tenants, '-inf', first - 1)
+local reply = {}
+for _, tenant in ipairs(redis.call('ZRANGE', tenants, 0, -1)) do
+  local keys = {}
+  for bucket = first, last do keys[#keys + 1] = ARGV[3] .. tenant .. ':' .. bucket end
+  reply[#reply + 1] = tenant
+  reply[#reply + 1] = redis.call('PFCOUNT', unpack(keys))
+end
+return reply
+"""
+"""Every tenant with series in the window's buckets, and its distinct count over them:
+one call, however many tenants."""
 
 MERGE = """
 local seq = 0
@@ -368,28 +382,30 @@ class RedisState:
         expire = int(series.window_seconds + 2 * seconds)
         tenants = PREFIX + "series:tenants"
         pipe = self.client.pipeline(transaction=False)
-        for tenant_id, found in pending.ids.items():
-            key = f"{PREFIX}series:{tenant_id}:{bucket}"
-            ids = list(found.values())
-            for at in range(0, len(ids), SERIES_BATCH):
-                pipe.pfadd(key, *ids[at : at + SERIES_BATCH])
+        for (tenant_id, into), found in pending.ids.items():
+            if not found:
+                continue
+            key = f"{PREFIX}series:{tenant_id}:{into}"
+            for at in range(0, len(found), SERIES_BATCH):
+                pipe.pfadd(key, *found[at : at + SERIES_BATCH])
             pipe.expire(key, expire)
         if pending.ids:
-            pipe.zadd(tenants, dict.fromkeys(pending.ids, bucket))
-        pipe.zremrangebyscore(tenants, "-inf", bucket - SERIES_BUCKETS - 1)
-        pipe.zrange(tenants, 0, -1)
-        names = [name.decode() for name in (await pipe.execute())[-1]]
+            pipe.zadd(tenants, {tenant_id: bucket for tenant_id, _ in pending.ids})
+        keys = (bucket - SERIES_BUCKETS, bucket, f"{PREFIX}series:")
+        pipe.eval(SERIES_COUNT, 1, tenants, *keys)
+        try:
+            reply = (await pipe.execute())[-1]
+        except BaseException:
+            series.not_added()
+            raise
         series.added(pending)
-        window = range(bucket - SERIES_BUCKETS, bucket + 1)
-        pipe = self.client.pipeline(transaction=False)
-        for tenant_id in names:
-            pipe.pfcount(*(f"{PREFIX}series:{tenant_id}:{b}" for b in window))
-        totals = await pipe.execute() if names else []
+        pairs = zip(reply[::2], reply[1::2], strict=True)
+        totals = {name.decode(): int(total) for name, total in pairs}
         counts = series.counts(self.series_clock())
         others: dict[str, int] = {}
         if self.live - {self.replica}:  # alone, this process's own count is exact
-            for tenant_id, total in zip(names, totals, strict=True):
-                if (other := int(total) - counts.get(tenant_id, 0)) > 0:
+            for tenant_id, total in totals.items():
+                if (other := total - counts.get(tenant_id, 0)) > 0:
                     others[tenant_id] = other
         series.others = others
 

@@ -106,30 +106,39 @@ def test_each_series_goes_to_the_store_once_per_bucket_and_all_again_when_it_was
     series.shared = True
 
     def see(key: int, now: float) -> None:
-        assert series.admit("acme", key, 100, now, lambda: key.to_bytes(8, "little"))
-        series.of("acme")[key] = now  # as the request path refreshes a known series
-        series.of("acme").move_to_end(key)
+        seen = series.of("acme")
+        if key in seen:  # as the request path refreshes a known series
+            seen[key] = now
+            seen.move_to_end(key)
+        else:
+            assert series.admit("acme", key, 100, now, lambda: key.to_bytes(8, "little"))
 
-    def look(now: float, bucket: int, epoch: str) -> list[int]:
+    def look(now: float, bucket: int, epoch: str) -> dict[int, list[int]]:
         pending = series.pending(now, bucket, epoch)
         series.added(pending)
-        return sorted(pending.ids.get("acme", {}))
+        return {
+            into: sorted(int.from_bytes(i, "little") for i in ids)
+            for (_, into), ids in pending.ids.items()
+        }
 
     for key in range(3):
         see(key, 10.0)
-    assert look(11.0, 1, "e1") == [0, 1, 2]
+    assert look(11.0, 1, "e1") == {1: [0, 1, 2]}  # the first exchange: every series
     see(0, 20.0)
     see(3, 20.0)
-    assert look(21.0, 1, "e1") == [3]  # 0 is in this bucket already
-    assert look(35.0, 1, "e1") == []
+    assert look(21.0, 1, "e1") == {1: [3]}  # only the new one: 0 is in this bucket already
+    assert look(35.0, 1, "e1") == {}
     see(1, 45.0)
-    assert look(46.0, 2, "e1") == [1]  # a new bucket: what was seen since the last look
-    assert look(47.0, 2, "e1") == []
-    assert look(48.0, 2, "e2") == [0, 1, 2, 3]  # the store was emptied: everything again
-    # A failed exchange (no `added`) leaves the series for the next one.
-    see(4, 60.0)
+    see(4, 46.0)
+    # A new bucket: 4 (new) into it; what was seen since the last walk into the one that ended.
+    assert look(50.0, 2, "e1") == {2: [4], 1: [0, 1, 2, 3, 4]}
+    assert look(51.0, 2, "e1") == {}
+    assert look(52.0, 2, "e2") == {2: [0, 1, 2, 3, 4]}  # the store was emptied: all again
+    # A failed exchange: everything again at the next one.
+    see(5, 60.0)
     series.pending(61.0, 2, "e2")
-    assert look(62.0, 2, "e2") == [4]
+    series.not_added()
+    assert look(62.0, 2, "e2") == {2: [0, 1, 2, 3, 4, 5]}
     # Series that are no longer active are forgotten with their ids.
     assert series.counts(700.0) == {}
-    assert look(701.0, 4, "e2") == []
+    assert look(701.0, 3, "e2") == {}
