@@ -1,7 +1,7 @@
 """OTLP ingest capacity of the gateway, side by side with baselines, in one run.
 
-Run: `.venv/bin/python -m bench.ingest` (about 15 minutes; `--quick`: one short
-round, about a minute). Starts the real Collector and, one after the other, each
+Run: `.venv/bin/python -m bench.ingest` (about 22 minutes; `--quick`: one short
+round, about two minutes). Starts the real Collector and, one after the other, each
 system under test (SUT): the gateway, the Collector alone, the bare Python gRPC hop,
 the previous JSON design, gateways sharing a port, the gateway with its state in Redis
 (one process, and two workers; each SUT with a redis-server of its own on the SUT's
