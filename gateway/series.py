@@ -25,7 +25,7 @@ from operator import itemgetter
 
 LATE_SECONDS = 5.0
 """A request stamps its series with its start time and may finish this much later:
-`pending` looks that far behind its previous look."""
+the walk over a bucket that ended starts this long before the previous walk."""
 
 
 def attributes_hash(attributes: Iterable[tuple[str, object]]) -> int:
@@ -128,7 +128,10 @@ class ActiveSeries:
             new = self._new.get(tenant_id)
             if new is None:
                 new = self._new[tenant_id] = []
-            new.append(ids[key])
+            if len(new) < len(seen):
+                new.append(ids[key])
+            else:  # churn while the store is away: walk all active series next time
+                self._epoch = None
         return True
 
     def local_limit(self, tenant_id: str, limit: int) -> int:

@@ -142,3 +142,11 @@ def test_each_series_goes_to_the_store_once_per_bucket_and_all_again_when_it_was
     # Series that are no longer active are forgotten with their ids.
     assert series.counts(700.0) == {}
     assert look(701.0, 3, "e2") == {}
+    # New series while the store is away are remembered up to the active ones, then
+    # every active one goes at the next exchange.
+    for key in range(100, 300):
+        see(key, 1000.0 + 10 * key)
+        series.counts(1000.0 + 10 * key)  # the ones seen 600 s before expire: churn
+    assert len(series.of("acme")) == 61
+    assert len(series._new["acme"]) <= 62  # not the 200 seen meanwhile
+    assert look(4000.0, 3, "e2") == {3: sorted(series.of("acme"))}
