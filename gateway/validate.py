@@ -34,7 +34,13 @@ from gateway.errors import REASONS, TooManyDataPoints
 from gateway.labels import Problem, key_problem, label_name, resource_problem, shown
 from gateway.limits import TenantLimits
 from gateway.namespace import MetricNamespace
-from gateway.series import ActiveSeries, attributes_hash, series_key
+from gateway.series import (
+    ActiveSeries,
+    attributes_hash,
+    series_id,
+    series_key,
+    stable_attributes_hash,
+)
 from gateway.values import metric_problem, number_problem, point_problem
 from gateway.work import Steps, finish
 
@@ -136,9 +142,10 @@ _Key = tuple[bool, str, Problem | None]
 """Of an attribute key: is it a tenant claim (removed, never checked), its
 Prometheus label, and what is wrong with it."""
 
-_Checked = tuple[int, Problem | None, int]
+_Checked = tuple[int, Problem | None, int, int]
 """Of a data point's attribute list: how many count against the attribute limit,
-its first problem, its `attributes_hash`."""
+its first problem, its `attributes_hash`, and its `stable_attributes_hash` with a
+shared store (else 0)."""
 
 
 class _Checker:
@@ -293,10 +300,11 @@ class _Checker:
         if limit and len(attributes) > limit + _CLAIMS_ALLOWED:
             # Over the limit whatever they are: not read one by one (a point of
             # 60,000 attributes would hold the loop 100 ms).
-            return (len(attributes), None, 0)
+            return (len(attributes), None, 0, 0)
         # Scope attributes become otel_scope_* labels: they cannot collide with these.
         pairs, problem = self.scan(attributes)
-        return (len(pairs), problem, attributes_hash(pairs))
+        stable = stable_attributes_hash(pairs) if self.series.shared else 0
+        return (len(pairs), problem, attributes_hash(pairs), stable)
 
     def number_points(
         self,
@@ -363,7 +371,7 @@ class _Checker:
         self, checked: _Checked, scope: _Scope, name: str, service: tuple[str, str]
     ) -> Problem | None:
         """The attribute limit, the attributes' own problem, then the series limit."""
-        count, problem, attributes = checked
+        count, problem, attributes, stable = checked
         limit = self._attribute_limit
         count += scope.attribute_count
         if limit and count > limit:
@@ -382,7 +390,9 @@ class _Checker:
             seen[key] = self.now
             seen.move_to_end(key)
             return None
-        if self.series.admit(self.tenant_id, key, limit, self.now):
+        if self.series.admit(
+            self.tenant_id, key, limit, self.now, lambda: series_id(name, stable, service)
+        ):
             return None
         return (
             "series_limit",

@@ -83,12 +83,13 @@ def throughput_phase(
     results: list[Measurement] = []
 
     def body(sut: Sut, round_number: int) -> None:
-        cases = [case for case in BLOCKS[sut.name] if bench.args.match in case.name]
+        cases = [case for case in BLOCKS[sut.name] if matches(bench.args.match, case.name)]
         if not cases:
             return
         shift = round_number % len(cases)
         for case in cases[shift:] + cases[:shift]:
-            results.append(bench.measure(sut, case, round_number))
+            rate = bench.args.scale_rate if case.paced else 0.0
+            results.append(bench.measure(sut, case, round_number, rate))
             _progress(results[-1])
 
     return results, run_blocks(bench, names, rounds, body)
@@ -102,7 +103,7 @@ def latency_phase(
     results: list[Measurement] = []
     rates: dict[tuple[Load, int], float] = {}
     for target, points in LATENCY_PATHS:
-        if bench.args.match not in _path(target, points):
+        if not matches(bench.args.match, _path(target, points)):
             continue
         if target == SCALE_MIX:
             rates[(target, points)] = bench.args.scale_rate
@@ -126,6 +127,11 @@ def latency_phase(
                 _progress(results[-1])
 
     return results, run_blocks(bench, ["gateway"], rounds, body)
+
+
+def matches(match: str, name: str) -> bool:
+    """`--match`: any of its comma-separated texts is in `name` (empty: every name)."""
+    return any(text in name for text in match.split(","))
 
 
 def _path(target: Load, points: int) -> str:
@@ -184,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-rate", type=float, default=SCALE_RATE, help="open loop of the scale mix, req/s"
     )
     parser.add_argument("--only", default=",".join(BLOCKS), help="SUTs to run, comma-separated")
-    parser.add_argument("--match", default="", help="only the cases whose name holds this text")
+    parser.add_argument(
+        "--match", default="", help="only the cases whose name holds this text (or any of a,b)"
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the open-loop phase")
     parser.add_argument("--sut-cpus", default="0", help="CPUs of the SUT (taskset list)")
     parser.add_argument("--load-cpus", default="1", help="CPUs of the load generator")

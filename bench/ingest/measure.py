@@ -36,6 +36,8 @@ class Measurement:
     the machine, kernel threads): near 0 on a quiet machine."""
     other_load_cores: float
     """The same on the generator's and Collector's cores."""
+    store_cpu_s: float | None = None
+    """The state store's (redis-server's) CPU over the window; None without one."""
 
     def figures(self) -> dict[str, float | None]:
         """The derived figures (None where nothing was answered OK)."""
@@ -60,6 +62,10 @@ class Measurement:
             "lag_p99_ms": result.lag_ms.p99 if self.rate else None,
             "other_sut_cores": self.other_sut_cores,
             "other_load_cores": self.other_load_cores,
+            "store_cores": None if self.store_cpu_s is None else self.store_cpu_s / self.window_s,
+            "store_us_per_req": None
+            if self.store_cpu_s is None
+            else _per(self.store_cpu_s * 1e6, ok),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +78,7 @@ class Measurement:
             "window_s": self.window_s,
             "process_cpu_s": self.process_cpu_s,
             "collector_cpu_s": self.collector_cpu_s,
+            "store_cpu_s": self.store_cpu_s,
             "process_requests": self.process_requests,
             "loadgen": self.result.raw,
         }

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.ingest.cases import BUSY_CORES, GENERATOR_LAG_MS, SCALE_MIX
+from bench.ingest.cases import (
+    BUSY_CORES,
+    EXPORT_INTERVAL_S,
+    GENERATOR_LAG_MS,
+    SCALE_MIX,
+    SHARED_STATE_BASES,
+)
 
 Column = tuple[str, int]
 """Header and decimals (-1: a left-aligned text column)."""
@@ -92,6 +98,7 @@ def print_tables(
             if r["sut"] in ("gateway_x1", "gateway_x2")
         ],
     )
+    print_shared_state(rows)
     if latency:
         q = ["gateway_p50_ms", "gateway_p99_ms", "direct_p50_ms", "direct_p99_ms"]
         q += ["added_p50_ms", "added_p99_ms", "gateway_cpu_us_per_req", "direct_cpu_us_per_req"]
@@ -111,6 +118,47 @@ def print_tables(
     print_targets(rows, latency)
     for name, reason in failures.items():
         print(f"\nNOT MEASURED {name}: {reason}")
+
+
+SHARED_STATE_TARGET = 1.05
+"""A gateway process with its state in Redis: at most 5 % more CPU per request."""
+
+
+def print_shared_state(rows: dict[str, dict[str, Any]]) -> None:
+    """Each load in memory and with Redis, one process and two: the gateway's CPU per
+    request against one process in memory and against as many processes in memory,
+    Redis's own, and (paced) what an agent costs Redis."""
+    lines = []
+    for load in ("grpc 20p", f"{SCALE_MIX} gzip", f"{SCALE_MIX} gzip paced"):
+        one = rows.get(f"gateway {load}")
+        for sut, base_sut in SHARED_STATE_BASES.items():
+            if (row := rows.get(f"{sut} {load}")) is None:
+                continue
+            base = rows.get(f"{base_sut} {load}")
+            own = row["cpu_us_per_req"]
+            ratios = [
+                own / memory if own and (memory := other and other["cpu_us_per_req"]) else None
+                for other in (one, base)
+            ]
+            # Paced, the load is what rate x interval agents send: Redis's cores per agent.
+            agents = row["ok_per_s"] * EXPORT_INTERVAL_S if load.endswith("paced") else 0
+            store = row.get("store_cores")
+            per_thousand = store * 1e3 / (agents / 1e3) if store and agents else None
+            per_core = agents / store if store and agents else None
+            redis = [row.get("store_us_per_req"), store, per_thousand, per_core]
+            lines.append([load, sut, row["ok_per_s"], own, *ratios, *redis, row["other_sut_cores"]])
+    table(
+        f"Shared state: one process and two, in memory and with Redis "
+        f"(target: ÷ in memory <= {SHARED_STATE_TARGET:.2f})",
+        [
+            *[("load", -1), ("SUT", -1), ("req/s", 0), ("gw µs/req", 0)],
+            *[("÷ 1 in memory", 3), ("÷ as many in memory", 3)],
+            *[("Redis µs/req", 1), ("Redis cores", 4)],
+            *[(f"Redis ms/s per 1,000 agents ({EXPORT_INTERVAL_S:g} s)", 2)],
+            *[("agents per Redis core", 0), ("other", 2)],
+        ],
+        lines,
+    )
 
 
 TARGETS = [

@@ -19,6 +19,7 @@ from bench.loadgen import LoadOptions, loadgen_binary, run_loadgen
 from bench.procstat import busy_seconds, cpu_list, runs_on, tree_cpu_seconds
 from gateway import tenants
 from stack.local import LocalStack, Process, collector_binary, free_port, http_get
+from stack.redis_server import RedisServer
 
 
 @contextlib.contextmanager
@@ -43,6 +44,18 @@ def wait_port(process: Process, port: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(f"{process.name} not listening on {port} after {timeout:.0f} s")
+
+
+def wait_answers(process: Process, url: str, timeout: float = 30.0) -> None:
+    """Return once `url` answers 200; RuntimeError if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{process.name} exited: {process.log_tail()}")
+        if http_get(url, timeout=1.0)[0] == 200:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{process.name}: no answer at {url} after {timeout:.0f} s")
 
 
 def grpc_requests(metrics_url: str) -> float:
@@ -70,6 +83,8 @@ class Sut:
     pids: list[int] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     metrics_urls: list[str] = field(default_factory=list)
+    store: RedisServer | None = None
+    """The SUT's own state store (GATEWAY_STATE_URL), measured apart from the SUT."""
 
     def add(self, process: Process) -> None:
         """Count `process` as part of this SUT."""
@@ -107,6 +122,8 @@ class Bench:
             "gateway": lambda sut: self._gateways(sut, 1, reuse_port=False),
             "gateway_x1": lambda sut: self._gateways(sut, 1, reuse_port=True),
             "gateway_x2": lambda sut: self._gateways(sut, 2, reuse_port=True),
+            "gateway_redis": lambda sut: self._gateways(sut, 1, reuse_port=False, redis=True),
+            "gateway_redis_x2": lambda sut: self._gateways(sut, 1, False, redis=True, workers=2),
             "collector": self._collector_alone,
             "bare_hop": self._bare_hop,
             "previous_design": self._previous_design,
@@ -128,14 +145,25 @@ class Bench:
         """Stop the SUT's own processes (never the shared Collector)."""
         for process in sut.processes:
             self.stack.stop(process)
+        if sut.store is not None:
+            sut.store.stop()
 
     def _collector_alone(self, sut: Sut) -> None:
         sut.grpc_addr = self.collector_addr
         sut.pids.append(self.collector.popen.pid)
 
-    def _gateways(self, sut: Sut, count: int, reuse_port: bool) -> None:
+    def _gateways(
+        self, sut: Sut, count: int, reuse_port: bool, redis: bool = False, workers: int = 1
+    ) -> None:
+        """`count` gateways (each `serve --workers N` when `workers` > 1), their state in
+        a redis-server of their own (on the SUT's CPUs) when `redis`."""
         grpc_port = free_port()
         sut.grpc_addr = f"127.0.0.1:{grpc_port}"
+        shared: dict[str, str] = {}
+        if redis:
+            sut.store = RedisServer(RUN_DIR / f"redis-{sut.name}")
+            sut.store.start()
+            shared = {"GATEWAY_STATE_URL": sut.store.url, "GATEWAY_WORKERS": str(workers)}
         for number in range(count):
             http_port, metrics_port = free_port(), free_port()
             url = f"http://127.0.0.1:{http_port}"
@@ -149,13 +177,18 @@ class Bench:
                 "GATEWAY_TENANTS_FILE": str(self.stack.tenants_file),
                 **GATEWAY_ENV,
                 **(REUSE_PORT_ENV if reuse_port else {}),
+                **shared,
             }
             argv = [sys.executable, "-m", "gateway.cli", "serve"]
             process = self.stack.start_process(f"{sut.name}-{number}", argv, env, f"{url}/healthz")
             sut.add(process)
-            sut.metrics_urls.append(f"http://127.0.0.1:{metrics_port}/metrics")
+            # Worker i serves /metrics on GATEWAY_METRICS_PORT + i.
+            urls = [f"http://127.0.0.1:{metrics_port + i}/metrics" for i in range(workers)]
+            sut.metrics_urls += urls
             sut.http_url = sut.http_url or url
             self.stack.wait_ready(process, timeout=30)
+            for metrics_url in urls:  # every worker, not only the first to answer
+                wait_answers(process, metrics_url)
 
     def _bare_hop(self, sut: Sut) -> None:
         port = free_port()
@@ -201,10 +234,11 @@ class Bench:
         sut_cpus = cpu_list(args.sut_cpus)
         load_cpus = cpu_list(args.load_cpus) | cpu_list(args.collector_cpus)
         samples: dict[str, tuple[float, list[float], float, float]] = {}
+        store = [sut.store.process.pid] if sut.store and sut.store.process else []
 
         def on_phase(phase: str) -> None:
             now = time.monotonic()
-            cpu = tree_cpu_seconds([*sut.pids, self.collector.popen.pid])
+            cpu = tree_cpu_seconds([*sut.pids, *store, self.collector.popen.pid])
             samples[phase] = (now, cpu, busy_seconds(sut_cpus), busy_seconds(load_cpus))
 
         before = [grpc_requests(url) for url in sut.metrics_urls]
@@ -222,7 +256,11 @@ class Bench:
         (t0, cpu0, sut0, load0), (t1, cpu1, sut1, load1) = samples["measure"], samples["done"]
         window = t1 - t0
         used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
-        on_sut = [c for pid, c in zip(sut.pids, used, strict=False) if runs_on(pid, sut_cpus)]
+        # In `used`: the SUT's processes, its store (if any), the Collector.
+        on_sut = [
+            c for pid, c in zip([*sut.pids, *store], used, strict=False) if runs_on(pid, sut_cpus)
+        ]
+        store_cpu = used.pop(len(sut.pids)) if store else None
         other_sut = max(0.0, sut1 - sut0 - sum(on_sut)) / window
         other_load = max(0.0, load1 - load0 - used[-1] - result.cpu_s) / window
         return Measurement(
@@ -237,4 +275,5 @@ class Bench:
             process_requests=split,
             other_sut_cores=other_sut,
             other_load_cores=other_load,
+            store_cpu_s=store_cpu,
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -9,7 +12,7 @@ from pydantic import ValidationError
 
 from gateway.fleet import Sighting, merged
 from gateway.ratelimit import LeasedRateLimiter
-from gateway.series import ActiveSeries
+from gateway.series import ActiveSeries, series_id, stable_attributes_hash
 from gateway.settings import GatewaySettings
 
 
@@ -74,3 +77,76 @@ def test_a_state_url_that_is_not_redis_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="GATEWAY_WORKERS=3 needs GATEWAY_STATE_URL"):
         GatewaySettings(workers=3)
     assert GatewaySettings(state_url="rediss://:pw@redis:6380/0", workers=3).workers == 3
+
+
+def test_a_series_global_id_is_the_same_in_every_process() -> None:
+    """Python's own hash differs per process: the id a shared store counts must not."""
+    program = (
+        "from gateway.series import series_id, stable_attributes_hash as h;"
+        "print(series_id('m', h([('b', 'x'), ('a', b'y')]), ('svc', 'i-1')).hex(), hash('m'))"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for seed in ("1", "2")
+    ]
+    assert outputs[0][1] != outputs[1][1]  # the process hash does differ
+    assert outputs[0][0] == outputs[1][0]
+    same = series_id("m", stable_attributes_hash([("a", b"y"), ("b", "x")]), ("svc", "i-1"))
+    assert same.hex() == outputs[0][0]  # in any order of the attributes
+
+
+def test_each_series_goes_to_the_store_once_per_bucket_and_all_again_when_it_was_emptied() -> None:
+    series = ActiveSeries(600.0)
+    series.shared = True
+
+    def see(key: int, now: float) -> None:
+        seen = series.of("acme")
+        if key in seen:  # as the request path refreshes a known series
+            seen[key] = now
+            seen.move_to_end(key)
+        else:
+            assert series.admit("acme", key, 100, now, lambda: key.to_bytes(8, "little"))
+
+    def look(now: float, bucket: int, epoch: str) -> dict[int, list[int]]:
+        pending = series.pending(now, bucket, epoch)
+        series.added(pending)
+        return {
+            into: sorted(int.from_bytes(i, "little") for i in ids)
+            for (_, into), ids in pending.ids.items()
+        }
+
+    for key in range(3):
+        see(key, 10.0)
+    assert look(11.0, 1, "e1") == {1: [0, 1, 2]}  # the first exchange: every series
+    see(0, 20.0)
+    see(3, 20.0)
+    assert look(21.0, 1, "e1") == {1: [3]}  # only the new one: 0 is in this bucket already
+    assert look(35.0, 1, "e1") == {}
+    see(1, 45.0)
+    see(4, 46.0)
+    # A new bucket: 4 (new) into it; what was seen since the last walk into the one that ended.
+    assert look(50.0, 2, "e1") == {2: [4], 1: [0, 1, 2, 3, 4]}
+    assert look(51.0, 2, "e1") == {}
+    assert look(52.0, 2, "e2") == {2: [0, 1, 2, 3, 4]}  # the store was emptied: all again
+    # A failed exchange: everything again at the next one.
+    see(5, 60.0)
+    series.pending(61.0, 2, "e2")
+    series.not_added()
+    assert look(62.0, 2, "e2") == {2: [0, 1, 2, 3, 4, 5]}
+    # Series that are no longer active are forgotten with their ids.
+    assert series.counts(700.0) == {}
+    assert look(701.0, 3, "e2") == {}
+    # New series while the store is away are remembered up to the active ones, then
+    # every active one goes at the next exchange.
+    for key in range(100, 300):
+        see(key, 1000.0 + 10 * key)
+        series.counts(1000.0 + 10 * key)  # the ones seen 600 s before expire: churn
+    assert len(series.of("acme")) == 61
+    assert len(series._new["acme"]) <= 62  # not the 200 seen meanwhile
+    assert look(4000.0, 3, "e2") == {3: sorted(series.of("acme"))}
