@@ -5,8 +5,10 @@ calls (the request path never waits for Redis):
 
 - membership: this process and the time (`replicas` zset); back, the processes
   seen within `REPLICA_TTL`;
-- fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash); back, the
-  rows changed anywhere since the last look (`fleet:changed`, by sequence number);
+- fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash), and the
+  rows evicted here (a tenant over its number of agents) deleted, so the hash holds
+  about what the processes' tables do; back, the rows changed anywhere since the
+  last look (`fleet:changed`, by sequence number);
 - rate: what each tenant spent on its fallback share; back, tokens leased from its
   global bucket (`LEASE`), enough for two exchanges at its recent demand;
 - series: this process's active series per tenant (`series` hash, one field per
@@ -350,6 +352,17 @@ class RedisState:
             self.fleet.mark_all_changed()
 
     async def _fleet(self) -> None:
+        evicted = self.fleet.take_evicted()
+        try:
+            for at in range(0, len(evicted), FLEET_BATCH):
+                names = [json.dumps(list(key)) for key in evicted[at : at + FLEET_BATCH]]
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hdel(PREFIX + "fleet", *names)
+                pipe.zrem(PREFIX + "fleet:changed", *names)
+                await pipe.execute()
+        except BaseException:
+            self.fleet.mark_evicted(evicted)
+            raise
         rows = self.fleet.take_changed()
         try:
             for at in range(0, len(rows), FLEET_BATCH):

@@ -62,6 +62,7 @@ resource can neither swell the state file nor the fleet's exports
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -102,6 +103,13 @@ from gateway.tenants import Tenant
 
 logger = logging.getLogger(__name__)
 
+EVICT_BATCH = 16
+"""A full tenant's rows are ranked for eviction a sixteenth at a time: a flood of new
+instance ids costs one ranking per that many new rows, not a scan of the table each."""
+EVICT_LOG_SECONDS = 60.0
+"""A tenant over its number of agents is logged at most once per this many seconds."""
+_STATE_ORDER = {"retired": 0, "stopped": 1, "running": 2}
+
 
 class FleetTracker:
     """The fleet table: updated by requests, read by /metrics and /api/fleet."""
@@ -136,6 +144,10 @@ class FleetTracker:
         self.replica = ""
         """This process's name in a shared state store (gateway.state): `seen_by`."""
         self._changed: set[tuple[str, str, str]] = set()
+        self._evicted: set[tuple[str, str, str]] = set()
+        """Rows evicted here since the last exchange: the store drops them too."""
+        self._victims: dict[str, list[tuple[tuple[int, float], tuple[str, str]]]] = {}
+        self._evict_logged: dict[str, float] = {}
         self.load()
 
     # -- recording -----------------------------------------------------------------
@@ -179,6 +191,7 @@ class FleetTracker:
             if row is None:
                 if len(agents) >= self.max_per_tenant:
                     self._evict_one(tenant_id, agents)
+                self._evicted.discard((tenant_id, *key))
                 row = agents[key] = Sighting(
                     tenant_id,
                     agent.agent_type,
@@ -243,6 +256,7 @@ class FleetTracker:
                     )
                 chosen[matches[0]] = agents[matches[0]]
             now = self.clock()
+            self._victims.pop(tenant_id, None)  # retired rows go first: rank them again
             for row in chosen.values():
                 row.state, row.state_since = "retired", now
                 if self.replica:
@@ -306,15 +320,35 @@ class FleetTracker:
                 del self._tenants[tenant_id]
 
     def _evict_one(self, tenant_id: str, agents: dict[tuple[str, str], Sighting]) -> None:
-        order = {"retired": 0, "stopped": 1, "running": 2}
-        victim = min(agents, key=lambda k: (order[agents[k].state], agents[k].last_seen))
-        logger.warning(
-            "tenant %s has over %d agents: forgetting the least recently seen "
-            "(GATEWAY_FLEET_MAX_AGENTS_PER_TENANT)",
-            tenant_id,
-            self.max_per_tenant,
-        )
-        del agents[victim]
+        """Drop the tenant's retired, stopped, then least recently seen row."""
+
+        def rank(row: Sighting) -> tuple[int, float]:
+            return _STATE_ORDER[row.state], row.last_seen
+
+        victims = self._victims.setdefault(tenant_id, [])
+        while True:
+            if not victims:
+                ranked = heapq.nsmallest(
+                    max(1, len(agents) // EVICT_BATCH), ((rank(r), k) for k, r in agents.items())
+                )
+                victims.extend(reversed(ranked))  # pop() takes the first
+            ranking, key = victims.pop()
+            row = agents.get(key)
+            if row is not None and rank(row) == ranking:  # not heard since it was ranked
+                break
+        del agents[key]
+        if self.replica:
+            self._evicted.add((tenant_id, *key))
+            self._changed.discard((tenant_id, *key))
+        now = self.clock()
+        if now - self._evict_logged.get(tenant_id, -EVICT_LOG_SECONDS) >= EVICT_LOG_SECONDS:
+            self._evict_logged[tenant_id] = now
+            logger.warning(
+                "tenant %s has over %d agents: forgetting the least recently seen "
+                "(GATEWAY_FLEET_MAX_AGENTS_PER_TENANT)",
+                tenant_id,
+                self.max_per_tenant,
+            )
 
     # -- sharing (gateway.state) -------------------------------------------------------
 
@@ -333,6 +367,19 @@ class FleetTracker:
         with self._lock:
             self._changed.update((r.tenant_id, r.service, r.instance) for r in rows)
 
+    def take_evicted(self) -> list[tuple[str, str, str]]:
+        """The (tenant, service, instance) of the rows evicted here since the last call:
+        over `max_per_tenant`, the store must drop them too, or a tenant that keeps
+        making up instance ids would fill it."""
+        with self._lock:
+            keys, self._evicted = self._evicted, set()
+            return sorted(keys)
+
+    def mark_evicted(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Drop these from the store at the next exchange (this one failed)."""
+        with self._lock:
+            self._evicted.update(keys)
+
     def mark_all_changed(self) -> None:
         """Send every row again at the next exchange (the store was emptied)."""
         with self._lock:
@@ -345,8 +392,10 @@ class FleetTracker:
                 agents = self._tenants.setdefault(new.tenant_id, {})
                 key = (new.service, new.instance)
                 old = agents.get(key)
-                if old is None and len(agents) >= self.max_per_tenant:
-                    self._evict_one(new.tenant_id, agents)
+                if old is None:
+                    self._evicted.discard((new.tenant_id, *key))  # in the store again
+                    if len(agents) >= self.max_per_tenant:
+                        self._evict_one(new.tenant_id, agents)
                 row = agents[key] = new if old is None else merged(old, new)
                 self._mark_clash(row)  # processes heard by other replicas may alternate
             self._dirty = True

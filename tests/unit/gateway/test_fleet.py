@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,29 @@ def test_grpc_exports_reach_the_fleet_through_the_ingestors_observers(tmp_path: 
             assert resource["service.instance.id"] == "i-9"
 
     run(scenario())
+
+
+def test_a_flood_of_new_instance_ids_evicts_cheaply_logs_once_and_names_the_evicted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tenant making up a new service.instance.id per resource: each new row past the
+    cap evicts one, without a scan of the table per row (5,000 new rows into a full
+    table of 5,000 took 8 s so, on the event loop), and the warning is logged once."""
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock, max_per_tenant=5000)
+    fleet.replica = "r1"  # shared: evicted rows are named for the store
+    for i in range(5000):
+        fleet.see("acme", agent("etl", "x", f"old-{i}"), now=clock.now + i)
+    fleet.see("globex", agent("etl", "g", "g"))
+    fleet.take_changed()
+    clock.now += 10_000
+    started = time.perf_counter()
+    for i in range(5000):
+        fleet.see("acme", agent("etl", "x", f"new-{i}"))
+    assert time.perf_counter() - started < 2.0
+    assert {r.instance for r in fleet.sightings(["acme"])} == {f"new-{i}" for i in range(5000)}
+    assert [r.instance for r in fleet.sightings(["globex"])] == ["g"]
+    evicted = fleet.take_evicted()
+    assert evicted == sorted(("acme", "x", f"old-{i}") for i in range(5000))
+    assert fleet.take_evicted() == []
+    assert caplog.text.count("GATEWAY_FLEET_MAX_AGENTS_PER_TENANT") == 1

@@ -255,6 +255,55 @@ def test_rows_forgotten_everywhere_leave_the_store(
     asyncio.run(scenario())
 
 
+def churn(batch: int, size: int) -> bytes:
+    """One request of `size` agents, each under a service.instance.id never seen before."""
+    request = ExportMetricsServiceRequest()
+    for i in range(size):
+        request.resource_metrics.append(
+            counter_request(
+                resource_attributes={
+                    "service.name": "churn",
+                    "service.instance.id": f"id-{batch}-{i}",
+                    "agent.type": "connector",
+                }
+            ).resource_metrics[0]
+        )
+    return request.SerializeToString()
+
+
+def test_a_tenant_making_up_instance_ids_keeps_the_store_to_its_cap(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """acme sends 200 new ids per request, an exchange after each: the store keeps about
+    its cap of rows (it kept all 2,000 before evicted rows were deleted there), and
+    globex's row and changes go on."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url, fleet_max_agents_per_tenant=100) as (
+            one,
+            two,
+            keys,
+        ):
+            await two.export(agent("billing", "g-1"), keys["globex"])
+            await exchange(one, two)
+            for batch in range(10):
+                await one.export(churn(batch, 200), keys["acme"])
+                await exchange(one, two, rounds=1)
+            await exchange(one, two)
+            client = store(one).client
+            assert await client.hlen("otelgw:fleet") <= 100 + 1
+            assert await client.zcard("otelgw:fleet:changed") <= 100 + 1
+            for gw in (one, two):
+                acme = [r.instance for r in gw.gateway.fleet.rows() if r.tenant_id == "acme"]
+                assert len(acme) == 100
+                assert all(i.startswith("id-9-") for i in acme)  # the last request's
+            two.gateway.fleet.forget("globex", ["g-1"])
+            await exchange(two, one, rounds=1)
+            assert agents_of(one)[("globex", "g-1")] == "retired"
+
+    asyncio.run(scenario())
+
+
 class Recorder:
     """A forwarder that keeps what it is given."""
 
