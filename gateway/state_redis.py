@@ -298,13 +298,18 @@ class RedisState:
         """One exchange; True when the store answered it all."""
         try:
             await asyncio.wait_for(self.exchange(), timeout=4 * self.timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            # Not only an unreachable store: a value this process cannot read (written
+            # by another version, or by hand) must not end the exchanges for good.
+            unreadable = not isinstance(exc, RedisError | OSError | TimeoutError)
             if self.up or self.exchanges == 0:
                 logger.warning(
-                    "state store unreachable (%s): exports go on, each limit falls back to "
+                    "state store %s (%s): exports go on, each limit falls back to "
                     "its share (the setting / %d replica(s)), the fleet view is partial",
+                    "holds what this gateway cannot read" if unreadable else "unreachable",
                     exc or type(exc).__name__,
                     self.replicas,
+                    exc_info=unreadable,
                 )
             self._set_up(False)
             self.exchanges += 1

@@ -304,6 +304,28 @@ def test_a_tenant_making_up_instance_ids_keeps_the_store_to_its_cap(
     asyncio.run(scenario())
 
 
+def test_a_value_the_gateway_cannot_read_marks_the_store_down_and_the_exchanges_go_on(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A count that is no number (another version's, or written by hand) ended the
+    exchange task for good, the store still shown up; now that exchange fails like an
+    unreachable store's and the next ones go on."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            await exchange(one, two)
+            state = store(one)
+            field = "acme\0" + store(two).replica
+            await state.client.hset("otelgw:series", field, "garbage")
+            assert await state.exchange_once() is False
+            assert not state.up
+            assert not state.rate.connected
+            await state.client.hdel("otelgw:series", field)
+            assert await state.exchange_once() is True
+
+    asyncio.run(scenario())
+
+
 class Recorder:
     """A forwarder that keeps what it is given."""
 
