@@ -53,7 +53,7 @@ from redis.exceptions import RedisError
 from gateway import instruments
 from gateway.fleet import FleetTracker, Sighting
 from gateway.fleet.processes import MAX_PROCESSES, cleaned
-from gateway.fleet.store import clash_hosts
+from gateway.fleet.store import TEXTS, clash_hosts
 from gateway.ingest import Ingestor
 from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
@@ -164,6 +164,10 @@ def _row(raw: bytes | str | None) -> Sighting | None:
     try:
         document = json.loads(raw)
         row = Sighting(**{k: v for k, v in document.items() if k in _FIELDS})
+        if not all(isinstance(getattr(row, name), str) for name in TEXTS):
+            return None
+        for name in ("first_seen", "last_seen", "silence_from", "state_since"):
+            setattr(row, name, float(getattr(row, name)))
         for name in ("resource", "over_budget"):  # cjson keeps {} but a list is safer to fix
             if not isinstance(getattr(row, name), dict):
                 setattr(row, name, {})

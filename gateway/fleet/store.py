@@ -19,6 +19,8 @@ from gateway.fleet.rows import MAX_OVER_BUDGET_NAMES, Sighting
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 2
+TEXTS = ("tenant_id", "agent_type", "service", "instance", "version", "host", "seen_by")
+"""The fields of a row read back that must be strings (tables are sorted by them)."""
 
 
 def read(
@@ -49,11 +51,13 @@ def read(
             row = Sighting(**{k: v for k, v in raw.items() if k in known})
             row.first_seen, row.last_seen = float(row.first_seen), float(row.last_seen)
             row.silence_from = max(float(row.silence_from), row.last_seen)
+            row.state_since = float(row.state_since) or row.last_seen
         except (TypeError, ValueError, AttributeError):
+            continue  # one damaged row must not keep the gateway from starting
+        if not all(isinstance(getattr(row, name), str) for name in TEXTS):
             continue
         if row.state not in ("running", "stopped", "retired"):
             row.state = "running"
-        row.state_since = float(row.state_since) or row.last_seen
         row.over_budget = _times(row.over_budget)
         row.processes = cleaned(row.processes)
         row.clash_hosts = clash_hosts(row.clash_hosts)

@@ -363,3 +363,28 @@ def test_a_flood_of_new_instance_ids_evicts_cheaply_logs_once_and_names_the_evic
     assert evicted == sorted(("acme", "x", f"old-{i}") for i in range(5000))
     assert fleet.take_evicted() == []
     assert caplog.text.count("GATEWAY_FLEET_MAX_AGENTS_PER_TENANT") == 1
+
+
+def test_a_damaged_row_in_the_state_file_is_skipped_and_the_others_load(tmp_path: Path) -> None:
+    """A state_since that is no number stopped the gateway at start (ValueError); a
+    tenant id that is no string broke every sorted listing later."""
+    clock = Clock()
+    good = {
+        "tenant_id": "acme",
+        "agent_type": "etl",
+        "service": "svc",
+        "instance": "good",
+        "version": "",
+        "first_seen": clock.now - 10,
+        "last_seen": clock.now - 5,
+    }
+    damaged = [
+        good | {"instance": "a", "state_since": "soon"},
+        good | {"instance": "b", "state_since": None},
+        good | {"instance": "c", "tenant_id": 5},
+        good | {"instance": "d", "host": None},
+    ]
+    document = {"version": 2, "saved_at": clock.now, "agents": [good, *damaged]}
+    (tmp_path / "fleet.json").write_text(json.dumps(document))
+    fleet = _tracker(tmp_path, clock)
+    assert [(r.tenant_id, r.instance) for r in fleet.sightings()] == [("acme", "good")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -322,6 +323,14 @@ def test_a_value_the_gateway_cannot_read_marks_the_store_down_and_the_exchanges_
             assert not state.rate.connected
             await state.client.hdel("otelgw:series", field)
             assert await state.exchange_once() is True
+            # A fleet row whose times are no numbers is skipped, not merged.
+            name = '["acme", "billing", "odd"]'
+            row = {"tenant_id": "acme", "agent_type": "connector", "service": "billing"}
+            row |= {"instance": "odd", "version": "", "first_seen": 1, "last_seen": "x"}
+            await state.client.hset("otelgw:fleet", name, json.dumps(row))
+            await state.client.zadd("otelgw:fleet:changed", {name: 1e9})
+            assert await state.exchange_once() is True
+            assert ("acme", "odd") not in agents_of(one)
 
     asyncio.run(scenario())
 
