@@ -388,3 +388,30 @@ def test_a_damaged_row_in_the_state_file_is_skipped_and_the_others_load(tmp_path
     (tmp_path / "fleet.json").write_text(json.dumps(document))
     fleet = _tracker(tmp_path, clock)
     assert [(r.tenant_id, r.instance) for r in fleet.sightings()] == [("acme", "good")]
+
+
+@pytest.mark.slow
+def test_a_scrape_and_a_save_of_a_large_fleet_take_a_fraction_of_a_second(
+    tmp_path: Path,
+) -> None:
+    """50 tenants at 1,000 agents: each reader pruned the table and deep-copied every row
+    (asdict) under the lock that every request takes: 3.5 s a /metrics scrape, 4.5 s a
+    save on the request path, here (2 cores)."""
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock)
+    for t in range(50):
+        for i in range(1000):
+            fleet.see(f"t{t}", agent("connector", "svc", f"a-{i}"))
+    telemetry = GatewayTelemetry.create()
+    fleet.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
+    started = time.perf_counter()
+    text = generate_latest(telemetry.registry).decode()
+    scrape = time.perf_counter() - started
+    [line] = [x for x in text.splitlines() if x.startswith("gateway_fleet_agents{") and "t49" in x]
+    assert line.endswith(" 1000.0")
+    started = time.perf_counter()
+    fleet.save()
+    save = time.perf_counter() - started
+    assert len(json.loads((tmp_path / "fleet.json").read_text())["agents"]) == 50_000
+    assert scrape < 1.5
+    assert save < 2.5
