@@ -35,6 +35,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -53,7 +54,7 @@ from redis.exceptions import RedisError
 from gateway import instruments
 from gateway.fleet import FleetTracker, Sighting
 from gateway.fleet.processes import MAX_PROCESSES, cleaned
-from gateway.fleet.store import TEXTS, clash_hosts
+from gateway.fleet.store import TEXTS, TIMES, clash_hosts, over_budget_times
 from gateway.ingest import Ingestor
 from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
@@ -166,13 +167,15 @@ def _row(raw: bytes | str | None) -> Sighting | None:
         row = Sighting(**{k: v for k, v in document.items() if k in _FIELDS})
         if not all(isinstance(getattr(row, name), str) for name in TEXTS):
             return None
-        for name in ("first_seen", "last_seen", "silence_from", "state_since"):
+        for name in TIMES:
             setattr(row, name, float(getattr(row, name)))
-        for name in ("resource", "over_budget"):  # cjson keeps {} but a list is safer to fix
-            if not isinstance(getattr(row, name), dict):
-                setattr(row, name, {})
+        if not all(math.isfinite(getattr(row, name)) for name in TIMES):
+            return None  # it could not be written back (cjson)
+        # cjson writes an empty dict or list as {}: a list here is the wrong kind.
+        resource = row.resource if isinstance(row.resource, dict) else {}
+        row.resource = {k: v for k, v in resource.items() if isinstance(v, str)}
+        row.over_budget = over_budget_times(row.over_budget)
         row.processes = cleaned(row.processes)
-        row.clash_seen = float(row.clash_seen)
         row.clash_hosts = clash_hosts(row.clash_hosts)
         return row
     except (ValueError, TypeError, AttributeError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 2
 TEXTS = ("tenant_id", "agent_type", "service", "instance", "version", "host", "seen_by")
 """The fields of a row read back that must be strings (tables are sorted by them)."""
+TIMES = ("first_seen", "last_seen", "silence_from", "state_since", "clash_seen")
+"""The fields of a row read back that must be finite numbers: Redis's cjson cannot
+write NaN or Infinity, and one such row failed the merge of every row sent with it."""
 
 
 def read(
@@ -58,10 +62,12 @@ def read(
             continue
         if row.state not in ("running", "stopped", "retired"):
             row.state = "running"
-        row.over_budget = _times(row.over_budget)
+        row.over_budget = over_budget_times(row.over_budget)
         row.processes = cleaned(row.processes)
         row.clash_hosts = clash_hosts(row.clash_hosts)
         row.clash_seen = _number(row.clash_seen, 0.0)
+        if not all(math.isfinite(getattr(row, name)) for name in TIMES):
+            continue
         if not isinstance(row.resource, dict):
             row.resource = {}
         elif row.resource:  # saved by an older gateway, or under larger bounds
@@ -88,14 +94,14 @@ def write(path: Path, rows: Iterable[Sighting], saved_at: float) -> None:
     write_atomically(path, json.dumps(document))
 
 
-def _times(value: Any) -> dict[str, float]:
+def over_budget_times(value: Any) -> dict[str, float]:
     """A saved name → time table, whatever was saved."""
     if not isinstance(value, dict):
         return {}
     return {
         str(k)[:MAX_VALUE_CHARS]: float(v)
         for k, v in list(value.items())[-MAX_OVER_BUDGET_NAMES:]
-        if isinstance(v, int | float)
+        if isinstance(v, int | float) and math.isfinite(v)
     }
 
 
@@ -106,4 +112,4 @@ def clash_hosts(value: Any) -> list[str]:
 
 
 def _number(value: Any, default: float) -> float:
-    return float(value) if isinstance(value, int | float) else default
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else default

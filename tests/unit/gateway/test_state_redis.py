@@ -331,6 +331,34 @@ def test_a_value_the_gateway_cannot_read_marks_the_store_down_and_the_exchanges_
             await state.client.zadd("otelgw:fleet:changed", {name: 1e9})
             assert await state.exchange_once() is True
             assert ("acme", "odd") not in agents_of(one)
+            # Nor one whose times are not finite: it could not be sent back (cjson).
+            row["last_seen"] = float("inf")
+            await state.client.hset("otelgw:fleet", name, json.dumps(row))
+            await state.client.zadd("otelgw:fleet:changed", {name: 2e9})
+            assert await state.exchange_once() is True
+            assert ("acme", "odd") not in agents_of(one)
+
+    asyncio.run(scenario())
+
+
+def test_a_state_file_row_with_an_infinite_time_does_not_stop_the_exchange(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis's cjson cannot write Infinity: loaded as it was, one such row failed the
+    merge of every row sent with it at every exchange (another tenant's too), and the
+    process stayed cut off from the store."""
+    now = time.time()
+    row = {"tenant_id": "acme", "agent_type": "connector", "service": "billing"}
+    row |= {"instance": "c-1", "version": "", "first_seen": now - 10, "last_seen": now - 5}
+    rows = [row | {"clash_seen": float("inf")}, row | {"tenant_id": "globex"}]
+    document = {"version": 2, "saved_at": now, "agents": rows}
+    (tmp_path / "a.json").write_text(json.dumps(document))
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            assert [await store(one).exchange_once() for _ in range(2)] == [True, True]
+            assert await store(two).exchange_once()
+            assert agents_of(two) == {("acme", "c-1"): "up", ("globex", "c-1"): "up"}
 
     asyncio.run(scenario())
 
