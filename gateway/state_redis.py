@@ -100,35 +100,41 @@ local function union(a, b)
   for i = 1, math.min(#all, tonumber(ARGV[1])) do kept[i] = all[i] end
   return kept
 end
+local function merged(raw, new)
+  local old = cjson.decode(raw)
+  local base, other = new, old
+  if old.last_seen > new.last_seen then base, other = old, new end
+  base.first_seen = math.min(old.first_seen, new.first_seen)
+  base.silence_from = math.max(old.silence_from, new.silence_from)
+  if other.state_since > base.state_since then
+    base.state = other.state
+    base.state_since = other.state_since
+  end
+  base.processes = union(old.processes, new.processes)
+  if (other.clash_seen or 0) > (base.clash_seen or 0) then
+    base.clash_seen = other.clash_seen
+    base.clash_hosts = other.clash_hosts
+  end
+  return cjson.encode(base)
+end
 local seq = 0
 for i = 2, #ARGV, 2 do
-  local field, new = ARGV[i], cjson.decode(ARGV[i + 1])
+  local field, sent = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], field)
-  if raw then
-    local old = cjson.decode(raw)
-    local base, other = new, old
-    if old.last_seen > new.last_seen then base, other = old, new end
-    base.first_seen = math.min(old.first_seen, new.first_seen)
-    base.silence_from = math.max(old.silence_from, new.silence_from)
-    if other.state_since > base.state_since then
-      base.state = other.state
-      base.state_since = other.state_since
-    end
-    base.processes = union(old.processes, new.processes)
-    if (other.clash_seen or 0) > (base.clash_seen or 0) then
-      base.clash_seen = other.clash_seen
-      base.clash_hosts = other.clash_hosts
-    end
-    new = base
-  end
+  local ok, value = false, sent
+  if raw then ok, value = pcall(merged, raw, cjson.decode(sent)) end
+  -- A stored row that cannot be merged (no JSON, a field missing, a number cjson
+  -- cannot write) is replaced by the one sent: it must not fail the others.
+  if not ok then value = sent end
   seq = redis.call('INCR', KEYS[2])
-  redis.call('HSET', KEYS[1], field, cjson.encode(new))
+  redis.call('HSET', KEYS[1], field, value)
   redis.call('ZADD', KEYS[3], seq, field)
 end
 return seq
 """
 """Merge fleet rows as gateway.fleet.rows.merged does (the processes as
-gateway.fleet.processes.union, at most ARGV[1]), and note each row's change."""
+gateway.fleet.processes.union, at most ARGV[1]), and note each row's change; a stored
+row that cannot be merged is replaced by the one sent."""
 
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])

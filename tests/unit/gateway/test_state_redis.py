@@ -363,6 +363,40 @@ def test_a_state_file_row_with_an_infinite_time_does_not_stop_the_exchange(
     asyncio.run(scenario())
 
 
+def test_a_stored_row_that_cannot_be_merged_is_replaced_and_fails_no_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The merge script failed on a stored row it could not read (no JSON, a field
+    missing, a number cjson cannot write), and with it every row of its batch, at
+    every exchange: that process's fleet never reached the store again."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            client = store(one).client
+            row = {"tenant_id": "acme", "agent_type": "connector", "service": "billing"}
+            row |= {"version": "", "first_seen": 1.0, "last_seen": 2.0, "silence_from": 2.0}
+            stored = {
+                "c-1": "not json",
+                "c-2": json.dumps(row | {"instance": "c-2", "first_seen": None}),
+                "c-3": json.dumps(row | {"instance": "c-3", "last_seen": 1e400}),
+            }
+            for instance, raw in stored.items():
+                await client.hset("otelgw:fleet", json.dumps(["acme", "billing", instance]), raw)
+            for instance in stored:
+                await one.export(agent("billing", instance), keys["acme"])
+            await one.export(agent("ledger", "g-1"), keys["globex"])
+            assert await store(one).exchange_once()
+            assert await store(two).exchange_once()
+            assert agents_of(two) == {
+                ("acme", "c-1"): "up",
+                ("acme", "c-2"): "up",
+                ("acme", "c-3"): "up",
+                ("globex", "g-1"): "up",
+            }
+
+    asyncio.run(scenario())
+
+
 class Recorder:
     """A forwarder that keeps what it is given."""
 
