@@ -100,6 +100,7 @@ from gateway.fleet.rows import (
 )
 from gateway.settings import GatewaySettings
 from gateway.tenants import Tenant
+from gateway.work import Steps, finish
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +177,17 @@ class FleetTracker:
         `raw`, the request's protobuf (made here when not given), spares the search
         for overflow series when the attribute's name is nowhere in it (the common
         case)."""
+        finish(self.request_steps(tenant, request, raw))
+
+    def request_steps(
+        self, tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
+    ) -> Steps[None]:
+        """`on_request` as steps that may be paused between resources (gateway.work):
+        a request of 10,000 resources held the event loop 0.7 s in one block."""
         now = self.clock()
         search = may_overflow(request, raw)
         for resource_metrics in request.resource_metrics:
+            yield
             attributes = resource_metrics.resource.attributes
             strings = resource_strings(attributes, 2 * self.max_resource_attributes)
             if LIFECYCLE_KEY in strings:
