@@ -34,7 +34,7 @@ from gateway.telemetry import GatewayMetrics
 from gateway.tenants import Tenant
 from gateway.usage import Usage
 from gateway.validate import SWOLLEN_BYTES_PER_POINT, Rejections, bounded_count, enforce_steps
-from gateway.work import Work, WorkBudget
+from gateway.work import Steps, Work, WorkBudget
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,11 @@ class RequestObserver(Protocol):
     request was decoded from, when there is one (a quick search in it can spare a walk
     through every point)."""
 
-    def on_request(
+    def request_steps(
         self, tenant: Tenant, request: ExportMetricsServiceRequest, raw: bytes | None = None
-    ) -> None: ...
+    ) -> Steps[None]:
+        """Its work on one request, as steps (gateway.work): charged to the tenant."""
+        ...
 
 
 class Ingestor:
@@ -183,7 +185,11 @@ class Ingestor:
             self.usage.dropped(tenant.id, reason, count)
         for observer in self.observers:
             try:
-                observer.on_request(tenant, request, raw)
+                steps = observer.request_steps(tenant, request, raw)
+                if small:
+                    work.run_small(steps)
+                else:
+                    await work.run(steps)
             except Exception:
                 # A broken observer must not fail the export.
                 logger.exception("observer %r failed", observer)

@@ -14,8 +14,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.errors import RateLimited
+
 MIN_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 5.0
+API_READS_PER_SECOND = 4.0
+API_READS_BURST = 20
+"""Calls a tenant's key may make to each read API (/api/fleet, /api/usage) per second
+and in a row, per gateway process: a call costs the event loop about 20 ms for a
+tenant of 1,000 agents, so one key polling in a loop takes at most a tenth of it;
+/status makes one call of each every 10 s (an admin key is not limited)."""
+
+
+def too_often(path: str, wait: float) -> RateLimited:
+    """The refusal of a tenant's read over API_READS_BURST calls in a row."""
+    return RateLimited(
+        f"over {API_READS_BURST} calls in a row to {path} (a tenant's key may make "
+        f"{API_READS_PER_SECOND:g} per second): retry in {wait:.0f} s",
+        wait,
+    )
 
 
 @dataclass

@@ -5,8 +5,10 @@ calls (the request path never waits for Redis):
 
 - membership: this process and the time (`replicas` zset); back, the processes
   seen within `REPLICA_TTL`;
-- fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash); back, the
-  rows changed anywhere since the last look (`fleet:changed`, by sequence number);
+- fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash), and the
+  rows evicted here (a tenant over its number of agents) deleted, so the hash holds
+  about what the processes' tables do; back, the rows changed anywhere since the
+  last look (`fleet:changed`, by sequence number);
 - rate: what each tenant spent on its fallback share; back, tokens leased from its
   global bucket (`LEASE`), enough for two exchanges at its recent demand;
 - series: the global ids of the series new here, and, once per time bucket, of those
@@ -34,6 +36,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -52,7 +55,7 @@ from redis.exceptions import RedisError
 from gateway import instruments
 from gateway.fleet import FleetTracker, Sighting
 from gateway.fleet.processes import MAX_PROCESSES, cleaned
-from gateway.fleet.store import clash_hosts
+from gateway.fleet.store import TEXTS, TIMES, clash_hosts, over_budget_times
 from gateway.ingest import Ingestor
 from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
@@ -117,35 +120,41 @@ local function union(a, b)
   for i = 1, math.min(#all, tonumber(ARGV[1])) do kept[i] = all[i] end
   return kept
 end
+local function merged(raw, new)
+  local old = cjson.decode(raw)
+  local base, other = new, old
+  if old.last_seen > new.last_seen then base, other = old, new end
+  base.first_seen = math.min(old.first_seen, new.first_seen)
+  base.silence_from = math.max(old.silence_from, new.silence_from)
+  if other.state_since > base.state_since then
+    base.state = other.state
+    base.state_since = other.state_since
+  end
+  base.processes = union(old.processes, new.processes)
+  if (other.clash_seen or 0) > (base.clash_seen or 0) then
+    base.clash_seen = other.clash_seen
+    base.clash_hosts = other.clash_hosts
+  end
+  return cjson.encode(base)
+end
 local seq = 0
 for i = 2, #ARGV, 2 do
-  local field, new = ARGV[i], cjson.decode(ARGV[i + 1])
+  local field, sent = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], field)
-  if raw then
-    local old = cjson.decode(raw)
-    local base, other = new, old
-    if old.last_seen > new.last_seen then base, other = old, new end
-    base.first_seen = math.min(old.first_seen, new.first_seen)
-    base.silence_from = math.max(old.silence_from, new.silence_from)
-    if other.state_since > base.state_since then
-      base.state = other.state
-      base.state_since = other.state_since
-    end
-    base.processes = union(old.processes, new.processes)
-    if (other.clash_seen or 0) > (base.clash_seen or 0) then
-      base.clash_seen = other.clash_seen
-      base.clash_hosts = other.clash_hosts
-    end
-    new = base
-  end
+  local ok, value = false, sent
+  if raw then ok, value = pcall(merged, raw, cjson.decode(sent)) end
+  -- A stored row that cannot be merged (no JSON, a field missing, a number cjson
+  -- cannot write) is replaced by the one sent: it must not fail the others.
+  if not ok then value = sent end
   seq = redis.call('INCR', KEYS[2])
-  redis.call('HSET', KEYS[1], field, cjson.encode(new))
+  redis.call('HSET', KEYS[1], field, value)
   redis.call('ZADD', KEYS[3], seq, field)
 end
 return seq
 """
 """Merge fleet rows as gateway.fleet.rows.merged does (the processes as
-gateway.fleet.processes.union, at most ARGV[1]), and note each row's change."""
+gateway.fleet.processes.union, at most ARGV[1]), and note each row's change; a stored
+row that cannot be merged is replaced by the one sent."""
 
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -182,11 +191,17 @@ def _row(raw: bytes | str | None) -> Sighting | None:
     try:
         document = json.loads(raw)
         row = Sighting(**{k: v for k, v in document.items() if k in _FIELDS})
-        for name in ("resource", "over_budget"):  # cjson keeps {} but a list is safer to fix
-            if not isinstance(getattr(row, name), dict):
-                setattr(row, name, {})
+        if not all(isinstance(getattr(row, name), str) for name in TEXTS):
+            return None
+        for name in TIMES:
+            setattr(row, name, float(getattr(row, name)))
+        if not all(math.isfinite(getattr(row, name)) for name in TIMES):
+            return None  # it could not be written back (cjson)
+        # cjson writes an empty dict or list as {}: a list here is the wrong kind.
+        resource = row.resource if isinstance(row.resource, dict) else {}
+        row.resource = {k: v for k, v in resource.items() if isinstance(v, str)}
+        row.over_budget = over_budget_times(row.over_budget)
         row.processes = cleaned(row.processes)
-        row.clash_seen = float(row.clash_seen)
         row.clash_hosts = clash_hosts(row.clash_hosts)
         return row
     except (ValueError, TypeError, AttributeError):
@@ -316,13 +331,18 @@ class RedisState:
         """One exchange; True when the store answered it all."""
         try:
             await asyncio.wait_for(self.exchange(), timeout=4 * self.timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            # Not only an unreachable store: a value this process cannot read (written
+            # by another version, or by hand) must not end the exchanges for good.
+            unreadable = not isinstance(exc, RedisError | OSError | TimeoutError)
             if self.up or self.exchanges == 0:
                 logger.warning(
-                    "state store unreachable (%s): exports go on, each limit falls back to "
+                    "state store %s (%s): exports go on, each limit falls back to "
                     "its share (the setting / %d replica(s)), the fleet view is partial",
+                    "holds what this gateway cannot read" if unreadable else "unreachable",
                     exc or type(exc).__name__,
                     self.replicas,
+                    exc_info=unreadable,
                 )
             self._set_up(False)
             self.exchanges += 1
@@ -370,6 +390,17 @@ class RedisState:
             self.fleet.mark_all_changed()
 
     async def _fleet(self) -> None:
+        evicted = self.fleet.take_evicted()
+        try:
+            for at in range(0, len(evicted), FLEET_BATCH):
+                names = [json.dumps(list(key)) for key in evicted[at : at + FLEET_BATCH]]
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hdel(PREFIX + "fleet", *names)
+                pipe.zrem(PREFIX + "fleet:changed", *names)
+                await pipe.execute()
+        except BaseException:
+            self.fleet.mark_evicted(evicted)
+            raise
         rows = self.fleet.take_changed()
         try:
             for at in range(0, len(rows), FLEET_BATCH):

@@ -19,6 +19,7 @@ from gateway.auth import Admin
 from gateway.errors import GatewayError
 from gateway.fleet import STATUSES
 from gateway.http_edge import credentials, json_answer, json_refusal
+from gateway.ratelimit import API_READS_BURST, API_READS_PER_SECOND, RateLimiter, too_often
 from gateway.usage import HOUR_MINUTES, RATE_WINDOW_SECONDS
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -64,6 +65,7 @@ def usage_document(gateway: Gateway, tenant_ids: Collection[str], admin: bool) -
 def usage_router(gateway: Gateway) -> APIRouter:
     """GET /api/usage."""
     router = APIRouter()
+    reads = RateLimiter()
 
     @router.get("/api/usage")
     async def usage(request: Request) -> Response:
@@ -73,6 +75,10 @@ def usage_router(gateway: Gateway) -> APIRouter:
         except GatewayError as exc:
             return json_refusal(exc, NO_STORE).response()
         admin = isinstance(caller, Admin)
+        if not isinstance(caller, Admin) and (
+            wait := reads.take(caller.id, API_READS_PER_SECOND, API_READS_BURST)
+        ):
+            return json_refusal(too_often("/api/usage", wait), NO_STORE).response()
         tenant_ids: Collection[str] = (
             {caller.id}
             if not isinstance(caller, Admin)

@@ -32,6 +32,7 @@ from gateway.errors import (
 )
 from gateway.fleet import AmbiguousAgent, FleetLookupError, FleetTracker, Sighting
 from gateway.http_edge import credentials, json_answer, json_refusal
+from gateway.ratelimit import API_READS_BURST, API_READS_PER_SECOND, RateLimiter, too_often
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def status_router(gateway: Gateway) -> APIRouter:
     """/api/fleet, /status and the page's script and style sheet."""
     router = APIRouter()
     static = _load_static()
+    reads = RateLimiter()
 
     def principal(request: Request) -> Principal:
         return gateway.authenticator.authenticate(credentials(request.scope))
@@ -158,6 +160,10 @@ def status_router(gateway: Gateway) -> APIRouter:
         except GatewayError as exc:
             return _refused(exc)
         admin = isinstance(caller, Admin)
+        if not isinstance(caller, Admin) and (
+            wait := reads.take(caller.id, API_READS_PER_SECOND, API_READS_BURST)
+        ):
+            return _refused(too_often("/api/fleet", wait))
         tenant_ids: Collection[str] = (
             set(gateway.tenants.table.tenants) if isinstance(caller, Admin) else {caller.id}
         )

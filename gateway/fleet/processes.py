@@ -16,6 +16,7 @@ process (one host, one start) on each.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -107,6 +108,7 @@ def cleaned(value: Any) -> list[Process]:
             and isinstance(start, str)
             and isinstance(first, int | float)
             and isinstance(last, int | float)
+            and math.isfinite(first + last)  # Redis's cjson cannot write NaN or Infinity
         ):
             found.append((host[:MAX_VALUE_CHARS], series[:8], start[:24], first, last))
     if len(found) <= MAX_PROCESSES and len({p[:3] for p in found}) == len(found):

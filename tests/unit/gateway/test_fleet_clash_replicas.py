@@ -33,6 +33,7 @@ from gateway.ratelimit import LeasedRateLimiter
 from gateway.series import ActiveSeries
 from gateway.state_redis import PREFIX, RedisState
 from gateway.telemetry import GatewayTelemetry
+from gateway.tenants import Tenant
 from gateway.throttle import FailureThrottle
 from stack.redis_server import RedisServer
 
@@ -285,5 +286,31 @@ def test_killed_and_rescheduled_back_and_forth_is_no_clash(
                     send(replica, clock, process)
                     await exchange(a, b)
                     assert a.clashes() == b.clashes() == [], f"process {i} on {host}"
+
+    asyncio.run(scenario())
+
+
+def test_another_tenant_sending_as_an_agent_never_marks_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """globex sends the very resource of acme's agent (service, instance id, another
+    host) through the other replica, interleaved with it: rows are per tenant, so
+    neither acme's agent nor globex's copy clashes, on either replica."""
+
+    async def scenario() -> None:
+        clock = Clock()
+        async with replicas(tmp_path, redis_server.url, clock) as (a, b):
+            mine, copy = Process("pod-a"), Process("pod-b")  # one service.instance.id
+            for _ in range(6):
+                send(a, clock, mine)
+                clock.now += EXPORT_S / 2
+                b.fleet.on_request(Tenant("globex"), copy.export())
+                await exchange(a, b)
+            for replica in (a, b):
+                rows = replica.fleet.sightings()
+                assert sorted(r.tenant_id for r in rows) == ["acme", "globex"]
+                now = replica.fleet.clock()
+                assert not [r.tenant_id for r in rows if replica.fleet.clashing(r, now)]
+                assert clashing_lines(replica) == []
 
     asyncio.run(scenario())

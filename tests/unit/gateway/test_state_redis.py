@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -251,6 +252,147 @@ def test_rows_forgotten_everywhere_leave_the_store(
             await state._sweep()
             assert await state.client.hlen("otelgw:fleet") == 0
             assert await state.client.zcard("otelgw:fleet:changed") == 0
+
+    asyncio.run(scenario())
+
+
+def churn(batch: int, size: int) -> bytes:
+    """One request of `size` agents, each under a service.instance.id never seen before."""
+    request = ExportMetricsServiceRequest()
+    for i in range(size):
+        request.resource_metrics.append(
+            counter_request(
+                resource_attributes={
+                    "service.name": "churn",
+                    "service.instance.id": f"id-{batch}-{i}",
+                    "agent.type": "connector",
+                }
+            ).resource_metrics[0]
+        )
+    return request.SerializeToString()
+
+
+def test_a_tenant_making_up_instance_ids_keeps_the_store_to_its_cap(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """acme sends 200 new ids per request, an exchange after each: the store keeps about
+    its cap of rows (it kept all 2,000 before evicted rows were deleted there), and
+    globex's row and changes go on."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url, fleet_max_agents_per_tenant=100) as (
+            one,
+            two,
+            keys,
+        ):
+            await two.export(agent("billing", "g-1"), keys["globex"])
+            await exchange(one, two)
+            for batch in range(10):
+                await one.export(churn(batch, 200), keys["acme"])
+                await exchange(one, two, rounds=1)
+            await exchange(one, two)
+            client = store(one).client
+            assert await client.hlen("otelgw:fleet") <= 100 + 1
+            assert await client.zcard("otelgw:fleet:changed") <= 100 + 1
+            for gw in (one, two):
+                acme = [r.instance for r in gw.gateway.fleet.rows() if r.tenant_id == "acme"]
+                assert len(acme) == 100
+                assert all(i.startswith("id-9-") for i in acme)  # the last request's
+            two.gateway.fleet.forget("globex", ["g-1"])
+            await exchange(two, one, rounds=1)
+            assert agents_of(one)[("globex", "g-1")] == "retired"
+
+    asyncio.run(scenario())
+
+
+def test_a_value_the_gateway_cannot_read_marks_the_store_down_and_the_exchanges_go_on(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A count that is no number (another version's, or written by hand) ended the
+    exchange task for good, the store still shown up; now that exchange fails like an
+    unreachable store's and the next ones go on."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            await exchange(one, two)
+            state = store(one)
+            field = "acme\0" + store(two).replica
+            await state.client.hset("otelgw:series", field, "garbage")
+            assert await state.exchange_once() is False
+            assert not state.up
+            assert not state.rate.connected
+            await state.client.hdel("otelgw:series", field)
+            assert await state.exchange_once() is True
+            # A fleet row whose times are no numbers is skipped, not merged.
+            name = '["acme", "billing", "odd"]'
+            row = {"tenant_id": "acme", "agent_type": "connector", "service": "billing"}
+            row |= {"instance": "odd", "version": "", "first_seen": 1, "last_seen": "x"}
+            await state.client.hset("otelgw:fleet", name, json.dumps(row))
+            await state.client.zadd("otelgw:fleet:changed", {name: 1e9})
+            assert await state.exchange_once() is True
+            assert ("acme", "odd") not in agents_of(one)
+            # Nor one whose times are not finite: it could not be sent back (cjson).
+            row["last_seen"] = float("inf")
+            await state.client.hset("otelgw:fleet", name, json.dumps(row))
+            await state.client.zadd("otelgw:fleet:changed", {name: 2e9})
+            assert await state.exchange_once() is True
+            assert ("acme", "odd") not in agents_of(one)
+
+    asyncio.run(scenario())
+
+
+def test_a_state_file_row_with_an_infinite_time_does_not_stop_the_exchange(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Redis's cjson cannot write Infinity: loaded as it was, one such row failed the
+    merge of every row sent with it at every exchange (another tenant's too), and the
+    process stayed cut off from the store."""
+    now = time.time()
+    row = {"tenant_id": "acme", "agent_type": "connector", "service": "billing"}
+    row |= {"instance": "c-1", "version": "", "first_seen": now - 10, "last_seen": now - 5}
+    rows = [row | {"clash_seen": float("inf")}, row | {"tenant_id": "globex"}]
+    document = {"version": 2, "saved_at": now, "agents": rows}
+    (tmp_path / "a.json").write_text(json.dumps(document))
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            assert [await store(one).exchange_once() for _ in range(2)] == [True, True]
+            assert await store(two).exchange_once()
+            assert agents_of(two) == {("acme", "c-1"): "up", ("globex", "c-1"): "up"}
+
+    asyncio.run(scenario())
+
+
+def test_a_stored_row_that_cannot_be_merged_is_replaced_and_fails_no_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The merge script failed on a stored row it could not read (no JSON, a field
+    missing, a number cjson cannot write), and with it every row of its batch, at
+    every exchange: that process's fleet never reached the store again."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            client = store(one).client
+            row = {"tenant_id": "acme", "agent_type": "connector", "service": "billing"}
+            row |= {"version": "", "first_seen": 1.0, "last_seen": 2.0, "silence_from": 2.0}
+            stored = {
+                "c-1": "not json",
+                "c-2": json.dumps(row | {"instance": "c-2", "first_seen": None}),
+                "c-3": json.dumps(row | {"instance": "c-3", "last_seen": 1e400}),
+            }
+            for instance, raw in stored.items():
+                await client.hset("otelgw:fleet", json.dumps(["acme", "billing", instance]), raw)
+            for instance in stored:
+                await one.export(agent("billing", instance), keys["acme"])
+            await one.export(agent("ledger", "g-1"), keys["globex"])
+            assert await store(one).exchange_once()
+            assert await store(two).exchange_once()
+            assert agents_of(two) == {
+                ("acme", "c-1"): "up",
+                ("acme", "c-2"): "up",
+                ("acme", "c-3"): "up",
+                ("globex", "g-1"): "up",
+            }
 
     asyncio.run(scenario())
 

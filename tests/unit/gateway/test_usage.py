@@ -16,6 +16,7 @@ from gateway_http_fixtures import ADMIN_DIGEST, ADMIN_KEY
 from middle import Middle, middle
 
 from gateway.http_app import create_app
+from gateway.ratelimit import API_READS_BURST
 from gateway.state_redis import RedisState
 from gateway.usage import HOUR_MINUTES, RATE_WINDOW_SECONDS, Usage
 from gateway.usage_api import usage_document
@@ -85,6 +86,32 @@ def test_a_tenant_sees_only_itself_the_admin_every_tenant(tmp_path: Path) -> Non
                 refused = await client.get("/api/usage", headers=headers)
                 assert refused.status_code == 401
                 assert refused.json()["error"] == "unauthenticated"
+
+    asyncio.run(scenario())
+
+
+def test_a_tenant_polling_the_read_apis_is_limited_others_and_the_admin_are_not(
+    tmp_path: Path,
+) -> None:
+    """Each call costs the event loop ~20 ms for a tenant of 1,000 agents: unlimited,
+    one key polling in a loop took a gateway process from every other tenant."""
+    m = middle(tmp_path, admin_key_sha256=ADMIN_DIGEST)
+
+    async def scenario() -> None:
+        async with api(m) as client:
+            for path in ("/api/usage", "/api/fleet"):
+                answers = [
+                    await client.get(path, headers=bearer(m.keys["acme"]))
+                    for _ in range(API_READS_BURST + 1)
+                ]
+                assert [a.status_code for a in answers] == [200] * API_READS_BURST + [429]
+                refused = answers[-1]
+                assert refused.json()["error"] == "rate_limited"
+                assert int(refused.headers["retry-after"]) >= 1
+                assert path in refused.json()["message"]
+                assert (await client.get(path, headers=bearer(m.keys["globex"]))).status_code == 200
+                for _ in range(API_READS_BURST + 1):
+                    assert (await client.get(path, headers=bearer(ADMIN_KEY))).status_code == 200
 
     asyncio.run(scenario())
 
