@@ -308,20 +308,24 @@ def test_a_tenant_making_up_instance_ids_keeps_the_store_to_its_cap(
 def test_a_value_the_gateway_cannot_read_marks_the_store_down_and_the_exchanges_go_on(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """A count that is no number (another version's, or written by hand) ended the
-    exchange task for good, the store still shown up; now that exchange fails like an
-    unreachable store's and the next ones go on."""
+    """A value the gateway cannot read (another version's, or written by hand) ended
+    the exchange task for good, the store still shown up; now that exchange fails like
+    an unreachable store's and the next ones go on."""
 
     async def scenario() -> None:
-        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            await one.export(agent("billing", "a-0"), keys["acme"])
             await exchange(one, two)
             state = store(one)
-            field = "acme\0" + store(two).replica
-            await state.client.hset("otelgw:series", field, "garbage")
+            # A series count that is no HyperLogLog.
+            buckets = await state.client.keys("otelgw:series:acme:*")
+            assert buckets
+            for key in buckets:
+                await state.client.set(key, "garbage")
             assert await state.exchange_once() is False
             assert not state.up
             assert not state.rate.connected
-            await state.client.hdel("otelgw:series", field)
+            await state.client.delete(*buckets)
             assert await state.exchange_once() is True
             # A fleet row whose times are no numbers is skipped, not merged.
             name = '["acme", "billing", "odd"]'
