@@ -257,7 +257,12 @@ class FleetTracker:
         """Note the latest time two of its processes alternated (gateway.fleet.processes)."""
         seen, hosts = processes.clash(row.processes, self.silent_after)
         if seen > row.clash_seen:
-            row.clash_seen, row.clash_hosts = seen, hosts
+            # The hosts named stay those of the clash's start while it lasts: a process
+            # renaming its host at every export must not make a new series of
+            # gateway_fleet_agents_clashing (and a new alert) each time.
+            if not row.clash_hosts or seen - row.clash_seen > self.silent_after:
+                row.clash_hosts = hosts
+            row.clash_seen = seen
 
     def forget(self, tenant_id: str, instances: Iterable[str]) -> list[Sighting]:
         """Retire agents of a tenant at once, by instance id or a unique prefix of one.

@@ -129,6 +129,21 @@ def test_containers_sharing_a_machine_id_clash_by_their_hosts(tmp_path: Path) ->
     assert _clashes(fleet, clock) == [("c4a17407", ["orders-7d9f-abcde", "orders-7d9f-fghij"])]
 
 
+def test_hosts_renamed_at_every_export_keep_the_clash_named_as_it_started(
+    tmp_path: Path,
+) -> None:
+    """One host name per export made one gateway_fleet_agents_clashing series each."""
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock)
+    named = set()
+    steady = Process("pod-a")
+    for i in range(60):
+        _send(fleet, clock, steady)
+        _send(fleet, clock, Process(f"pod-{i}"))
+        named.update(",".join(hosts) for _, hosts in _clashes(fleet, clock))
+    assert len(named) == 1, named
+
+
 def test_the_clash_is_on_the_gauge_and_ends_when_one_process_is_gone(tmp_path: Path) -> None:
     clock = Clock()
     telemetry = GatewayTelemetry.create()
