@@ -42,7 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 RETRY_AFTER_DEFAULT_SECONDS = 2
 """Retry-After of a 429 or 503 whose error names no delay: short, as exporters
 drop a batch whose retry delay outruns their export timeout."""
-GUNZIP_STEP_BYTES = 256 * 1024
+GUNZIP_STEP_BYTES = 64 * 1024
 """Decompressed bytes produced per step at most; between steps other requests may run."""
 GUNZIP_FEED_BYTES = 4 * 1024
 """Compressed bytes given to zlib per step."""

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from gateway.enrich import may_claim_tenant, stamp_steps
+from gateway.enrich import may_claim_tenant_steps, stamp_steps
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -193,7 +193,11 @@ class Ingestor:
             except Exception:
                 # A broken observer must not fail the export.
                 logger.exception("observer %r failed", observer)
-        strip = raw is None or may_claim_tenant(raw)
+        strip = raw is None or (
+            work.run_small(may_claim_tenant_steps(raw))
+            if small
+            else await work.run(may_claim_tenant_steps(raw))
+        )
         stamping = stamp_steps(request, tenant, strip=strip)
         points = work.run_small(stamping) if small else await work.run(stamping)
         response = await self._forward(tenant, request, points)

@@ -317,7 +317,7 @@ class _Checker:
     ) -> Steps[None]:
         """`point` for every point of a gauge or a sum, read from its serialized form;
         the points that fail are removed from `data`."""
-        raw = data.SerializeToString()
+        raw = yield from serialized_points(data)
         at, end, index = 0, len(raw), 0
         kept: list[tuple[int, int]] = []
         dropped = False
@@ -415,6 +415,39 @@ def _suspect(raw: bytes, value_tag: int, value_at: int, monotonic: bool) -> bool
             monotonic and high & 0x80 != 0
         )
     return True  # no value: fine only when flagged "no recorded value"
+
+
+def serialized_points(data: Any) -> Steps[bytes]:
+    """`data.SerializeToString()` of a gauge or a sum; one with many points a step
+    per 64 of them (serialized whole, 10,000 points held the event loop 5-18 ms)."""
+    points = data.data_points
+    if len(points) <= 4 * (_STEP_POINTS + 1):
+        return data.SerializeToString()  # type: ignore[no-any-return]
+    parts = []
+    for index, point in enumerate(points, 1):
+        body = point.SerializeToString()
+        parts.append(_length_prefix(len(body)))
+        parts.append(body)
+        if not index & _STEP_POINTS:
+            yield
+    # The fields after the points (a sum's temporality and monotonicity: scalars),
+    # in field order, as protobuf writes them.
+    rest = type(data)()
+    for descriptor, value in data.ListFields():
+        if descriptor.number != 1:
+            setattr(rest, descriptor.name, value)
+    parts.append(rest.SerializeToString())
+    return b"".join(parts)
+
+
+def _length_prefix(length: int) -> bytes:
+    """The tag of a point (field 1, length-delimited) and its length, as a varint."""
+    prefix = bytearray((_POINTS,))
+    while length > 0x7F:
+        prefix.append(length & 0x7F | 0x80)
+        length >>= 7
+    prefix.append(length)
+    return bytes(prefix)
 
 
 def _varint(raw: bytes, at: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +26,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
-from gateway.enrich import may_claim_tenant
+from gateway.enrich import may_claim_tenant, may_claim_tenant_steps
 
 
 @dataclass
@@ -187,3 +188,24 @@ def test_only_a_request_without_the_letters_of_tenant_skips_the_search_for_claim
 ) -> None:
     body = counter_request(point_attributes={key: "globex"}).SerializeToString()
     assert may_claim_tenant(body) is claims
+
+
+@pytest.mark.parametrize("at", [0, 65536 - 6, 65536 - 3, 65536, 3 * 65536 + 100])
+def test_the_search_for_claims_goes_in_steps_and_sees_a_word_across_two(at: int) -> None:
+    body = bytes(at) + b"TeNaNt" + bytes(200_000)
+    steps = may_claim_tenant_steps(body)
+    taken, result = _driven(steps)
+    assert result is True
+    assert taken == at // 65536  # one step per 64 KiB looked through
+    assert may_claim_tenant(bytes(300_000)) is False
+
+
+def _driven(steps: Any) -> tuple[int, Any]:
+    """Run `steps` to their end: how many pauses they made, and their result."""
+    taken = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return taken, done.value
+        taken += 1

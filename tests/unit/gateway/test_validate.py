@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from gateway_fixtures import counter_request
@@ -18,7 +19,7 @@ from test_hostile_strategies import requests
 
 from gateway.limits import TenantLimits
 from gateway.series import ActiveSeries
-from gateway.validate import Rejections, count_points, enforce
+from gateway.validate import Rejections, count_points, enforce, serialized_points
 
 LIMITS = TenantLimits(
     max_request_bytes=1 << 20, max_attributes_per_point=4, max_attribute_value_length=20
@@ -293,3 +294,38 @@ def test_reading_points_serialized_decides_as_reading_them_as_objects(
         decided.append((rejections.counts, rejections.examples, copy.SerializeToString()))
     assert decided[1] == decided[0]
     assert decided[2] == decided[0]
+
+
+@pytest.mark.parametrize("count", [1, 256, 257, 1000])
+@pytest.mark.parametrize("kind", ["gauge", "sum"])
+def test_many_points_are_serialized_in_steps_as_protobuf_serializes_them(
+    kind: str, count: int
+) -> None:
+    points = [
+        m.NumberDataPoint(
+            as_int=n * 300,
+            time_unix_nano=n,
+            attributes=[KeyValue(key="k", value=AnyValue(string_value="v" * (n % 200)))],
+        )
+        for n in range(count)
+    ]
+    data: m.Gauge | m.Sum = (
+        m.Gauge(data_points=points)
+        if kind == "gauge"
+        else m.Sum(data_points=points, aggregation_temporality=2, is_monotonic=True)
+    )
+    steps = serialized_points(data)
+    taken, result = _driven(steps)
+    assert result == data.SerializeToString()
+    assert taken == (count // 64 if count > 256 else 0)
+
+
+def _driven(steps: Any) -> tuple[int, Any]:
+    """Run `steps` to their end: how many pauses they made, and their result."""
+    taken = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return taken, done.value
+        taken += 1
