@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -207,11 +208,19 @@ class CountingCollector:
 
 
 def fleet_of(http_port: int, key: str) -> dict[str, object]:
+    """/api/fleet with a tenant's key, waiting as told when its reads are rate limited."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{http_port}/api/fleet", headers={"authorization": f"Bearer {key}"}
     )
-    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (http only)
-        return dict(json.loads(answer.read()))
+    for _ in range(10):
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 (http only)
+                return dict(json.loads(answer.read()))
+        except urllib.error.HTTPError as exc:
+            if exc.code != 429:
+                raise
+            time.sleep(float(exc.headers.get("Retry-After", "1")))
+    raise AssertionError("/api/fleet answered 429 ten times in a row")
 
 
 def test_exports_through_two_workers_lose_nothing_while_the_store_pauses_dies_and_empties(
