@@ -180,15 +180,11 @@ def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
             ("grpc.max_receive_message_length", settings.max_request_bytes * 2),
             # grpcio creates a call, and queues it for a handler, for every stream
             # opened, even one the client resets at once (HTTP/2 rapid reset): a
-            # stranger doing so filled the queue and others' calls were cancelled.
-            # With this cap one connection puts at most about this many there.
+            # stranger doing so fills the queue and others' calls are cancelled.
+            # grpc core counts a reset stream against this cap until its call is
+            # released, so one connection holds at most this many in the queue;
+            # past it, new streams are refused (REFUSED_STREAM) before any call.
             ("grpc.max_concurrent_streams", settings.max_grpc_streams_per_connection),
-            # grpc's "overload protection" would also refuse (REFUSED_STREAM) a
-            # stream while the server still holds the memory of ended ones: a
-            # client keeping 100 calls busy on a connection, within the limit it
-            # was told, saw thousands refused (and one ended UNKNOWN); the cap
-            # above bounds the rapid reset without it.
-            ("grpc.http.overload_protection", 0),
         ],
     )
     rpc = grpc.stream_unary_rpc_method_handler(

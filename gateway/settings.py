@@ -106,7 +106,8 @@ class GatewaySettings(BaseSettings, LimitValues):
         100,
         ge=1,
         description="HTTP/2 streams one gRPC connection may hold at once (its "
-        "MAX_CONCURRENT_STREAMS): bounds the calls a rapid reset queues per connection.",
+        "MAX_CONCURRENT_STREAMS), a stream reset by the client counted until the "
+        "gateway has let go of its call.",
     )
     http_header_timeout_seconds: float = Field(
         10.0, gt=0, description="Time a new HTTP connection gets to send its request's headers."

@@ -349,8 +349,11 @@ def test_a_strangers_header_only_flood_leaves_a_tenants_exports_alone(tmp_path: 
                 f"stranger flood: {codes.total()} calls refused; globex quiet {quiet}, "
                 f"loaded {loaded}"
             )
-            assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
-            assert codes.total() >= 1030
+            # 1,030 calls at once on one connection: past its cap of streams the
+            # client queues them, and the few the server still counts as open
+            # when the next arrives are refused by grpc (REFUSED_STREAM).
+            assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE}
+            assert codes[grpc.StatusCode.UNAUTHENTICATED] >= 1030
             assert len(loaded.seconds) == 100, loaded
             assert _gateway(live).in_flight.requests == 0
 
