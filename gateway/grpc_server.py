@@ -178,13 +178,6 @@ def create_grpc_server(gateway: Gateway) -> tuple[grpc.aio.Server, int]:
             # The gateway checks the limit itself (a counted, explained
             # refusal); this is only the transport's hard stop.
             ("grpc.max_receive_message_length", settings.max_request_bytes * 2),
-            # grpcio creates a call, and queues it for a handler, for every stream
-            # opened, even one the client resets at once (HTTP/2 rapid reset): a
-            # stranger doing so fills the queue and others' calls are cancelled.
-            # grpc core counts a reset stream against this cap until its call is
-            # released, so one connection holds at most this many in the queue;
-            # past it, new streams are refused (REFUSED_STREAM) before any call.
-            ("grpc.max_concurrent_streams", settings.max_grpc_streams_per_connection),
         ],
     )
     rpc = grpc.stream_unary_rpc_method_handler(

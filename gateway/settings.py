@@ -102,13 +102,6 @@ class GatewaySettings(BaseSettings, LimitValues):
     max_http_connections_per_peer: int = Field(
         64, ge=0, description="HTTP connections open from one client address (0 = no cap)."
     )
-    max_grpc_streams_per_connection: int = Field(
-        100,
-        ge=1,
-        description="HTTP/2 streams one gRPC connection may hold at once (its "
-        "MAX_CONCURRENT_STREAMS), a stream reset by the client counted until the "
-        "gateway has let go of its call.",
-    )
     http_header_timeout_seconds: float = Field(
         10.0, gt=0, description="Time a new HTTP connection gets to send its request's headers."
     )

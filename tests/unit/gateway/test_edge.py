@@ -44,13 +44,6 @@ NOISE_SECONDS = 0.025
 """Latencies below this are taken as equal: the machine's noise, not the gateway's."""
 
 
-def connection(endpoint: str) -> grpc.aio.Channel:
-    """A channel on a connection of its own (grpc shares one between channels to the
-    same address by default): an attacker's calls must not queue a victim's in the
-    client, and one connection carries at most max_grpc_streams_per_connection."""
-    return grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
 def _metadata(key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
@@ -338,7 +331,10 @@ def test_a_strangers_header_only_flood_leaves_a_tenants_exports_alone(tmp_path: 
                     for call in calls:
                         codes[(await ended(call))[0]] += 1
 
-            async with connection(endpoint) as victim, connection(endpoint) as attacker:
+            async with (
+                grpc.aio.insecure_channel(endpoint) as victim,
+                grpc.aio.insecure_channel(endpoint) as attacker,
+            ):
                 quiet = await timed_exports(victim, live.keys["globex"], 100)
                 flooding = asyncio.create_task(flood(attacker))
                 await until(lambda: codes.total() > 0)
@@ -349,11 +345,8 @@ def test_a_strangers_header_only_flood_leaves_a_tenants_exports_alone(tmp_path: 
                 f"stranger flood: {codes.total()} calls refused; globex quiet {quiet}, "
                 f"loaded {loaded}"
             )
-            # 1,030 calls at once on one connection: past its cap of streams the
-            # client queues them, and the few the server still counts as open
-            # when the next arrives are refused by grpc (REFUSED_STREAM).
-            assert set(codes) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE}
-            assert codes[grpc.StatusCode.UNAUTHENTICATED] >= 1030
+            assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
+            assert codes.total() >= 1030
             assert len(loaded.seconds) == 100, loaded
             assert _gateway(live).in_flight.requests == 0
 
@@ -439,17 +432,12 @@ def test_a_tenants_header_only_calls_hold_its_share_only(tmp_path: Path) -> None
         endpoint = f"127.0.0.1:{live.grpc_port}"
 
         async def scenario() -> None:
-            async with contextlib.AsyncExitStack() as channels:
-                victim = await channels.enter_async_context(connection(endpoint))
-                # 11 connections of 94 calls: one holds at most 100 streams.
-                attackers = [
-                    await channels.enter_async_context(connection(endpoint)) for _ in range(11)
-                ]
+            async with (
+                grpc.aio.insecure_channel(endpoint) as victim,
+                grpc.aio.insecure_channel(endpoint) as attacker,
+            ):
                 quiet = await timed_exports(victim, live.keys["globex"], 100)
-                calls = [
-                    await header_only_call(attackers[n % 11], live.keys["acme"])
-                    for n in range(1030)
-                ]
+                calls = [await header_only_call(attacker, live.keys["acme"]) for _ in range(1030)]
                 share = gateway.in_flight.tenant_max_requests
                 await until(lambda: sum(call.done() for call in calls) == 1030 - share)
                 refused = [await ended(call) for call in calls if call.done()]
@@ -563,10 +551,14 @@ end: run in a process of its own (in this one it would share the gateway's GIL).
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="grpcio starts a handler for every stream, even one reset at once: a caller "
+    "without a key opening and resetting HTTP/2 streams (rapid reset) fills the server's "
+    "queue of calls waiting for a handler, and others' calls are refused CANCELLED; "
+    "probes/hostile.py rapid_reset: B 18 % of 50 accepted, p99 1.1 s",
+)
 def test_a_strangers_rapid_reset_leaves_a_tenants_exports_alone(tmp_path: Path) -> None:
-    # grpcio queues a call for every stream opened, even one reset at once; the
-    # cap of streams per connection (max_grpc_streams_per_connection) bounds
-    # what one connection puts in that queue. Without it: 3 of 30 accepted.
     with live_gateway(tmp_path, **SHARED_ADDRESS) as live:
 
         async def scenario() -> None:
