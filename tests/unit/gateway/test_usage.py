@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -230,16 +230,6 @@ def test_other_processes_counts_add_up_a_gone_ones_rates_do_not() -> None:
     clock.now += HOUR_MINUTES * 60
     assert here.expired(*published)
     assert here.expired(there.recent(), there.completed())
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

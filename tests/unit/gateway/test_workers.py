@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,16 +101,6 @@ def test_more_than_one_worker_without_a_state_store_refuses_to_start(tmp_path: P
     )
     assert done.returncode == 2
     assert "GATEWAY_WORKERS=2 needs GATEWAY_STATE_URL" in done.stderr
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_two_workers_share_the_ports_a_dead_one_comes_back_sigterm_drains_all(
