@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as service_grpc
@@ -27,6 +28,7 @@ from gateway import tenants
 from gateway.app import Gateway
 from gateway.grpc_server import create_grpc_server
 from gateway.settings import GatewaySettings
+from gateway.state_redis import RedisState
 
 EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
@@ -188,3 +190,41 @@ def connector_resource(service: str, instance: str) -> dict[str, str]:
         "agent.type": "connector",
         "host.name": "db-7",
     }
+
+
+@asynccontextmanager
+async def two_gateways(
+    tmp_path: Path, url: str, **overrides: Any
+) -> AsyncIterator[tuple[RunningGateway, RunningGateway, dict[str, str]]]:
+    """Two in-process gateways sharing the store at `url`, before one fake Collector;
+    tenants acme and globex (their keys)."""
+    keys = make_tenants(tmp_path / "tenants.json", "acme", "globex")
+    settings: dict[str, Any] = {"state_url": url, "state_timeout_seconds": 0.5} | overrides
+    async with (
+        fake_collector() as (_, port),
+        running_gateway(
+            tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "a.json", **settings
+        ) as one,
+        running_gateway(
+            tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "b.json", **settings
+        ) as two,
+    ):
+        try:
+            yield one, two, keys
+        finally:
+            for gw in (one, two):
+                await gw.gateway.state.close()
+
+
+def store(gw: RunningGateway) -> RedisState:
+    """The gateway's shared state (it must have one)."""
+    state = gw.gateway.state
+    assert isinstance(state, RedisState)
+    return state
+
+
+async def exchange(*gateways: RunningGateway, rounds: int = 2) -> None:
+    """Each gateway exchanges with the store, `rounds` times in turn."""
+    for _ in range(rounds):
+        for gw in gateways:
+            assert await store(gw).exchange_once()

@@ -11,18 +11,16 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from gateway_fixtures import (
     RunningGateway,
     counter_request,
-    fake_collector,
-    make_tenants,
-    running_gateway,
+    exchange,
+    store,
+    two_gateways,
 )
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -30,44 +28,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from gateway.fleet import series as fleet_series
 from gateway.fleet.api import fleet_document
-from gateway.state_redis import RedisState
 from stack.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.asynccontextmanager
-async def two_gateways(
-    tmp_path: Path, url: str, **overrides: Any
-) -> AsyncIterator[tuple[RunningGateway, RunningGateway, dict[str, str]]]:
-    keys = make_tenants(tmp_path / "tenants.json", "acme", "globex")
-    settings: dict[str, Any] = {"state_url": url, "state_timeout_seconds": 0.5} | overrides
-    async with (
-        fake_collector() as (_, port),
-        running_gateway(
-            tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "a.json", **settings
-        ) as one,
-        running_gateway(
-            tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "b.json", **settings
-        ) as two,
-    ):
-        try:
-            yield one, two, keys
-        finally:
-            for gw in (one, two):
-                await gw.gateway.state.close()
-
-
-def store(gw: RunningGateway) -> RedisState:
-    state = gw.gateway.state
-    assert isinstance(state, RedisState)
-    return state
-
-
-async def exchange(*gateways: RunningGateway, rounds: int = 2) -> None:
-    for _ in range(rounds):
-        for gw in gateways:
-            assert await store(gw).exchange_once()
 
 
 def agent(service: str, instance: str) -> bytes:

@@ -11,13 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_fixtures import counter_request, fake_collector, make_tenants, running_gateway
+from gateway_fixtures import counter_request, exchange, two_gateways
 from gateway_http_fixtures import ADMIN_DIGEST, ADMIN_KEY
 from middle import Middle, middle
 
 from gateway.http_app import create_app
 from gateway.ratelimit import API_READS_BURST
-from gateway.state_redis import RedisState
 from gateway.usage import HOUR_MINUTES, RATE_WINDOW_SECONDS, Usage
 from gateway.usage_api import usage_document
 from stack.redis_server import RedisServer
@@ -237,41 +236,23 @@ def test_two_gateways_sharing_redis_answer_the_same(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """3 + 1 requests to one, 4 + 1 to the other (one of each with a point dropped)."""
-    keys = make_tenants(tmp_path / "tenants.json", "acme", "globex")
-    settings: dict[str, Any] = {"state_url": redis_server.url, "state_timeout_seconds": 0.5}
     clock = Clock()
 
     async def scenario() -> list[dict[str, Any]]:
-        async with (
-            fake_collector() as (_, port),
-            running_gateway(
-                tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "a.json", **settings
-            ) as one,
-            running_gateway(
-                tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "b.json", **settings
-            ) as two,
-        ):
-            try:
-                for gw, sent, instance in ((one, 3, "c-1"), (two, 4, "c-2")):
-                    gw.gateway.ingestor.usage.clock = clock
-                    for _ in range(sent):
-                        await gw.export(body(instance), keys["acme"])
-                    await gw.export(body(instance, **{"Bad-Key": "x"}), keys["acme"])
-                answers = []
-                for step in (1, 60):  # the minute going on, then completed
-                    clock.now += step
-                    for _ in range(2):
-                        for gw in (one, two):
-                            state = gw.gateway.state
-                            assert isinstance(state, RedisState)
-                            assert await state.exchange_once()
-                    answers += [
-                        usage_document(gw.gateway, {"acme", "globex"}, True) for gw in (one, two)
-                    ]
-                return answers
-            finally:
-                for gw in (one, two):
-                    await gw.gateway.state.close()
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            for gw, sent, instance in ((one, 3, "c-1"), (two, 4, "c-2")):
+                gw.gateway.ingestor.usage.clock = clock
+                for _ in range(sent):
+                    await gw.export(body(instance), keys["acme"])
+                await gw.export(body(instance, **{"Bad-Key": "x"}), keys["acme"])
+            answers = []
+            for step in (1, 60):  # the minute going on, then completed
+                clock.now += step
+                await exchange(one, two)
+                answers += [
+                    usage_document(gw.gateway, {"acme", "globex"}, True) for gw in (one, two)
+                ]
+            return answers
 
     first, second, later, later_too = asyncio.run(scenario())
     assert first == second
