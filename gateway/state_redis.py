@@ -384,6 +384,8 @@ class RedisState:
         self.live = {m.decode() for m in live}
         self.replicas = max(1, len(self.live))
         if epoch != self.epoch:
+            # The store's epoch names the shared table: the `fleet` label of the counts.
+            self.fleet.scope = epoch.decode()[:12]
             if self.epoch is not None:
                 logger.warning("the state store was emptied: sending this process's state again")
             self.epoch, self.cursor = epoch, 0

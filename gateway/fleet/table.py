@@ -66,6 +66,7 @@ import heapq
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -159,6 +160,10 @@ class FleetTracker:
         self._save_failing = False
         self.replica = ""
         """This process's name in a shared state store (gateway.state): `seen_by`."""
+        self.scope = uuid.uuid4().hex[:12]
+        """Which table this is, the `fleet` label of the counts: this process's own, or
+        the shared store's (every replica sharing it says the same), so that rules
+        count each agent once however many replicas show it."""
         self._changed: set[tuple[str, str, str]] = set()
         self._evicted: set[tuple[str, str, str]] = set()
         """Rows evicted here since the last exchange: the store drops them too."""
@@ -459,7 +464,9 @@ class FleetTracker:
             key = (row.tenant_id, row.agent_type, self.status(row, now))
             counts[key] = counts.get(key, 0) + 1
         return [
-            Observation(count, {"tenant_id": tenant, "type": kind, "state": state})
+            Observation(
+                count, {"tenant_id": tenant, "type": kind, "state": state, "fleet": self.scope}
+            )
             for (tenant, kind, state), count in counts.items()
         ]
 

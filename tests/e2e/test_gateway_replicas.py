@@ -221,6 +221,17 @@ def test_every_agent_is_on_both_replicas_fleet(replicas: Replicas) -> None:
         assert not first["clash"], first
         assert not second["clash"], second
 
+    # Both replicas count the shared table: the fleet rules count each agent once.
+    def known() -> float | None:
+        result = replicas.stack.query("pipeline:agents_known:count")
+        return float(result[0]["value"][1]) if result else None
+
+    poll(
+        lambda: f"the fleet rules count the four agents once (they say {known()})",
+        lambda: known() == 4,
+        timeout=90,
+    )
+
 
 def test_one_tenants_rate_limit_is_one_budget_across_both_replicas(replicas: Replicas) -> None:
     channels = [grpc.insecure_channel(f"127.0.0.1:{p.grpc}") for p in replicas.stack.gateway_ports]

@@ -304,6 +304,7 @@ def test_the_gateways_metrics_count_agents_by_state_and_hold_no_per_agent_series
             labels["type"].strip('"'),
         )
         counts[key] = float(line.split()[-1])
+        assert labels["fleet"].strip('"') == fleet.scope  # this process's own table
     # (state, tenant_id, type) → agents
     assert counts == {
         ("up", "acme", "connector"): 1,

@@ -59,6 +59,8 @@ def test_both_show_the_same_fleet_a_forget_on_one_is_seen_on_the_other(
             await exchange(one, two)
             expected = {("acme", "c-1"): "up", ("acme", "c-2"): "up", ("globex", "c-3"): "up"}
             assert agents_of(one) == agents_of(two) == expected
+            # Both show one table: their counts carry the same `fleet` label.
+            assert one.gateway.fleet.scope == two.gateway.fleet.scope
             # Each agent's last-seen series go out from one process: the one that heard it.
             for gw, mine in ((one, {"c-1"}), (two, {"c-2", "c-3"})):
                 owned = {r.instance for r in gw.gateway.fleet.rows() if store(gw).owns(r)}
@@ -158,6 +160,7 @@ def test_store_paused_killed_or_emptied_exports_go_on_and_all_comes_back(
             await one.export(agent("billing", "c-1"), keys["globex"])
             await two.export(agent("billing", "c-2"), keys["globex"])
             await exchange(one, two)
+            scope = one.gateway.fleet.scope
 
             redis_server.pause()
             try:
@@ -183,6 +186,8 @@ def test_store_paused_killed_or_emptied_exports_go_on_and_all_comes_back(
             await exchange(one, two)
             expected = {("globex", "c-1"): "up", ("globex", "c-2"): "up", ("acme", "c-1"): "up"}
             assert agents_of(one) == agents_of(two) == expected
+            # An emptied store is a new table, one for both.
+            assert scope != one.gateway.fleet.scope == two.gateway.fleet.scope
             # Limits are global again, the view whole.
             for gw in (one, two):
                 assert store(gw).rate.connected
