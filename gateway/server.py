@@ -201,6 +201,8 @@ async def serve(settings: GatewaySettings, worker: int | None = None) -> None:
     )
     # The fleet, rate budgets, series counts and throttle other processes share.
     exchanger = asyncio.create_task(gateway.state.run())
+    # The fleet-state file, for the next start.
+    saver = asyncio.create_task(gateway.fleet.keep_saved())
     logger.info(
         "gateway listening: OTLP/gRPC on %s:%d, HTTP%s on %s:%d, forwarding to %s",
         settings.grpc_host,
@@ -225,7 +227,7 @@ async def serve(settings: GatewaySettings, worker: int | None = None) -> None:
         )
     finally:
         logger.info("gateway stopping")
-        for task in (reloader, publisher, exchanger):
+        for task in (reloader, publisher, exchanger, saver):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

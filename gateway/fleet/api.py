@@ -190,7 +190,7 @@ def status_router(gateway: Gateway) -> APIRouter:
                 raise UnknownAgent(str(exc)) from exc
         except GatewayError as exc:
             return _refused(exc)
-        gateway.fleet.save()
+        await gateway.fleet.save_in_steps()  # retired for good, even after a restart
         now = gateway.fleet.clock()
         logger.info("retired %d agent(s) of tenant %s", len(retired), tenant_id)
         document = {

@@ -86,12 +86,19 @@ def read(
 
 def write(path: Path, rows: Iterable[Sighting], saved_at: float) -> None:
     """Replace `path` with `rows` (atomically); raises OSError."""
-    document = {
-        "version": STATE_VERSION,
-        "saved_at": saved_at,
-        "agents": [vars(row) for row in rows],  # copies already (asdict: 60 µs a row)
-    }
-    write_atomically(path, json.dumps(document))
+    write_encoded(path, [encoded(row) for row in rows], saved_at)
+
+
+def encoded(row: Sighting) -> str:
+    """One row as the file keeps it (a string: not one more object for the garbage
+    collector to walk, where copies of 50,000 rows made it pause for 150 ms)."""
+    return json.dumps(vars(row))
+
+
+def write_encoded(path: Path, rows: list[str], saved_at: float) -> None:
+    """Replace `path` with the `encoded` rows (atomically); raises OSError."""
+    head = json.dumps({"version": STATE_VERSION, "saved_at": saved_at})
+    write_atomically(path, f'{head[:-1]}, "agents": [{",".join(rows)}]}}')
 
 
 def over_budget_times(value: Any) -> dict[str, float]:

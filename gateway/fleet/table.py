@@ -62,6 +62,7 @@ resource can neither swell the state file nor the fleet's exports
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import threading
@@ -70,6 +71,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -112,6 +114,9 @@ EVICT_LOG_SECONDS = 60.0
 """A tenant over its number of agents is logged at most once per this many seconds."""
 _STATE_ORDER = {"retired": 0, "stopped": 1, "running": 2}
 PRUNE_SECONDS = 1.0
+SAVE_SLICE_ROWS = 500
+"""Rows encoded between two turns of other work when the table is saved (~10 ms)."""
+T = TypeVar("T")
 """Forgotten rows are removed at most this often (seconds)."""
 
 
@@ -170,6 +175,7 @@ class FleetTracker:
         self._victims: dict[str, list[tuple[tuple[int, float], tuple[str, str]]]] = {}
         self._evict_logged: dict[str, float] = {}
         self._pruned_at = float("-inf")
+        self._saving = asyncio.Lock()
         self.load()
 
     # -- recording -----------------------------------------------------------------
@@ -208,8 +214,6 @@ class FleetTracker:
                 starts = series_starts(resource_metrics)
                 agent = replace(agent, resource=resource, overflowing=names, starts=starts)
                 self.see(tenant.id, agent, now=now)
-        if self._dirty and now - self._last_save >= self.save_every:
-            self.save()
 
     def see(self, tenant_id: str, agent: Agent, now: float | None = None) -> None:
         """Record that this agent was heard from at `now` (default: the clock)."""
@@ -520,14 +524,46 @@ class FleetTracker:
         if rows:
             logger.info("fleet state: %d agent(s) from %s", len(rows), self.state_file)
 
+    async def keep_saved(self) -> None:
+        """Save the table every `save_every` seconds while it changes, until cancelled."""
+        while True:
+            await asyncio.sleep(self.save_every)
+            if self._dirty:
+                await self.save_in_steps()
+
+    async def save_in_steps(self) -> None:
+        """Write the table atomically, off the request path and in pieces: rows are
+        encoded `SAVE_SLICE_ROWS` at a time, other work running in between, and written
+        on a worker thread (50,000 rows saved at once held the event loop 1.2-1.4 s)."""
+        async with self._saving:
+            with self._lock:
+                self._dirty = False
+                self._prune(self.clock())
+                rows = [row for agents in self._tenants.values() for row in agents.values()]
+            lines: list[str] = []
+            for at in range(0, len(rows), SAVE_SLICE_ROWS):
+                with self._lock:
+                    lines.extend(store.encoded(row) for row in rows[at : at + SAVE_SLICE_ROWS])
+                await asyncio.sleep(0)
+            saved_at = self._last_save = self.clock()
+            if not await asyncio.to_thread(self._write, store.write_encoded, lines, saved_at):
+                self._dirty = True
+
     def save(self) -> None:
-        """Write the table atomically; a failure is logged (once) and retried later."""
+        """Write the table atomically now (at exit); a failure is logged (once)."""
         rows = self.sightings()
         with self._lock:
             self._dirty = False
             self._last_save = self.clock()
+        if not self._write(store.write, rows, self._last_save):
+            self._dirty = True
+
+    def _write(
+        self, write: Callable[[Path, list[T], float], None], rows: list[T], saved_at: float
+    ) -> bool:
+        """`write` the rows to the state file; False (logged once) when it cannot."""
         try:
-            store.write(self.state_file, rows, self._last_save)
+            write(self.state_file, rows, saved_at)
         except OSError as exc:
             self._dirty = True
             if not self._save_failing:
@@ -538,8 +574,9 @@ class FleetTracker:
                     exc,
                 )
             self._save_failing = True
-            return
+            return False
         self._save_failing = False
+        return True
 
 
 def create_fleet(settings: GatewaySettings, meter: Meter) -> FleetTracker:

@@ -159,7 +159,7 @@ def test_the_clash_is_on_the_gauge_and_ends_when_one_process_is_gone(tmp_path: P
         'otel_scope_schema_url="",otel_scope_version="",service="orders-connector",'
         'service_instance_id="c4a17407",tenant_id="acme",type="connector"} 1.0'
     ) in text
-    assert 'gateway_fleet_agents{otel_scope_name="gateway.fleet"' in text
+    assert f'gateway_fleet_agents{{fleet="{fleet.scope}",otel_scope_name="gateway.fleet"' in text
     assert 'state="up",tenant_id="acme",type="connector"} 1.0' in text
     for _ in range(5):  # pod-b is gone; pod-a goes on alone for over silent_after
         _send(fleet, clock, pods[0])
