@@ -8,7 +8,8 @@ also take PREFECT_API_URL. Once set up it prints one JSON line,
 {"instance": <service.instance.id>, "pid": <pid>}, then:
 
 - connector: counts a batch of 100 records every 0.5 s, connected to its upstream
-  (only the first FLEET_AGENT_BATCHES batches when that is set: a known total);
+  (only the first FLEET_AGENT_BATCHES batches when that is set: a known total; or
+  until the file FLEET_AGENT_STOP_FILE exists, then prints {"records": <its total>});
 - data-agent: runs flow `healthy-flow` and flow `flaky-flow` every few seconds;
   `flaky-flow` fails while the file FLEET_AGENT_FAIL_FILE exists;
 - cron: runs `healthy-flow` once and exits, as a cron job's script does;
@@ -29,6 +30,7 @@ from pathlib import Path
 
 FAIL_FILE_ENV = "FLEET_AGENT_FAIL_FILE"
 BATCHES_ENV = "FLEET_AGENT_BATCHES"
+STOP_FILE_ENV = "FLEET_AGENT_STOP_FILE"
 FLOW_PERIOD_S = 3.0
 
 
@@ -45,9 +47,16 @@ def connector(service: str) -> None:
     counters.set_connected(True)
     _announce(telemetry.instance_id or "")
     batches = int(os.environ.get(BATCHES_ENV, "0")) or None
+    stop_file = Path(os.environ.get(STOP_FILE_ENV, "/nonexistent/fleet-agent-stop"))
+    records, stopped = 0, False
     while True:
-        if batches is None or batches > 0:
+        if not stopped and stop_file.exists():
+            # Its total is final; it goes on exporting it.
+            print(json.dumps({"records": records}), flush=True)
+            stopped = True
+        if not stopped and (batches is None or batches > 0):
             counters.record_batch(100, 6_400)
+            records += 100
             batches = None if batches is None else batches - 1
         time.sleep(0.5)
 

@@ -104,6 +104,7 @@ class LeasedRateLimiter(RateLimiter):
         """The store answered the last exchange."""
         self.replicas = 1
         """The last known number of processes sharing the budgets."""
+        self._wanted_at: float | None = None
 
     def take(self, tenant_id: str, per_second: float, burst: int) -> float | None:
         """Take one token: None when allowed, else the seconds to wait before retrying."""
@@ -132,16 +133,22 @@ class LeasedRateLimiter(RateLimiter):
     def wanted(self, interval: float) -> dict[str, tuple[Lease, int]]:
         """Per active tenant: its lease and the tokens to ask for, enough for two
         exchanges at its recent demand (and forget tenants idle for a minute)."""
+        # The demand is over the time since the last look: after exchanges that failed
+        # (the store away), one interval would count an outage's requests as a second's
+        # and lease the whole burst, leaving the other processes short.
+        now = self._clock()
+        elapsed = interval if self._wanted_at is None else max(interval, now - self._wanted_at)
+        self._wanted_at = now
         wanted: dict[str, tuple[Lease, int]] = {}
         for tenant_id, lease in list(self.leases.items()):
             asked = lease.asked
-            lease.demand = 0.5 * lease.demand + 0.5 * asked / interval
+            lease.demand = 0.5 * lease.demand + 0.5 * asked / elapsed
             lease.idle = 0 if asked else lease.idle + 1
             lease.asked = 0
             if lease.idle * interval > 60.0 and not lease.debt:
                 del self.leases[tenant_id]
                 continue
-            demand = max(lease.demand, asked / interval)  # rising demand: the latest
+            demand = max(lease.demand, asked / elapsed)  # rising demand: the latest
             target = min(float(lease.burst), max(1.0, math.ceil(2 * demand * interval)))
             wanted[tenant_id] = (lease, max(0, math.ceil(target - lease.pool)))
         return wanted

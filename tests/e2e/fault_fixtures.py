@@ -235,6 +235,8 @@ class Flood:
         self.statuses: dict[str, int] = {}
         self.slowest: dict[str, float] = {}
         """The longest answer (seconds) of each status."""
+        self.failed_at: list[tuple[float, str]] = []
+        """When (Unix time) each request that was not OK was sent, and its status."""
         self._loop = asyncio.new_event_loop()
         self._task: asyncio.Future[list[None]] | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -258,6 +260,7 @@ class Flood:
                 status = "OK"
             except grpc.aio.AioRpcError as exc:
                 status = exc.code().name
+                self.failed_at.append((time.time() - (time.monotonic() - started), status))
             seconds = time.monotonic() - started
             self.statuses[status] = self.statuses.get(status, 0) + 1
             self.slowest[status] = max(self.slowest.get(status, 0.0), round(seconds, 2))

@@ -15,38 +15,16 @@ agents (bench/fleet_agent.py connectors) export every 2 s, some to each replica:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import secrets
-import shutil
 import signal
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import pytest
-import yaml
-from gateway_fixtures import counter_request, make_tenants
-from needs import require
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc import MetricsServiceStub
 from polling import poll
+from replica_fixtures import Replicas, probe_rate_limit, replica_stack
 
 from bench.fleet_agent import BATCHES_ENV
-from stack.local import (
-    REPO,
-    LocalStack,
-    Process,
-    StackError,
-    alertmanager_binary,
-    collector_binary,
-    http_get,
-    prometheus_binary,
-)
-from stack.redis_server import RedisServer
 from stack.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -66,140 +44,24 @@ PROBES, PROBE_GAP_S = 150, 0.1
 """Requests sent to the two replicas in turn, one every PROBE_GAP_S."""
 
 
-@dataclass
-class Agent:
-    """One connector process and where it sends."""
-
-    name: str
-    replica: int
-    process: Process
-    instance: str = ""
-
-
-@dataclass
-class Replicas:
-    """The stack with two gateway replicas, its agents and what was watched."""
-
-    stack: LocalStack
-    redis: RedisServer
-    keys: dict[str, str]
-    admin_key: str
-    proxy: TcpProxy
-    agents: dict[str, Agent] = field(default_factory=dict)
-    alerts_seen: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
-
-    def fleet(self, replica: int) -> dict[str, dict[str, Any]]:
-        """instance → agent of tenant acme, from replica `replica`'s admin API."""
-        url = f"{self.stack.gateway_ports[replica].http_url}/api/fleet"
-        request = urllib.request.Request(  # noqa: S310 (loopback)
-            url, headers={"authorization": f"Bearer {self.admin_key}"}
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
-            document = json.loads(response.read())
-        return {
-            agent["instance"]: agent
-            for tenant in document["tenants"]
-            if tenant["tenant_id"] == "acme"
-            for agent in tenant["agents"]
-        }
-
-    def poll_alerts(self) -> None:
-        """Note every alert Alertmanager shows now, with when it was first seen."""
-        status, body = http_get(f"{self.stack.alertmanager_url}/api/v2/alerts", timeout=5)
-        if status == 200:
-            now = time.time()
-            for alert in json.loads(body):
-                self.alerts_seen.setdefault(alert["fingerprint"], (now, alert))
-
-    def alerts_of(self, instance: str) -> list[tuple[float, str]]:
-        """(first seen, alert name) of each alert about `instance`."""
-        return sorted(
-            (seen, alert["labels"]["alertname"])
-            for seen, alert in self.alerts_seen.values()
-            if alert["labels"].get("instance") == instance
-        )
-
-    def records(self, instance: str) -> list[dict[str, Any]]:
-        """Every series of connector_records_sent_total of `instance`."""
-        return self.stack.query(f'connector_records_sent_total{{instance="{instance}"}}')
-
-
-def _announced_instance(process: Process) -> str:
-    for line in process.log.read_text(errors="replace").splitlines():
-        if line.startswith('{"instance"'):
-            return str(json.loads(line)["instance"])
-    return ""
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     """Redis, one Collector, two gateway replicas, Prometheus, Alertmanager, and four
     connectors: two behind replica 0 (one to be killed), one behind replica 1, one
     behind replica 0 through a proxy (to be moved)."""
-    try:
-        binaries = (collector_binary(), prometheus_binary(), alertmanager_binary())
-    except StackError as exc:
-        require("the stack", exc)
-    if shutil.which("redis-server") is None:
-        require("redis-server", RuntimeError("not installed"))
-    run_dir = tmp_path_factory.mktemp("replicas")
-    tenants_file = run_dir / "tenants.json"
-    keys = make_tenants(tenants_file, "acme", "limited")
-    limits_file = run_dir / "limits.yaml"
-    limits = {"rate_limit_requests_per_second": RATE, "rate_limit_burst": BURST}
-    limits_file.write_text(yaml.safe_dump({"tenants": {"limited": limits}}))
-    admin_key = secrets.token_urlsafe(24)
-    redis = RedisServer(run_dir / "redis")
-    redis.start()
-    stack = LocalStack(
-        run_dir / "stack",
-        tenants_file=tenants_file,
-        gateway_replicas=2,
-        gateway_state_url=redis.url,
-    )
-    proxy = TcpProxy(stack.gateway_ports[0].grpc).start()
-    try:
-        stack.wait_ready(stack.start_collector(binaries[0]))
-        settings = {
-            "GATEWAY_ADMIN_KEY_SHA256": hashlib.sha256(admin_key.encode()).hexdigest(),
-            "GATEWAY_LIMITS_FILE": str(limits_file),
-        }
-        gateways = [stack.start_gateway(settings, replica) for replica in (0, 1)]
-        for process in (*gateways, stack.start_prometheus(binaries[1])):
-            stack.wait_ready(process)
-        stack.wait_ready(stack.start_alertmanager(binaries[2]))
-        run = Replicas(stack, redis, keys, admin_key, proxy)
-        locks = run_dir / "locks"
-        locks.mkdir(mode=0o700)
-        for name, replica, endpoint, extra in (
-            ("steady-0", 0, stack.gateway_ports[0].grpc_endpoint, {}),
-            ("killed-0", 0, stack.gateway_ports[0].grpc_endpoint, {}),
-            ("steady-1", 1, stack.gateway_ports[1].grpc_endpoint, {}),
-            ("moved", 0, f"http://{proxy.address}", {BATCHES_ENV: str(MOVED_BATCHES)}),
-        ):
-            env = {
-                "PYTHONPATH": str(REPO),
-                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                "OTEL_AGENTS_API_KEY": keys["acme"],
-                "OTEL_METRIC_EXPORT_INTERVAL": str(EXPORT_INTERVAL_MS),
-                "OTEL_SERVICE_NAME": f"replicas-{name}",
-                "XDG_RUNTIME_DIR": str(locks),
-                **extra,
-            }
-            argv = [sys.executable, "-m", "bench.fleet_agent", "connector"]
-            process = stack.start_process(f"agent-{name}", argv, env)
-            run.agents[name] = Agent(name, replica, process)
-        for agent in run.agents.values():
-            agent.instance = poll(
-                f"{agent.name} announces its instance id",
-                lambda agent=agent: _announced_instance(agent.process),  # type: ignore[misc]
-                timeout=60,
-            )
-        yield run
-    finally:
-        proxy.close()
-        stack.stop_all()
-        redis.stop()
+    rate_limit = {"rate_limit_requests_per_second": RATE, "rate_limit_burst": BURST}
+    with replica_stack(tmp_path_factory.mktemp("replicas"), rate_limit) as run:
+        stack = run.stack
+        run.proxy = proxy = TcpProxy(stack.gateway_ports[0].grpc).start()
+        try:
+            for name, replica in (("steady-0", 0), ("killed-0", 0), ("steady-1", 1)):
+                run.start_agent(name, replica, EXPORT_INTERVAL_MS)
+            extra = {BATCHES_ENV: str(MOVED_BATCHES)}
+            run.start_agent("moved", 0, EXPORT_INTERVAL_MS, f"http://{proxy.address}", extra)
+            run.wait_announced()
+            yield run
+        finally:
+            proxy.close()
 
 
 def test_every_agent_is_on_both_replicas_fleet(replicas: Replicas) -> None:
@@ -234,29 +96,8 @@ def test_every_agent_is_on_both_replicas_fleet(replicas: Replicas) -> None:
 
 
 def test_one_tenants_rate_limit_is_one_budget_across_both_replicas(replicas: Replicas) -> None:
-    channels = [grpc.insecure_channel(f"127.0.0.1:{p.grpc}") for p in replicas.stack.gateway_ports]
-    stubs = [MetricsServiceStub(channel) for channel in channels]
-    metadata = (("authorization", f"Bearer {replicas.keys['limited']}"),)
-    # No agent.type: a client the fleet lists but never pages on.
-    request = counter_request(resource_attributes={"service.name": "rate-probe"})
-    admitted, refused = [0, 0], [0, 0]
-    other: list[grpc.StatusCode] = []
-    try:
-        started = time.monotonic()
-        for index in range(PROBES):
-            time.sleep(max(0.0, started + index * PROBE_GAP_S - time.monotonic()))
-            replica = index % 2
-            try:
-                stubs[replica].Export(request, metadata=metadata, timeout=5)
-                admitted[replica] += 1
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    other.append(exc.code())
-                refused[replica] += 1
-        elapsed = time.monotonic() - started
-    finally:
-        for channel in channels:
-            channel.close()
+    probe = probe_rate_limit(replicas, PROBES, PROBE_GAP_S)
+    admitted, refused, other, elapsed = probe.admitted, probe.refused, probe.other, probe.seconds
     budget = BURST + RATE * elapsed
     print(
         f"\n[replicas] rate limit {RATE:g}/s burst {BURST}: {sum(admitted)} of {PROBES} "
@@ -284,6 +125,7 @@ def events(replicas: Replicas) -> dict[str, float]:
     before = replicas.records(moved.instance)
     killed.process.popen.send_signal(signal.SIGKILL)
     killed_at = time.time()
+    assert replicas.proxy is not None
     replicas.proxy.move_to(stack.gateway_ports[1].grpc)
     moved_at = time.time()
     paged_at, clashes, looks = 0.0, 0, 0
@@ -335,6 +177,7 @@ def test_an_agent_moved_to_the_other_replica_neither_pages_nor_clashes_and_count
     # It was still counting when it moved: some of its counts went through replica 1.
     total = MOVED_BATCHES * 100
     assert events["before"] < total, events
+    assert replicas.proxy is not None
     assert replicas.proxy.connections >= 2, "the moved agent reconnected through the proxy"
     # Up and not clashing on both replicas at every look of the watch, and now.
     assert events["looks"] >= 20, events

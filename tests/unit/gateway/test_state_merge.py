@@ -63,6 +63,21 @@ def test_past_a_full_lease_a_tenant_spends_its_share_and_owes_it() -> None:
     assert rate.take("acme", 2.0, 10) == 1.0  # retry after a second
 
 
+def test_after_an_outage_a_tenant_asks_for_its_demand_over_the_outage_not_one_exchange() -> None:
+    now = [0.0]
+    rate = LeasedRateLimiter(clock=lambda: now[0])
+    rate.replicas = 2
+    rate.take("acme", 20.0, 100)
+    rate.wanted(1.0)  # the last exchange before the store went away
+    for _ in range(60):  # 30 s without the store: 2 requests/s on the share
+        now[0] += 0.5
+        rate.take("acme", 20.0, 100)
+    now[0] += 1.0
+    # 2 requests/s: two exchanges' worth is 4, not the burst. Asking for the whole
+    # burst would leave the other replicas a short lease, refusing at a tenth of the rate.
+    assert rate.wanted(1.0)["acme"][1] == 4
+
+
 def test_other_processes_series_count_against_the_limit_and_the_share_when_cut_off() -> None:
     series = ActiveSeries(600.0)
     series.others = {"acme": 7}
