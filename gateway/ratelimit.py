@@ -105,6 +105,8 @@ class LeasedRateLimiter(RateLimiter):
         self.replicas = 1
         """The last known number of processes sharing the budgets."""
         self._wanted_at: float | None = None
+        self.interval = 1.0
+        """Seconds between exchanges (as `wanted` was last told)."""
 
     def take(self, tenant_id: str, per_second: float, burst: int) -> float | None:
         """Take one token: None when allowed, else the seconds to wait before retrying."""
@@ -115,16 +117,23 @@ class LeasedRateLimiter(RateLimiter):
             lease = self.leases[tenant_id] = Lease(per_second, burst)
         lease.per_second, lease.burst = per_second, burst
         lease.asked += 1
+        share = max(1, self.replicas)
         if self.connected and lease.leased:
             if lease.pool >= 1.0:
                 lease.pool -= 1.0
                 return None
-            if lease.short:  # the global budget is spent: wait for it to refill
-                wait = math.ceil(1.0 / per_second)
-                return min(MAX_RETRY_SECONDS, max(MIN_RETRY_SECONDS, float(wait)))
+            if lease.short:
+                # The global bucket was empty at the last exchange. What refills it
+                # until the next is this process's share of the rate over an exchange,
+                # owed to the bucket (refusing until the next lease refused requests
+                # the rate allowed: a second of refusals when the store came back).
+                refill = min(max(1, burst // share), int(per_second / share * self.interval))
+                wait_refill = super().take(tenant_id, per_second / share, max(1, refill))
+                if wait_refill is None:
+                    lease.debt += 1
+                return wait_refill
         # No lease yet, no store, or the demand outgrew a lease the budget could have
         # given more: the share, owed to the global bucket.
-        share = max(1, self.replicas)
         wait_share = super().take(tenant_id, per_second / share, max(1, burst // share))
         if wait_share is None:
             lease.debt += 1
@@ -137,6 +146,7 @@ class LeasedRateLimiter(RateLimiter):
         # (the store away), one interval would count an outage's requests as a second's
         # and lease the whole burst, leaving the other processes short.
         now = self._clock()
+        self.interval = interval
         elapsed = interval if self._wanted_at is None else max(interval, now - self._wanted_at)
         self._wanted_at = now
         wanted: dict[str, tuple[Lease, int]] = {}

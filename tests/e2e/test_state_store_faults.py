@@ -9,8 +9,7 @@ killed (SIGKILL) and restarted empty on its port. Then:
 
 - every agent's records counter reaches, in Prometheus, exactly the total the agent
   counted, and every export of the agents was accepted (the flood's, at half its
-  tenant's rate limit, are refused for about a second when the store returns: see
-  the test marked xfail);
+  tenant's rate limit, are never refused either);
 - no agent alert was pending or firing at any point (Prometheus's ALERTS, watched
   through the whole run and read back from its TSDB), while each gateway said the
   store was unreachable (`gateway_state_store_up` 0, GatewayStateStoreDown pending:
@@ -307,17 +306,9 @@ def test_no_count_is_lost_and_every_agent_export_is_accepted(
     for outcomes in agents:
         assert set(outcomes) == {"accepted"}, outcomes
         assert outcomes["accepted"] >= 4 * PAUSE_S / 2, outcomes  # 2 agents, 1 export/s
-    # The flood: refused at most for its rate (see the next test), nothing else.
-    assert set(happened.flood) <= {"OK", "RESOURCE_EXHAUSTED"}, happened.flood
-    assert happened.flood.get("RESOURCE_EXHAUSTED", 0) <= 0.02 * sum(happened.flood.values())
+    # The flood: see the next test.
 
 
-@pytest.mark.xfail(
-    reason="right after the store returns, the tenant's global bucket holds one burst (100) "
-    "while each replica leases two exchanges of its demand (78): the second lease comes "
-    "back short and refuses until its next exchange (about a second)",
-    strict=False,
-)
 def test_no_flood_export_is_refused_at_half_its_rate_limit(
     outage: tuple[Replicas, Outage],
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.fleet import Sighting, merged
-from gateway.ratelimit import LeasedRateLimiter
+from gateway.ratelimit import Lease, LeasedRateLimiter
 from gateway.series import ActiveSeries, series_id, stable_attributes_hash
 from gateway.settings import GatewaySettings
 
@@ -57,9 +57,22 @@ def test_past_a_full_lease_a_tenant_spends_its_share_and_owes_it() -> None:
     taken = [rate.take("acme", 2.0, 10) is None for _ in range(7)]
     assert taken == [True] * 6 + [False]  # 2 leased, then the 4 left of the share
     assert (lease.pool, lease.debt) == (0.0, 4)
-    # A lease the global budget could not fill: no more share, wait for the refill.
-    lease.short, lease.pool = True, 1.0
-    assert rate.take("acme", 2.0, 10) is None
+
+
+def test_past_a_short_lease_a_tenant_spends_its_share_of_the_refill_and_owes_it() -> None:
+    now = [0.0]
+    rate = LeasedRateLimiter(clock=lambda: now[0])
+    rate.connected, rate.replicas = True, 2
+    rate.leases["acme"] = lease = Lease(2.0, 10, pool=1.0, leased=True, short=True)
+    # The global bucket was empty at the last exchange: the lease, then what refills
+    # the bucket meanwhile, 1 request/s (2/s over 2 replicas) and no burst.
+    admitted = []
+    for _ in range(40):  # 10 s at 4 requests/s
+        admitted.append(rate.take("acme", 2.0, 10) is None)
+        now[0] += 0.25
+    assert admitted[:3] == [True, True, False]
+    assert sum(admitted) == 11  # the leased token, then one a second
+    assert (lease.pool, lease.debt) == (0.0, 10)
     assert rate.take("acme", 2.0, 10) == 1.0  # retry after a second
 
 
