@@ -38,6 +38,11 @@ from gateway.work import Work
 
 SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 TRANSPORT = "grpc"
+RECEIVE_SECONDS_PER_MIB = 0.0005
+"""Event-loop time grpcio takes to copy a received message into Python bytes, per
+MiB: in one go, before the handler sees it (4-14 ms for 7.2 MB on 2 shared cores;
+this is below the fastest). It cannot be sliced; it is charged to the tenant."""
+MIB = 1024 * 1024
 
 
 class MessageBody:
@@ -58,8 +63,8 @@ class MessageBody:
     ) -> bytes:
         """The message, taken into `lease`; at most `limit` bytes. grpcio hands it
         over whole (decompressed, if the client compressed it), so it gets the time
-        `pace` allows for `limit` bytes."""
-        del work, max_gzip_members
+        `pace` allows for `limit` bytes; its copy costs the tenant's `work`."""
+        del max_gzip_members
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -69,6 +74,7 @@ class MessageBody:
             raise pace.too_slow(0, loop.time() - started) from exc
         if not isinstance(message, bytes):  # grpc.aio.EOF: the client sent none
             raise InvalidRequest("the call ended without a request message")
+        work.add(len(message) * RECEIVE_SECONDS_PER_MIB / MIB)
         if len(message) > limit:
             raise RequestTooLarge.over(limit, len(message))
         lease.grow(len(message))

@@ -31,6 +31,9 @@ with 5 ms slices an expensive tenant tripled another's p99, with 1 ms much less
 (docs/gateway.md, "No request stalls the others"); a pause costs ~20 µs."""
 MAX_ITERATION_SLICES = 4
 """Slices of several tenants' work started in one loop iteration, at most."""
+MAX_DEFERRALS = 4
+"""Loop iterations a waiting slice lets go by while other callbacks are ready, at most:
+the others' short steps go first, and long work still gets at least one slice in five."""
 MAX_RETRY_SECONDS = 5.0
 """A longer retry delay outruns exporters' export timeouts: they would drop the batch."""
 
@@ -239,7 +242,10 @@ class Turns:
     worked in this iteration (a short request is done within that slice);
     otherwise, and after each slice, it waits its turn, and turns go round the
     tenants, one slice each, so a tenant with many long requests gets no more of
-    the loop than one with a single short one.
+    the loop than one with a single short one. A turn is given when no other
+    callback is ready (or after `MAX_DEFERRALS` iterations): a slice every
+    iteration would put one in front of each of another request's many steps
+    through the loop (receive, check, forward, answer).
     """
 
     def __init__(self, slice_seconds: float = SLICE_SECONDS) -> None:
@@ -248,6 +254,7 @@ class Turns:
         self._working: set[str] = set()
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._ticking = False
+        self._deferred = 0
         self.iteration = 0
         """Counts the loop iterations in which there was work."""
 
@@ -279,6 +286,14 @@ class Turns:
         # Runs once per loop iteration while there is work: a new iteration,
         # a slice for one waiting request (it runs in the next iteration).
         self._ticking = False
+        if self._waiting and self._deferred < MAX_DEFERRALS and _others_ready():
+            # Another request's callback (an answer from the Collector, a message
+            # that arrived) would otherwise wait behind the slice, and a request
+            # that crosses the loop ten times would wait ten slices.
+            self._deferred += 1
+            self._tick_soon()
+            return
+        self._deferred = 0
         self.iteration += 1
         self._used = 0.0
         self._working.clear()
@@ -294,6 +309,13 @@ class Turns:
                 break
         if self._waiting or self._working:
             self._tick_soon()
+
+
+def _others_ready() -> bool:
+    """True when callbacks are waiting to run on the loop (asyncio's ready queue; a
+    loop without one, uvloop, never defers)."""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return bool(ready)
 
 
 class WorkBudget:

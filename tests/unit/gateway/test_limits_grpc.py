@@ -19,6 +19,11 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
 
+from gateway.chain import BodyPace
+from gateway.grpc_server import MIB, RECEIVE_SECONDS_PER_MIB, MessageBody
+from gateway.inflight import InFlight
+from gateway.work import Work
+
 
 def _points_request(points: int, name: str = "app.count") -> ExportMetricsServiceRequest:
     request = counter_request(name=name, value=1, point_attributes={"n": "0"})
@@ -207,3 +212,22 @@ def test_a_per_tenant_override_lowers_the_request_size_for_that_tenant_only(
             assert len(collector.received) == 1
 
     asyncio.run(scenario())
+
+
+def test_the_copy_of_a_large_message_is_charged_to_its_tenant() -> None:
+    """grpcio copies a message into Python bytes on the event loop, in one go,
+    before the handler sees it: the request's work (its tenant's budget) pays."""
+
+    class Context:
+        async def read(self) -> bytes:
+            return bytes(4 * MIB)
+
+    async def scenario() -> float:
+        work = Work()
+        lease = InFlight(max_requests=10, max_bytes=64 * MIB).enter(0, "acme")
+        body = MessageBody(Context())  # type: ignore[arg-type]
+        message = await body.read(lease, 8 * MIB, BodyPace(), work, 1)
+        assert len(message) == 4 * MIB
+        return work.seconds
+
+    assert asyncio.run(scenario()) >= 4 * RECEIVE_SECONDS_PER_MIB

@@ -100,6 +100,41 @@ def test_turns_go_round_the_tenants() -> None:
     assert order.count("acme") == 6
 
 
+def test_another_requests_steps_do_not_each_wait_behind_a_slice() -> None:
+    """A request that crosses the loop many times (receive, check, forward, answer)
+    goes between long work's slices, not one slice per crossing."""
+
+    async def scenario() -> tuple[int, int]:
+        turns = Turns(slice_seconds=0.001)
+        done = False
+        slices: set[int] = set()
+
+        def long_work() -> Steps[None]:
+            while not done:
+                slices.add(turns.iteration)
+                started = time.perf_counter()
+                while time.perf_counter() - started < 0.0002:
+                    pass
+                yield
+
+        work = Work(slice_seconds=0.001)
+        work.tenant_id, work.turns = "acme", turns
+        task = asyncio.create_task(work.run(long_work()))
+        await asyncio.sleep(0.01)  # acme is working, slice after slice
+        before = len(slices)
+        for _ in range(20):
+            await asyncio.sleep(0)  # globex's short steps, one loop crossing each
+        during = len(slices) - before
+        done = True
+        await task
+        return before, during
+
+    before, during = run(scenario())  # type: ignore[misc]
+    assert before >= 3, before  # the long work had the loop to itself
+    # One slice per crossing would be 20; at most one in MAX_DEFERRALS + 1 crossings.
+    assert during <= 20 // 5 + 1, during
+
+
 def _sliced(body: bytes, max_points: int = 10_000) -> ExportMetricsServiceRequest:
     return finish(decode.decode_request(body, max_points))
 
