@@ -7,8 +7,9 @@ calls (the request path never waits for Redis):
   seen within `REPLICA_TTL`;
 - fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash), and the
   rows evicted here (a tenant over its number of agents) deleted, so the hash holds
-  about what the processes' tables do; back, the rows changed anywhere since the
-  last look (`fleet:changed`, by sequence number);
+  about what the processes' tables do; back, in the same call, the rows changed
+  anywhere since the last look (`fleet:changed`, by sequence number) but for those
+  stored as this process sent them (with one process, all of them);
 - rate: what each tenant spent on its fallback share; back, tokens leased from its
   global bucket (`LEASE`), enough for two exchanges at its recent demand;
 - series: the global ids of the series new here, and, once per time bucket, of those
@@ -73,7 +74,8 @@ FLEET_BATCH = 500
 SWEEP_EVERY = 600
 """Exchanges between two sweeps of the forgotten rows out of the store."""
 MAX_PULLS = 40
-"""Looks per exchange: 20,000 changed rows (the rest at the next exchange)."""
+"""Looks per exchange besides those that send rows: 20,000 changed rows (the rest at
+the next exchange)."""
 SERIES_BUCKETS = 5
 """Time buckets per active-series window: a series is counted until the bucket it was
 last added to leaves the window, i.e. for up to a fifth of the window longer."""
@@ -446,7 +448,7 @@ class RedisState:
         except BaseException:
             self.fleet.mark_changed(key for key, _ in rows)  # sent again at the next exchange
             raise
-        for _ in range(MAX_PULLS - 1):
+        for _ in range(MAX_PULLS):
             if not more:
                 return
             await asyncio.sleep(0)  # exports go on between batches
@@ -460,7 +462,8 @@ class RedisState:
             args += sent
         keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
         cursor, count, *values = await self.client.eval(MERGE, len(keys), *keys, *args)
-        self.fleet.merge(got for raw in values if (got := _row(raw)) is not None)
+        if values:
+            self.fleet.merge(got for raw in values if (got := _row(raw)) is not None)
         self.cursor = int(cursor)
         return int(count) >= FLEET_BATCH
 
