@@ -7,8 +7,9 @@ calls (the request path never waits for Redis):
   seen within `REPLICA_TTL`;
 - fleet: the rows changed here, merged in Redis by `MERGE` (`fleet` hash), and the
   rows evicted here (a tenant over its number of agents) deleted, so the hash holds
-  about what the processes' tables do; back, the rows changed anywhere since the
-  last look (`fleet:changed`, by sequence number);
+  about what the processes' tables do; back, in the same call, the rows changed
+  anywhere since the last look (`fleet:changed`, by sequence number) but for those
+  stored as this process sent them (with one process, all of them);
 - rate: what each tenant spent on its fallback share; back, tokens leased from its
   global bucket (`LEASE`), enough for two exchanges at its recent demand;
 - series: the global ids of the series new here, and, once per time bucket, of those
@@ -73,7 +74,8 @@ FLEET_BATCH = 500
 SWEEP_EVERY = 600
 """Exchanges between two sweeps of the forgotten rows out of the store."""
 MAX_PULLS = 40
-"""Looks per exchange: 20,000 changed rows (the rest at the next exchange)."""
+"""Looks per exchange besides those that send rows: 20,000 changed rows (the rest at
+the next exchange)."""
 SERIES_BUCKETS = 5
 """Time buckets per active-series window: a series is counted until the bucket it was
 last added to leaves the window, i.e. for up to a fifth of the window longer."""
@@ -120,41 +122,72 @@ local function union(a, b)
   for i = 1, math.min(#all, tonumber(ARGV[1])) do kept[i] = all[i] end
   return kept
 end
+local function same(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do
+    for j = 1, 5 do
+      if a[i][j] ~= b[i][j] then return false end
+    end
+  end
+  return true
+end
 local function merged(raw, new)
   local old = cjson.decode(raw)
+  local sent = type(new.processes) == 'table' and new.processes or {}
   local base, other = new, old
   if old.last_seen > new.last_seen then base, other = old, new end
+  -- The row sent is the result when the stored one adds nothing to it.
+  local mine = base == new and new.first_seen <= old.first_seen
+    and new.silence_from >= old.silence_from
   base.first_seen = math.min(old.first_seen, new.first_seen)
   base.silence_from = math.max(old.silence_from, new.silence_from)
   if other.state_since > base.state_since then
     base.state = other.state
     base.state_since = other.state_since
+    mine = false
   end
   base.processes = union(old.processes, new.processes)
   if (other.clash_seen or 0) > (base.clash_seen or 0) then
     base.clash_seen = other.clash_seen
     base.clash_hosts = other.clash_hosts
+    mine = false
   end
-  return cjson.encode(base)
+  return cjson.encode(base), mine and same(base.processes, sent)
 end
-local seq = 0
-for i = 2, #ARGV, 2 do
+local as_sent = {}
+for i = 4, #ARGV, 2 do
   local field, sent = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], field)
-  local ok, value = false, sent
-  if raw then ok, value = pcall(merged, raw, cjson.decode(sent)) end
+  local ok, value, same_as_sent = false, sent, true
+  if raw then ok, value, same_as_sent = pcall(merged, raw, cjson.decode(sent)) end
   -- A stored row that cannot be merged (no JSON, a field missing, a number cjson
   -- cannot write) is replaced by the one sent: it must not fail the others.
-  if not ok then value = sent end
-  seq = redis.call('INCR', KEYS[2])
+  if not ok then same_as_sent = true end
+  -- As sent, the row is kept as sent: cjson would write its times to 14 digits (0.1 ms).
+  if same_as_sent then value = sent end
+  local seq = redis.call('INCR', KEYS[2])
   redis.call('HSET', KEYS[1], field, value)
   redis.call('ZADD', KEYS[3], seq, field)
+  if same_as_sent then as_sent[seq] = true end
 end
-return seq
+local cursor = tonumber(ARGV[2])
+local changed = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[2], '+inf',
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local reply = {0, #changed / 2}
+for i = 1, #changed, 2 do
+  local seq = tonumber(changed[i + 1])
+  cursor = math.max(cursor, seq)
+  local raw = not as_sent[seq] and redis.call('HGET', KEYS[1], changed[i])
+  if raw then reply[#reply + 1] = raw end
+end
+reply[1] = cursor
+return reply
 """
 """Merge fleet rows as gateway.fleet.rows.merged does (the processes as
 gateway.fleet.processes.union, at most ARGV[1]), and note each row's change; a stored
-row that cannot be merged is replaced by the one sent."""
+row that cannot be merged is replaced by the one sent. Then the rows changed since the
+cursor ARGV[2] (at most ARGV[3] changes): the new cursor, the number of changes, and
+the rows, but for those stored as they were sent here (this process holds them)."""
 
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -183,6 +216,12 @@ _FIELDS = {f.name for f in fields(Sighting)}
 
 def _field(row: Sighting) -> str:
     return json.dumps([row.tenant_id, row.service, row.instance])
+
+
+def _encoded(row: Sighting) -> tuple[tuple[str, str, str], list[str]]:
+    """A row's key, and its field and value in the `fleet` hash (made while the fleet
+    table holds its lock: no copy of the row is needed)."""
+    return (row.tenant_id, row.service, row.instance), [_field(row), json.dumps(vars(row))]
 
 
 def _row(raw: bytes | str | None) -> Sighting | None:
@@ -403,34 +442,32 @@ class RedisState:
         except BaseException:
             self.fleet.mark_evicted(evicted)
             raise
-        rows = self.fleet.take_changed()
+        rows = self.fleet.take_changed(_encoded)
         try:
-            for at in range(0, len(rows), FLEET_BATCH):
-                args = [str(MAX_PROCESSES)]
-                for row in rows[at : at + FLEET_BATCH]:
-                    args += [_field(row), json.dumps(vars(row))]
-                keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
-                await self.client.eval(MERGE, len(keys), *keys, *args)
+            more = await self._merge(rows[:FLEET_BATCH])
+            for at in range(FLEET_BATCH, len(rows), FLEET_BATCH):
+                more = await self._merge(rows[at : at + FLEET_BATCH])
         except BaseException:
-            self.fleet.mark_changed(rows)  # sent again at the next exchange
+            self.fleet.mark_changed(key for key, _ in rows)  # sent again at the next exchange
             raise
         for _ in range(MAX_PULLS):
-            changed: list[Any] = await self.client.zrangebyscore(
-                PREFIX + "fleet:changed",
-                f"({self.cursor}",
-                "+inf",
-                start=0,
-                num=FLEET_BATCH,
-                withscores=True,
-            )
-            if not changed:
-                return
-            values = await self.client.hmget(PREFIX + "fleet", [name for name, _ in changed])
-            self.fleet.merge(got for raw in values if (got := _row(raw)) is not None)
-            self.cursor = int(max(score for _, score in changed))
-            if len(changed) < FLEET_BATCH:
+            if not more:
                 return
             await asyncio.sleep(0)  # exports go on between batches
+            more = await self._merge([])
+
+    async def _merge(self, rows: Sequence[tuple[tuple[str, str, str], list[str]]]) -> bool:
+        """Send `rows` (field and row of each, at most FLEET_BATCH) and take in the rows
+        changed since the cursor; True when more changes wait."""
+        args = [str(MAX_PROCESSES), str(self.cursor), str(FLEET_BATCH)]
+        for _, sent in rows:
+            args += sent
+        keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
+        cursor, count, *values = await self.client.eval(MERGE, len(keys), *keys, *args)
+        if values:
+            self.fleet.merge(got for raw in values if (got := _row(raw)) is not None)
+        self.cursor = int(cursor)
+        return int(count) >= FLEET_BATCH
 
     async def _sweep(self) -> None:
         """Drop the rows every process has forgotten (unseen for `forget_after`)."""

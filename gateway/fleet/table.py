@@ -112,6 +112,7 @@ EVICT_BATCH = 16
 instance ids costs one ranking per that many new rows, not a scan of the table each."""
 EVICT_LOG_SECONDS = 60.0
 """A tenant over its number of agents is logged at most once per this many seconds."""
+T = TypeVar("T")
 _STATE_ORDER = {"retired": 0, "stopped": 1, "running": 2}
 PRUNE_SECONDS = 1.0
 SAVE_SLICE_ROWS = 500
@@ -396,20 +397,22 @@ class FleetTracker:
 
     # -- sharing (gateway.state) -------------------------------------------------------
 
-    def take_changed(self) -> list[Sighting]:
-        """Copies of the rows changed here since the last call (for the shared store)."""
+    def take_changed(self, encode: Callable[[Sighting], T]) -> list[T]:
+        """`encode` of each row changed here since the last call (for the shared store),
+        called under the lock: the rows need no copies."""
         with self._lock:
             keys, self._changed = self._changed, set()
             return [
-                replace(row, resource=dict(row.resource), over_budget=dict(row.over_budget))
+                encode(row)
                 for tenant_id, service, instance in keys
                 if (row := self._tenants.get(tenant_id, {}).get((service, instance)))
             ]
 
-    def mark_changed(self, rows: Iterable[Sighting]) -> None:
-        """Send these rows again at the next exchange (this one failed)."""
+    def mark_changed(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Send the rows of these (tenant, service, instance) again at the next exchange
+        (this one failed)."""
         with self._lock:
-            self._changed.update((r.tenant_id, r.service, r.instance) for r in rows)
+            self._changed.update(keys)
 
     def take_evicted(self) -> list[tuple[str, str, str]]:
         """The (tenant, service, instance) of the rows evicted here since the last call:

@@ -370,7 +370,7 @@ def test_a_flood_of_new_instance_ids_evicts_cheaply_logs_once_and_names_the_evic
     for i in range(5000):
         fleet.see("acme", agent("etl", "x", f"old-{i}"), now=clock.now + i)
     fleet.see("globex", agent("etl", "g", "g"))
-    fleet.take_changed()
+    fleet.take_changed(lambda row: row)
     clock.now += 10_000
     started = time.perf_counter()
     for i in range(5000):
