@@ -115,10 +115,9 @@ EVICT_LOG_SECONDS = 60.0
 T = TypeVar("T")
 _STATE_ORDER = {"retired": 0, "stopped": 1, "running": 2}
 PRUNE_SECONDS = 1.0
+"""Forgotten rows are removed at most this often (seconds)."""
 SAVE_SLICE_ROWS = 500
 """Rows encoded between two turns of other work when the table is saved (~10 ms)."""
-T = TypeVar("T")
-"""Forgotten rows are removed at most this often (seconds)."""
 
 
 def _copy(row: Sighting) -> Sighting:
