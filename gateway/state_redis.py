@@ -455,8 +455,10 @@ class RedisState:
         pipe = self.client.pipeline(transaction=False)
         for tenant_id, (lease, want) in zip(tenants, asks, strict=True):
             # Spent on the share while the store was away is not charged: the share
-            # held the tenant to its part of the rate meanwhile.
-            debt = 0 if not self.up else min(lease.debt, lease.burst)
+            # held the tenant to its part of the rate meanwhile. Otherwise all of it
+            # is: at a rate over the burst per exchange, charging at most the burst
+            # forgave the rest each time (1.4 times the rate through two replicas).
+            debt = lease.debt if self.up else 0
             args = (lease.per_second, lease.burst, want, debt)
             pipe.eval(LEASE, 1, f"{PREFIX}rate:{tenant_id}", *args)
         grants = await pipe.execute()

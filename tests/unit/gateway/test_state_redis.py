@@ -449,3 +449,25 @@ def test_a_series_sent_through_both_counts_once_within_the_stated_error(
                 assert abs(total - 10_000) <= 200, total
 
     asyncio.run(scenario())
+
+
+def test_what_the_share_took_over_an_exchange_is_charged_in_full_beyond_the_burst(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """100 requests/s, burst 20, two replicas: past a short lease each admits 50 in a
+    second on its share. Charging at most the burst (20) of it forgave the rest at
+    every exchange: a tenant sending through both got 1.4 times its rate."""
+
+    async def scenario() -> float:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            await exchange(one, two)  # both know there are two replicas
+            state = store(one)
+            assert state.rate.take("acme", 100.0, 20) is None  # a lease to exchange
+            state.rate.leases["acme"].debt = 50
+            assert await state.exchange_once()
+            tokens = await state.client.hget("otelgw:rate:acme", "tokens")
+            assert tokens is not None
+            return float(tokens)
+
+    # The burst (20), less the 50 owed (the bucket's floor is minus the burst).
+    assert asyncio.run(scenario()) < -19.0
