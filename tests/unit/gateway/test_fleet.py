@@ -329,6 +329,31 @@ def test_the_gateways_metrics_count_agents_by_state_and_hold_no_per_agent_series
     }
 
 
+def test_a_restarted_gateway_counts_under_the_fleet_it_saved(tmp_path: Path) -> None:
+    """Replicas sharing a store count under its epoch. One restarted while the store
+    was away counted its whole table (the shared one, from its file) under a label of
+    its own for the whole outage: every agent twice in the fleet rules."""
+    clock = Clock()
+    fleet = _tracker(tmp_path, clock)
+    fleet.scope = "0f1e2d3c4b5a"  # the store's epoch (gateway.state_redis)
+    fleet.see("acme", agent("connector", "billing", "c-1"))
+
+    async def saved() -> None:
+        await fleet.save_in_steps()
+
+    asyncio.run(saved())
+    telemetry = GatewayTelemetry.create()
+    restarted = _tracker(tmp_path, clock)
+    restarted.register_metrics(telemetry.provider.get_meter("gateway.fleet"))
+    [line] = _samples(telemetry, "gateway_fleet_agents")
+    assert 'fleet="0f1e2d3c4b5a"' in line
+    fleet.save()  # at exit likewise
+    assert _tracker(tmp_path, clock).scope == "0f1e2d3c4b5a"
+    # A file without one (an older gateway's): a table of its own, as before.
+    (tmp_path / "fleet.json").write_text('{"version": 2, "saved_at": 0, "agents": []}')
+    assert len(_tracker(tmp_path, clock).scope) == 12
+
+
 def test_grpc_exports_reach_the_fleet_through_the_ingestors_observers(tmp_path: Path) -> None:
     keys = make_tenants(tmp_path / "tenants.json", "acme")
 
