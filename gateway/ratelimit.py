@@ -80,6 +80,9 @@ class Lease:
     """Requests since the last exchange (spent or refused): the demand."""
     debt: int = 0
     """Requests admitted on the fallback share since the last exchange."""
+    outage_debt: int = 0
+    """Of those, the ones admitted while the store was unreachable: they use up what
+    the global bucket refilled meanwhile, never more (gateway.state_redis, LEASE)."""
     demand: float = 0.0
     """Requests per second, smoothed over exchanges."""
     idle: int = 0
@@ -137,6 +140,7 @@ class LeasedRateLimiter(RateLimiter):
         wait_share = super().take(tenant_id, per_second / share, max(1, burst // share))
         if wait_share is None:
             lease.debt += 1
+            lease.outage_debt += 0 if self.connected else 1
         return wait_share
 
     def wanted(self, interval: float) -> dict[str, tuple[Lease, int]]:

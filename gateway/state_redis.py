@@ -192,6 +192,7 @@ the rows, but for those stored as they were sent here (this process holds them).
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local want, debt = tonumber(ARGV[3]), tonumber(ARGV[4])
+local outage = tonumber(ARGV[5]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
@@ -201,6 +202,10 @@ local updated = tonumber(v[2]) or now
 -- the refill of the same time paid for it.
 tokens = tokens + math.max(0, now - updated) * per_second - debt
 tokens = math.max(-burst, math.min(burst, tokens))
+-- What was spent on the share while the store was away uses up the refill of that
+-- time, never more (the share held the tenant to its part of the rate meanwhile;
+-- forgiven, a store failing every other exchange let twice the rate through).
+if tokens > 0 then tokens = math.max(0, tokens - outage) end
 local grant = 0
 if tokens >= 1 then grant = math.min(want, math.floor(tokens)) end
 tokens = tokens - grant
@@ -209,7 +214,8 @@ redis.call('EXPIRE', KEYS[1], 3600)
 return grant
 """
 """One tenant's global token bucket (refilled on Redis's clock): take what was spent
-on the fallback share, then lease up to `want` whole tokens."""
+on the fallback share (what was spent while the store was away: down to empty at
+most), then lease up to `want` whole tokens."""
 
 _FIELDS = {f.name for f in fields(Sighting)}
 
@@ -491,16 +497,18 @@ class RedisState:
             return
         pipe = self.client.pipeline(transaction=False)
         for tenant_id, (lease, want) in zip(tenants, asks, strict=True):
-            # Spent on the share while the store was away is not charged: the share
-            # held the tenant to its part of the rate meanwhile.
-            debt = 0 if not self.up else min(lease.debt, lease.burst)
-            args = (lease.per_second, lease.burst, want, debt)
+            # All of it: at a rate over the burst per exchange, charging at most the
+            # burst forgave the rest each time (1.4 times the rate through two
+            # replicas). What the share took while the store was away only empties
+            # the bucket (LEASE).
+            outage = lease.outage_debt
+            args = (lease.per_second, lease.burst, want, lease.debt - outage, outage)
             pipe.eval(LEASE, 1, f"{PREFIX}rate:{tenant_id}", *args)
         grants = await pipe.execute()
         for (lease, want), grant in zip(asks, grants, strict=True):
             lease.pool += int(grant)
             lease.short = int(grant) < want
-            lease.debt = 0
+            lease.debt = lease.outage_debt = 0
             lease.leased = True
 
     async def _series(self) -> None:

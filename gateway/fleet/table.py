@@ -513,7 +513,7 @@ class FleetTracker:
 
     def load(self) -> None:
         """Read the state file; a missing or unreadable one starts an empty table."""
-        rows = store.read(
+        rows, fleet = store.read(
             self.state_file,
             now=self.clock(),
             silent_after=self.silent_after,
@@ -523,6 +523,10 @@ class FleetTracker:
         with self._lock:
             for row in rows:
                 self._tenants.setdefault(row.tenant_id, {})[(row.service, row.instance)] = row
+        # The saved table is the store's when replicas share one: counted under its
+        # label until the store answers (under a new one, every agent counted twice
+        # for as long as the store was away).
+        self.scope = fleet or self.scope
         if rows:
             logger.info("fleet state: %d agent(s) from %s", len(rows), self.state_file)
 
@@ -561,11 +565,11 @@ class FleetTracker:
             self._dirty = True
 
     def _write(
-        self, write: Callable[[Path, list[T], float], None], rows: list[T], saved_at: float
+        self, write: Callable[[Path, list[T], float, str], None], rows: list[T], saved_at: float
     ) -> bool:
         """`write` the rows to the state file; False (logged once) when it cannot."""
         try:
-            write(self.state_file, rows, saved_at)
+            write(self.state_file, rows, saved_at, self.scope)
         except OSError as exc:
             self._dirty = True
             if not self._save_failing:

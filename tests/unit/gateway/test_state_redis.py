@@ -497,3 +497,57 @@ def test_a_series_sent_through_both_counts_once_within_the_stated_error(
                 assert abs(total - 10_000) <= 200, total
 
     asyncio.run(scenario())
+
+
+def test_what_the_share_took_over_an_exchange_is_charged_in_full_beyond_the_burst(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """100 requests/s, burst 20, two replicas: past a short lease each admits 50 in a
+    second on its share. Charging at most the burst (20) of it forgave the rest at
+    every exchange: a tenant sending through both got 1.4 times its rate."""
+
+    async def scenario() -> float:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            await exchange(one, two)  # both know there are two replicas
+            state = store(one)
+            assert state.rate.take("acme", 100.0, 20) is None  # a lease to exchange
+            state.rate.leases["acme"].debt = 50
+            assert await state.exchange_once()
+            tokens = await state.client.hget("otelgw:rate:acme", "tokens")
+            assert tokens is not None
+            return float(tokens)
+
+    # The burst (20), less the 50 owed (the bucket's floor is minus the burst).
+    assert asyncio.run(scenario()) < -19.0
+
+
+def test_what_the_share_took_while_the_store_was_away_uses_up_the_refill_of_that_time(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """While the store is away each process admits its share, and the global bucket
+    refills meanwhile: forgiven whole, the share was followed by a full bucket. A
+    store failing every other exchange so let a tenant through at twice its rate."""
+
+    async def scenario() -> float:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, _):
+            await exchange(one, two)  # both know there are two replicas
+            state = store(one)
+            redis_server.pause()
+            try:
+                assert not await state.exchange_once()
+                # 2/s, burst 10: the share is 5 at once.
+                taken = [state.rate.take("acme", 2.0, 10) is None for _ in range(7)]
+                assert taken == [True] * 5 + [False] * 2
+            finally:
+                redis_server.resume()
+            # The store was away 5 s: its bucket refilled to the burst meanwhile.
+            seconds, _ = await state.client.time()
+            key = "otelgw:rate:acme"
+            await state.client.hset(key, mapping={"tokens": 0, "updated": seconds - 5})
+            assert await state.exchange_once()
+            tokens = await state.client.hget(key, "tokens")
+            assert tokens is not None
+            return float(tokens) + state.rate.leases["acme"].pool
+
+    # The refill (10) less the 5 the share took meanwhile, never below empty.
+    assert asyncio.run(scenario()) == pytest.approx(5.0, abs=0.5)
