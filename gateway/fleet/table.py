@@ -176,6 +176,7 @@ class FleetTracker:
         self._evict_logged: dict[str, float] = {}
         self._pruned_at = float("-inf")
         self._saving = asyncio.Lock()
+        self._writing = threading.Lock()
         self.load()
 
     # -- recording -----------------------------------------------------------------
@@ -534,8 +535,13 @@ class FleetTracker:
         """Save the table every `save_every` seconds while it changes, until cancelled."""
         while True:
             await asyncio.sleep(self.save_every)
-            if self._dirty:
+            if not self._dirty:
+                continue
+            try:
                 await self.save_in_steps()
+            except Exception:  # the next save may do better; never end the saves
+                self._dirty = True
+                logger.exception("saving the fleet state failed")
 
     async def save_in_steps(self) -> None:
         """Write the table atomically, off the request path and in pieces: rows are
@@ -567,9 +573,12 @@ class FleetTracker:
     def _write(
         self, write: Callable[[Path, list[T], float, str], None], rows: list[T], saved_at: float
     ) -> bool:
-        """`write` the rows to the state file; False (logged once) when it cannot."""
+        """`write` the rows to the state file; False (logged once) when it cannot.
+        One write at a time: the last save at exit waits for a background one still
+        writing, so that the newest table is the one left in the file."""
         try:
-            write(self.state_file, rows, saved_at, self.scope)
+            with self._writing:
+                write(self.state_file, rows, saved_at, self.scope)
         except OSError as exc:
             self._dirty = True
             if not self._save_failing:

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from prometheus_client import generate_latest
 
 from gateway.fleet import Agent, AmbiguousAgent, FleetLookupError, FleetTracker, store
+from gateway.fleet.rows import Sighting
 from gateway.telemetry import GatewayTelemetry
 from gateway.tenants import Tenant
 
@@ -269,6 +270,37 @@ def test_state_is_saved_in_the_background_while_it_changes(tmp_path: Path) -> No
         assert {r.service for r in _tracker(tmp_path, Clock()).sightings()} == {"svc", "b"}
 
     asyncio.run(scenario())
+
+
+def test_a_save_that_fails_unexpectedly_does_not_end_the_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "fleet.json"
+    encoded = store.encoded
+    calls = []
+
+    def fails_once(row: Sighting) -> str:
+        calls.append(row.service)
+        if len(calls) == 1:
+            raise ValueError("a row that cannot be encoded")
+        return encoded(row)
+
+    monkeypatch.setattr(store, "encoded", fails_once)
+
+    async def scenario() -> None:
+        fleet = _tracker(tmp_path, Clock(), save_every=0.02)
+        fleet.on_request(ACME, counter_request(resource_attributes={"service.name": "svc"}))
+        saver = asyncio.create_task(fleet.keep_saved())
+        deadline = time.monotonic() + 5
+        while not state.exists():
+            assert time.monotonic() < deadline, "never saved after a failed save"
+            await asyncio.sleep(0.01)
+        saver.cancel()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(scenario())
+    assert "saving the fleet state failed" in caplog.text
+    assert len(calls) >= 2
 
 
 def test_a_bad_or_unwritable_state_file_never_stops_the_gateway(
