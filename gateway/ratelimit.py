@@ -130,8 +130,8 @@ class LeasedRateLimiter(RateLimiter):
                 # until the next is this process's share of the rate over an exchange,
                 # owed to the bucket (refusing until the next lease refused requests
                 # the rate allowed: a second of refusals when the store came back).
-                refill = min(max(1, burst // share), int(per_second / share * self.interval))
-                wait_refill = super().take(tenant_id, per_second / share, max(1, refill))
+                refill = max(1, min(burst // share, int(per_second / share * self.interval)))
+                wait_refill = super().take(tenant_id, per_second / share, refill)
                 if wait_refill is None:
                     lease.debt += 1
                 return wait_refill

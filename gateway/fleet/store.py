@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -84,11 +84,6 @@ def read(
         rows.append(row)
     fleet = document.get("fleet")
     return rows, fleet if isinstance(fleet, str) and 0 < len(fleet) <= 64 else ""
-
-
-def write(path: Path, rows: Iterable[Sighting], saved_at: float, fleet: str = "") -> None:
-    """Replace `path` with `rows` (atomically); raises OSError."""
-    write_encoded(path, [encoded(row) for row in rows], saved_at, fleet)
 
 
 def encoded(row: Sighting) -> str:

@@ -161,7 +161,6 @@ class FleetTracker:
         self._lock = threading.Lock()
         self._tenants: dict[str, dict[tuple[str, str], Sighting]] = {}
         self._dirty = False
-        self._last_save = clock()
         self._save_failing = False
         self.replica = ""
         """This process's name in a shared state store (gateway.state): `seen_by`."""
@@ -557,28 +556,26 @@ class FleetTracker:
                 with self._lock:
                     lines.extend(store.encoded(row) for row in rows[at : at + SAVE_SLICE_ROWS])
                 await asyncio.sleep(0)
-            saved_at = self._last_save = self.clock()
-            if not await asyncio.to_thread(self._write, store.write_encoded, lines, saved_at):
-                self._dirty = True
+            await asyncio.to_thread(self._write, lines, self.clock())
 
     def save(self) -> None:
         """Write the table atomically now (at exit); a failure is logged (once)."""
-        rows = self.sightings()
         with self._lock:
             self._dirty = False
-            self._last_save = self.clock()
-        if not self._write(store.write, rows, self._last_save):
-            self._dirty = True
+            self._prune(self.clock())
+            lines = [
+                store.encoded(row) for agents in self._tenants.values() for row in agents.values()
+            ]
+        self._write(lines, self.clock())
 
-    def _write(
-        self, write: Callable[[Path, list[T], float, str], None], rows: list[T], saved_at: float
-    ) -> bool:
-        """`write` the rows to the state file; False (logged once) when it cannot.
-        One write at a time: the last save at exit waits for a background one still
-        writing, so that the newest table is the one left in the file."""
+    def _write(self, lines: list[str], saved_at: float) -> None:
+        """Write the `store.encoded` rows to the state file; when it cannot, the table
+        stays to be saved, and the failure is logged once. One write at a time: the
+        last save at exit waits for a background one still writing, so that the
+        newest table is the one left in the file."""
         try:
             with self._writing:
-                write(self.state_file, rows, saved_at, self.scope)
+                store.write_encoded(self.state_file, lines, saved_at, self.scope)
         except OSError as exc:
             self._dirty = True
             if not self._save_failing:
@@ -589,9 +586,8 @@ class FleetTracker:
                     exc,
                 )
             self._save_failing = True
-            return False
+            return
         self._save_failing = False
-        return True
 
 
 def create_fleet(settings: GatewaySettings, meter: Meter) -> FleetTracker:
