@@ -43,22 +43,30 @@ class StackError(RuntimeError):
     """A component could not be found, started or made ready."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1, below the kernel's ephemeral
     range: a port taken from that range can be given to an outgoing connection (a
-    scrape, an export) before the process meant to listen on it binds it."""
+    scrape, an export) before the process meant to listen on it binds it. Never the
+    same port twice in one process: a stack picks all its ports before it starts
+    anything, so a port handed out earlier is still free when asked again."""
     first, _ = _ephemeral_range()
     for _ in range(100):
         port = random.randrange(10_000, first) if first > 11_000 else 0  # noqa: S311 (not a secret)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise StackError("no free TCP port found on 127.0.0.1 in 100 tries")
 
 
 def _ephemeral_range() -> tuple[int, int]:
