@@ -12,18 +12,19 @@ calls (the request path never waits for Redis):
   stored as this process sent them (with one process, all of them);
 - rate: what each tenant spent on its fallback share; back, tokens leased from its
   global bucket (`LEASE`), enough for two exchanges at its recent demand;
-- series: the global ids of the series new here, and, once per time bucket, of those
-  seen in the bucket that ended (`series:<tenant>:<bucket>`, a HyperLogLog per tenant
-  and bucket, `SERIES_BUCKETS` of them per window); back, each tenant's distinct count
-  over the buckets of the window (`SERIES_COUNT`: PFCOUNT, 0.81 % standard error), of
-  which what this process does not hold counts against the limit here;
+- series, every `COUNTS_SECONDS`: the global ids of the series new here, and, once
+  per time bucket, of those seen in the bucket that ended
+  (`series:<tenant>:<bucket>`, a HyperLogLog per tenant and bucket, `SERIES_BUCKETS`
+  of them per window); back, each tenant's distinct count over the buckets of the
+  window (`SERIES_COUNT`: PFCOUNT, 0.81 % standard error), of which what this process
+  does not hold counts against the limit here;
 - throttle: failed authentications per address (`authfail:<address>`, expiring with
   the window); back, the addresses anyone blocked (`blocked` zset);
-- usage: this process's recent counts (`usage` hash, one field per process, written
-  when they changed) and, once a minute, its completed minutes (`usage:hour` hash,
-  and `usage:version` counts the writes); back, the others' recent counts, and
-  their completed minutes when the version moved (a gone process's last hour still
-  counts, its rates no longer).
+- usage, every `COUNTS_SECONDS`: this process's recent counts (`usage` hash, one
+  field per process, written when they changed) and, once a minute, its completed
+  minutes (`usage:hour` hash, and `usage:version` counts the writes); back, the
+  others' recent counts, and their completed minutes when the version moved (a gone
+  process's last hour still counts, its rates no longer).
 
 The store may be slow, unreachable or restarted empty: exports go on; each process
 falls back to its share of each limit (the setting ÷ the last known number of
@@ -73,6 +74,11 @@ FLEET_BATCH = 500
 """Fleet rows per merge call, and per look at the rows changed elsewhere."""
 SWEEP_EVERY = 600
 """Exchanges between two sweeps of the forgotten rows out of the store."""
+COUNTS_SECONDS = 5.0
+"""Series counts and usage are exchanged this often (or at every exchange, if those
+are further apart): their cost is mostly per exchange, not per request, and a few
+seconds' lag is within what they promise (a series another process already has counts
+as new here until then; others' rates are averaged over 10 s)."""
 MAX_PULLS = 40
 """Looks per exchange besides those that send rows: 20,000 changed rows (the rest at
 the next exchange)."""
@@ -280,6 +286,7 @@ class RedisState:
         series_clock: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
         usage: Usage | None = None,
+        counts_seconds: float = COUNTS_SECONDS,
     ) -> None:
         self.client = client
         self.fleet, self.rate, self.series, self.throttle = fleet, rate, series, throttle
@@ -292,6 +299,8 @@ class RedisState:
         self.epoch: str | None = None
         self.cursor = 0
         self.exchanges = 0
+        self.counts_seconds = counts_seconds
+        self._counted_at: float | None = None  # None: at the next exchange
         self.usage = usage
         self._usage_sent = ("", "")
         self._usage_epoch: str | None = None
@@ -407,15 +416,20 @@ class RedisState:
         self.series.replicas = 0 if up else self.replicas
 
     async def exchange(self) -> None:
-        """Membership, fleet, rate leases, series counts, throttle: one round each."""
+        """Membership, fleet, rate leases, throttle: one round each; series counts and
+        usage every `counts_seconds`."""
         await self._membership()
         await self._fleet()
         if self.exchanges % SWEEP_EVERY == SWEEP_EVERY - 1:
             await self._sweep()
         await self._rates()
-        await self._series()
         await self._throttle()
-        await self._usage()
+        now = time.monotonic()
+        if self._counted_at is None or now - self._counted_at >= self.counts_seconds:
+            self._counted_at = None
+            await self._series()
+            await self._usage()
+            self._counted_at = now
 
     async def _membership(self) -> None:
         now = self.clock()
@@ -435,6 +449,7 @@ class RedisState:
                 logger.warning("the state store was emptied: sending this process's state again")
             self.epoch, self.cursor = epoch, 0
             self.fleet.mark_all_changed()
+            self._counted_at = None
 
     async def _fleet(self) -> None:
         evicted = self.fleet.take_evicted()

@@ -194,10 +194,11 @@ def connector_resource(service: str, instance: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def two_gateways(
-    tmp_path: Path, url: str, **overrides: Any
+    tmp_path: Path, url: str, counts_seconds: float = 0.0, **overrides: Any
 ) -> AsyncIterator[tuple[RunningGateway, RunningGateway, dict[str, str]]]:
     """Two in-process gateways sharing the store at `url`, before one fake Collector;
-    tenants acme and globex (their keys)."""
+    tenants acme and globex (their keys). They exchange series counts and usage every
+    `counts_seconds` (by default at every exchange: the tests exchange back to back)."""
     keys = make_tenants(tmp_path / "tenants.json", "acme", "globex")
     settings: dict[str, Any] = {"state_url": url, "state_timeout_seconds": 0.5} | overrides
     async with (
@@ -209,6 +210,8 @@ async def two_gateways(
             tmp_path / "tenants.json", port, fleet_state_file=tmp_path / "b.json", **settings
         ) as two,
     ):
+        for gw in (one, two):
+            store(gw).counts_seconds = counts_seconds
         try:
             yield one, two, keys
         finally:

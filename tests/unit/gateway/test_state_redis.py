@@ -199,6 +199,31 @@ def test_active_series_and_the_auth_throttle_count_across_both(
     asyncio.run(scenario())
 
 
+def test_series_counts_are_exchanged_every_few_seconds_not_at_every_exchange(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async def scenario() -> None:
+        async with two_gateways(
+            tmp_path, redis_server.url, counts_seconds=2.0, max_active_series=10
+        ) as (one, two, keys):
+            await exchange(one, two)
+            for i in range(6):
+                await one.export(agent("billing", f"a-{i}"), keys["acme"])
+            await exchange(one, two)  # within counts_seconds: two knows none of them
+
+            async def refused_on_two(name: str) -> int:
+                response = await two.export(agent("billing", name), keys["acme"])
+                return int(response.partial_success.rejected_data_points)
+
+            # Counted at every exchange, the fifth would be the eleventh series.
+            assert [await refused_on_two(f"b-{i}") for i in range(5)] == [0] * 5
+            await asyncio.sleep(2.1)
+            await exchange(one, two)  # counts_seconds later: both know all eleven
+            assert await refused_on_two("b-5") == 1
+
+    asyncio.run(scenario())
+
+
 def test_store_paused_killed_or_emptied_exports_go_on_and_all_comes_back(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
