@@ -160,10 +160,13 @@ local function merged(raw, new)
   end
   return cjson.encode(base), mine and same(base.processes, sent)
 end
-local as_sent = {}
-for i = 4, #ARGV, 2 do
+local as_sent, writer = {}, ARGV[4]
+for i = 5, #ARGV, 2 do
   local field, sent = ARGV[i], ARGV[i + 1]
-  local raw = redis.call('HGET', KEYS[1], field)
+  -- Stored as this process sent it: its table holds all of that row, and so does
+  -- the row it sends now (no decoding, the common case).
+  local raw = redis.call('HGET', KEYS[4], field) ~= writer
+    and redis.call('HGET', KEYS[1], field)
   local ok, value, same_as_sent = false, sent, true
   if raw then ok, value, same_as_sent = pcall(merged, raw, cjson.decode(sent)) end
   -- A stored row that cannot be merged (no JSON, a field missing, a number cjson
@@ -174,7 +177,12 @@ for i = 4, #ARGV, 2 do
   local seq = redis.call('INCR', KEYS[2])
   redis.call('HSET', KEYS[1], field, value)
   redis.call('ZADD', KEYS[3], seq, field)
-  if same_as_sent then as_sent[seq] = true end
+  if same_as_sent then
+    as_sent[seq] = true
+    redis.call('HSET', KEYS[4], field, writer)
+  else
+    redis.call('HDEL', KEYS[4], field)
+  end
 end
 local cursor = tonumber(ARGV[2])
 local changed = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[2], '+inf',
@@ -191,7 +199,9 @@ return reply
 """
 """Merge fleet rows as gateway.fleet.rows.merged does (the processes as
 gateway.fleet.processes.union, at most ARGV[1]), and note each row's change; a stored
-row that cannot be merged is replaced by the one sent. Then the rows changed since the
+row that cannot be merged is replaced by the one sent. A row stored as sent notes its
+writer (ARGV[4], one per process run, in `fleet:writer`): the writer's next row of
+that agent replaces it unread. Then the rows changed since the
 cursor ARGV[2] (at most ARGV[3] changes): the new cursor, the number of changes, and
 the rows, but for those stored as they were sent here (this process holds them)."""
 
@@ -292,6 +302,9 @@ class RedisState:
         self.fleet, self.rate, self.series, self.throttle = fleet, rate, series, throttle
         self.interval, self.timeout = interval, timeout
         self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # Names the rows stored as this run sent them (a restarted replica keeps its
+        # name, not its table).
+        self.writer = uuid.uuid4().hex
         self.series_clock, self.clock = series_clock, clock
         self.up = False
         self.replicas = 1
@@ -459,6 +472,7 @@ class RedisState:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.hdel(PREFIX + "fleet", *names)
                 pipe.zrem(PREFIX + "fleet:changed", *names)
+                pipe.hdel(PREFIX + "fleet:writer", *names)
                 await pipe.execute()
         except BaseException:
             self.fleet.mark_evicted(evicted)
@@ -480,10 +494,10 @@ class RedisState:
     async def _merge(self, rows: Sequence[tuple[tuple[str, str, str], list[str]]]) -> bool:
         """Send `rows` (field and row of each, at most FLEET_BATCH) and take in the rows
         changed since the cursor; True when more changes wait."""
-        args = [str(MAX_PROCESSES), str(self.cursor), str(FLEET_BATCH)]
+        args = [str(MAX_PROCESSES), str(self.cursor), str(FLEET_BATCH), self.writer]
         for _, sent in rows:
             args += sent
-        keys = [PREFIX + "fleet", PREFIX + "fleet:seq", PREFIX + "fleet:changed"]
+        keys = [PREFIX + name for name in ("fleet", "fleet:seq", "fleet:changed", "fleet:writer")]
         cursor, count, *values = await self.client.eval(MERGE, len(keys), *keys, *args)
         if values:
             self.fleet.merge(got for raw in values if (got := _row(raw)) is not None)
@@ -502,6 +516,7 @@ class RedisState:
             pipe = self.client.pipeline(transaction=False)
             pipe.hdel(PREFIX + "fleet", *stale[at : at + FLEET_BATCH])
             pipe.zrem(PREFIX + "fleet:changed", *stale[at : at + FLEET_BATCH])
+            pipe.hdel(PREFIX + "fleet:writer", *stale[at : at + FLEET_BATCH])
             await pipe.execute()
 
     async def _rates(self) -> None:
