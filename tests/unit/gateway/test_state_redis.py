@@ -304,6 +304,38 @@ def test_series_counts_are_exchanged_every_few_seconds_not_at_every_exchange(
     asyncio.run(scenario())
 
 
+def test_new_series_sent_to_both_before_a_count_pass_the_limit_by_at_most_it_on_each(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What "The state store" states of a tenant racing the count exchange: new series
+    sent to both processes before either counts them are admitted up to the limit on
+    each, never more; once counted, no new one is, and those admitted keep being
+    admitted while they are sent."""
+
+    async def scenario() -> None:
+        async with two_gateways(
+            tmp_path, redis_server.url, counts_seconds=3600.0, max_active_series=4
+        ) as (one, two, keys):
+            await exchange(one, two)  # counted once, then not for an hour
+
+            async def refused(gw: RunningGateway, names: Iterable[str]) -> list[int]:
+                answers = [await gw.export(agent("billing", n), keys["acme"]) for n in names]
+                return [int(a.partial_success.rejected_data_points) for a in answers]
+
+            first = [f"a-{i}" for i in range(4)]
+            second = [f"b-{i}" for i in range(4)]
+            assert await refused(one, [*first, "a-4"]) == [0, 0, 0, 0, 1]
+            assert await refused(two, [*second, "b-4"]) == [0, 0, 0, 0, 1]
+            for gw in (one, two):
+                store(gw).counts_seconds = 0.0
+            await exchange(one, two)  # both know all eight
+            for gw, theirs in ((one, first), (two, second)):
+                assert await refused(gw, theirs) == [0] * 4
+                assert await refused(gw, ["c-1"]) == [1]
+
+    asyncio.run(scenario())
+
+
 def test_store_paused_killed_or_emptied_exports_go_on_and_all_comes_back(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
