@@ -61,6 +61,9 @@ async def _measure(
     server: RedisServer, directory: Path, exchanges: int, per_exchange: int
 ) -> tuple[list[float], float]:
     """The process's CPU per changed row at each exchange, and Redis's over them all."""
+    if server.process is None:
+        raise RuntimeError("the Redis server is not started")
+    redis_pid = server.process.pid
     client = Redis.from_url(server.url)
     now = [1.8e9]
     fleet = FleetTracker(directory / "fleet.json", save_every=1e9, clock=lambda: now[0])
@@ -79,7 +82,7 @@ async def _measure(
     await state._membership()
     await state._fleet()
     per_row, heard = [], 0
-    redis_started = cpu_seconds(server.process.pid)
+    redis_started = cpu_seconds(redis_pid)
     for _ in range(exchanges):
         now[0] += 1.0
         for step in range(per_exchange):  # each request from the next agent
@@ -89,7 +92,7 @@ async def _measure(
         started = time.process_time()
         await state._fleet()
         per_row.append((time.process_time() - started) / per_exchange * 1e6)
-    redis_cpu = cpu_seconds(server.process.pid) - redis_started
+    redis_cpu = cpu_seconds(redis_pid) - redis_started
     await client.aclose()
     return per_row, redis_cpu / (exchanges * per_exchange) * 1e6
 

@@ -163,10 +163,13 @@ end
 local as_sent, writer = {}, ARGV[4]
 for i = 5, #ARGV, 2 do
   local field, sent = ARGV[i], ARGV[i + 1]
-  -- Stored as this process sent it: its table holds all of that row, and so does
-  -- the row it sends now (no decoding, the common case).
-  local raw = redis.call('HGET', KEYS[4], field) ~= writer
-    and redis.call('HGET', KEYS[1], field)
+  -- Stored as this process sent it and changed by no one since (its last change is
+  -- still the one noted with the writer: an older gateway's merge notes no writer,
+  -- but every version notes its changes): its table holds all of that row, and so
+  -- does the row it sends now (no decoding, the common case).
+  local tag = redis.call('HGET', KEYS[4], field)
+  local mine = tag and tag == writer .. ' ' .. tostring(redis.call('ZSCORE', KEYS[3], field))
+  local raw = not mine and redis.call('HGET', KEYS[1], field)
   local ok, value, same_as_sent = false, sent, true
   if raw then ok, value, same_as_sent = pcall(merged, raw, cjson.decode(sent)) end
   -- A stored row that cannot be merged (no JSON, a field missing, a number cjson
@@ -179,7 +182,7 @@ for i = 5, #ARGV, 2 do
   redis.call('ZADD', KEYS[3], seq, field)
   if same_as_sent then
     as_sent[seq] = true
-    redis.call('HSET', KEYS[4], field, writer)
+    redis.call('HSET', KEYS[4], field, writer .. ' ' .. seq)
   else
     redis.call('HDEL', KEYS[4], field)
   end
@@ -200,8 +203,9 @@ return reply
 """Merge fleet rows as gateway.fleet.rows.merged does (the processes as
 gateway.fleet.processes.union, at most ARGV[1]), and note each row's change; a stored
 row that cannot be merged is replaced by the one sent. A row stored as sent notes its
-writer (ARGV[4], one per process run, in `fleet:writer`): the writer's next row of
-that agent replaces it unread. Then the rows changed since the
+writer (ARGV[4], one per process run, in `fleet:writer`) and its change number: the
+writer's next row of that agent replaces it unread while no one changed it since. Then
+the rows changed since the
 cursor ARGV[2] (at most ARGV[3] changes): the new cursor, the number of changes, and
 the rows, but for those stored as they were sent here (this process holds them)."""
 

@@ -8,7 +8,7 @@
 Counting is a few dict updates in this process, never a call to the state store.
 Buckets are numbered by wall-clock second and minute, so the processes sharing a
 store number them alike: each publishes `recent()` (its rates and current minute)
-at every exchange and `completed()` (its other minutes of the hour) once a minute,
+every few seconds and `completed()` (its other minutes of the hour) once a minute,
 and sums the others' with `merge_others`; with no store, `others` stays empty and
 the answer is this process's own.
 

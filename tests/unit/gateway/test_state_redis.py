@@ -142,19 +142,21 @@ def test_a_row_stored_as_its_writer_sent_it_is_replaced_unread_by_that_writer_on
             async def stored_first_seen() -> float:
                 return float(json.loads(await client.hget("otelgw:fleet", field))["first_seen"])
 
-            async def backdate_stored_row(writer: str) -> None:
+            async def backdate_stored_row(writer: str | None) -> None:
                 row = json.loads(await client.hget("otelgw:fleet", field))
                 row["first_seen"] = 1.0
                 await client.hset("otelgw:fleet", field, json.dumps(row))
-                await client.hset("otelgw:fleet:writer", field, writer)
+                if writer is not None:  # None: as its writer noted it
+                    await client.hset("otelgw:fleet:writer", field, writer)
 
             await one.export(agent("billing", "c-1"), keys["acme"])
             assert await store(one).exchange_once()
-            assert await client.hget("otelgw:fleet:writer", field) == store(one).writer.encode()
+            tag = await client.hget("otelgw:fleet:writer", field)
+            assert tag.split()[0] == store(one).writer.encode()
             first_seen = await stored_first_seen()
             assert first_seen > 1.0
 
-            await backdate_stored_row(store(one).writer)
+            await backdate_stored_row(None)
             await one.export(agent("billing", "c-1"), keys["acme"])
             assert await store(one).exchange_once()
             assert await stored_first_seen() == pytest.approx(first_seen, abs=1e-4)
@@ -164,6 +166,43 @@ def test_a_row_stored_as_its_writer_sent_it_is_replaced_unread_by_that_writer_on
             assert await store(one).exchange_once()
             assert await stored_first_seen() == 1.0  # merged: the earliest sighting
             assert await client.hget("otelgw:fleet:writer", field) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_row_an_older_gateway_changed_since_its_writer_sent_it_is_merged_not_replaced(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A gateway of an older version sharing the store (a rolling upgrade) merges rows
+    without noting itself in `fleet:writer`, but notes each change in `fleet:changed`
+    as every version does: the row it added to (here: a second process sending as the
+    agent, what a clash is made of) is merged with its last writer's next row, not
+    replaced by it unread, and that writer reads the union back."""
+
+    async def scenario() -> None:
+        async with two_gateways(tmp_path, redis_server.url) as (one, two, keys):
+            client, field = store(one).client, json.dumps(["acme", "billing", "c-1"])
+            await one.export(agent("billing", "c-1"), keys["acme"])
+            await exchange(one, two)
+
+            # The older gateway hears it from another host (its MERGE: the merged row,
+            # a change number).
+            row = json.loads(await client.hget("otelgw:fleet", field))
+            row["processes"].append(["host-b", "", "", time.time(), time.time()])
+            seq = await client.incr("otelgw:fleet:seq")
+            await client.hset("otelgw:fleet", field, json.dumps(row))
+            await client.zadd("otelgw:fleet:changed", {field: seq})
+
+            def hosts(processes: Iterable[Any]) -> set[str]:
+                return {process[0] for process in processes}
+
+            await one.export(agent("billing", "c-1"), keys["acme"])  # before one looks
+            await exchange(one, two)
+            stored = json.loads(await client.hget("otelgw:fleet", field))
+            assert "host-b" in hosts(stored["processes"])
+            for gw in (one, two):
+                (mine,) = [r for r in gw.gateway.fleet.rows() if r.instance == "c-1"]
+                assert "host-b" in hosts(mine.processes)
 
     asyncio.run(scenario())
 
@@ -261,6 +300,38 @@ def test_series_counts_are_exchanged_every_few_seconds_not_at_every_exchange(
             await asyncio.sleep(2.1)
             await exchange(one, two)  # counts_seconds later: both know all eleven
             assert await refused_on_two("b-5") == 1
+
+    asyncio.run(scenario())
+
+
+def test_new_series_sent_to_both_before_a_count_pass_the_limit_by_at_most_it_on_each(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What "The state store" states of a tenant racing the count exchange: new series
+    sent to both processes before either counts them are admitted up to the limit on
+    each, never more; once counted, no new one is, and those admitted keep being
+    admitted while they are sent."""
+
+    async def scenario() -> None:
+        async with two_gateways(
+            tmp_path, redis_server.url, counts_seconds=3600.0, max_active_series=4
+        ) as (one, two, keys):
+            await exchange(one, two)  # counted once, then not for an hour
+
+            async def refused(gw: RunningGateway, names: Iterable[str]) -> list[int]:
+                answers = [await gw.export(agent("billing", n), keys["acme"]) for n in names]
+                return [int(a.partial_success.rejected_data_points) for a in answers]
+
+            first = [f"a-{i}" for i in range(4)]
+            second = [f"b-{i}" for i in range(4)]
+            assert await refused(one, [*first, "a-4"]) == [0, 0, 0, 0, 1]
+            assert await refused(two, [*second, "b-4"]) == [0, 0, 0, 0, 1]
+            for gw in (one, two):
+                store(gw).counts_seconds = 0.0
+            await exchange(one, two)  # both know all eight
+            for gw, theirs in ((one, first), (two, second)):
+                assert await refused(gw, theirs) == [0] * 4
+                assert await refused(gw, ["c-1"]) == [1]
 
     asyncio.run(scenario())
 
