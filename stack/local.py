@@ -69,6 +69,13 @@ def free_port() -> int:
     raise StackError("no free TCP port found on 127.0.0.1 in 100 tries")
 
 
+def default_sigint() -> None:
+    """A `preexec_fn`: the child gets SIGINT as a process started from a terminal does.
+    A suite run as a background job of a shell without job control (`cmd &` in a
+    script) ignores SIGINT; a child inherits that, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from otel_agents import connector_metrics, setup_metrics
-from stack.local import LocalStack
+from stack.local import LocalStack, default_sigint
 
 pytestmark = pytest.mark.e2e
 
@@ -117,7 +117,11 @@ def test_a_signalled_agent_exports_its_last_counts_and_says_it_stopped(
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     agent = subprocess.Popen(
-        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     try:
         assert agent.stdout is not None

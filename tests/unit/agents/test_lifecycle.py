@@ -24,6 +24,7 @@ from opentelemetry.sdk.metrics.export import (
 from otlp_receiver import OtlpReceiver, otlp_receiver
 
 from otel_agents.lifecycle import STATE_KEY, StopAnnouncingExporter
+from stack.local import default_sigint
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -63,6 +64,7 @@ def _start(endpoint: str, how: str, **env: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready", process.stderr.read()  # type: ignore[union-attr]
