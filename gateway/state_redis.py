@@ -204,10 +204,10 @@ return reply
 gateway.fleet.processes.union, at most ARGV[1]), and note each row's change; a stored
 row that cannot be merged is replaced by the one sent. A row stored as sent notes its
 writer (ARGV[4], one per process run, in `fleet:writer`) and its change number: the
-writer's next row of that agent replaces it unread while no one changed it since. Then
-the rows changed since the
-cursor ARGV[2] (at most ARGV[3] changes): the new cursor, the number of changes, and
-the rows, but for those stored as they were sent here (this process holds them)."""
+writer's next row of that agent replaces it unread while no one changed it since.
+Then the rows changed since the cursor ARGV[2] (at most ARGV[3] changes): the new
+cursor, the number of changes, and the rows, but for those stored as they were sent
+here (this process holds them)."""
 
 LEASE = """
 local per_second, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -443,7 +443,6 @@ class RedisState:
         await self._throttle()
         now = time.monotonic()
         if self._counted_at is None or now - self._counted_at >= self.counts_seconds:
-            self._counted_at = None
             await self._series()
             await self._usage()
             self._counted_at = now
@@ -472,12 +471,9 @@ class RedisState:
         evicted = self.fleet.take_evicted()
         try:
             for at in range(0, len(evicted), FLEET_BATCH):
-                names = [json.dumps(list(key)) for key in evicted[at : at + FLEET_BATCH]]
-                pipe = self.client.pipeline(transaction=False)
-                pipe.hdel(PREFIX + "fleet", *names)
-                pipe.zrem(PREFIX + "fleet:changed", *names)
-                pipe.hdel(PREFIX + "fleet:writer", *names)
-                await pipe.execute()
+                await self._delete_rows(
+                    [json.dumps(list(key)) for key in evicted[at : at + FLEET_BATCH]]
+                )
         except BaseException:
             self.fleet.mark_evicted(evicted)
             raise
@@ -517,11 +513,15 @@ class RedisState:
             if row is None or row.last_seen < horizon:
                 stale.append(name)
         for at in range(0, len(stale), FLEET_BATCH):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(PREFIX + "fleet", *stale[at : at + FLEET_BATCH])
-            pipe.zrem(PREFIX + "fleet:changed", *stale[at : at + FLEET_BATCH])
-            pipe.hdel(PREFIX + "fleet:writer", *stale[at : at + FLEET_BATCH])
-            await pipe.execute()
+            await self._delete_rows(stale[at : at + FLEET_BATCH])
+
+    async def _delete_rows(self, names: Sequence[str | bytes]) -> None:
+        """Delete fleet rows (their fields), their change and their writer."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(PREFIX + "fleet", *names)
+        pipe.zrem(PREFIX + "fleet:changed", *names)
+        pipe.hdel(PREFIX + "fleet:writer", *names)
+        await pipe.execute()
 
     async def _rates(self) -> None:
         wanted = self.rate.wanted(self.interval)
